@@ -1,0 +1,93 @@
+// lowbit::ref — the CPU reference of every kernel: plain loops on host
+// pointers. Same contract as lowbit::cuda (cuda.hpp), which must equal it bit
+// for bit; reductions follow the same fixed order as the GPU.
+//
+// Common rules (both namespaces):
+//  - bits outside 2..16, a bad layout, a workspace that is too small, or a
+//    null pointer with n > 0 throw lowbit::Error; n == 0 does nothing at all
+//    (per-channel reduction outputs are not written either).
+//  - Values the host can see are checked here too: a range with min > max or
+//    a non-finite bound, a non-positive or non-finite scale, and a zero point
+//    outside [qmin, qmax] throw. (The CUDA side cannot read device values
+//    without a sync, so it sanitises them instead; see element.hpp.)
+//  - Masks: mask_words(n, format) words; nullptr means "no mask".
+#pragma once
+
+#include <cstdint>
+
+#include "lowbit/element.hpp"
+#include "lowbit/types.hpp"
+
+namespace lowbit::ref {
+
+/// Range-mode fake quantization: y = fake_quant(x) with the nudged range of
+/// each channel ([min[c], max[c]], channels entries each). Writes the STE mask
+/// in `mask_format` if `mask` is not null. x and y may alias.
+void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, const float* min,
+                      const float* max, RangeQuant quant, std::uint32_t* mask,
+                      MaskFormat mask_format = MaskFormat::pass);
+
+/// Affine-mode fake quantization with scale[c] and zero_point[c] per channel.
+/// Writes a MaskFormat::pass mask if `mask` is not null.
+void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask);
+
+/// STE backward from a saved mask: dx = dy where the element passed, else 0.
+void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
+                  std::int64_t n, float* dx);
+
+/// Range-mode STE backward with the range gradients, from a MaskFormat::sides
+/// mask: dx as ste_backward, d_min[c] = Σ dy below the range, d_max[c] = Σ dy
+/// above it (deterministic tree sums, no atomics).
+void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
+                        Workspace workspace);
+
+/// Puts an EMA observer state in its initial condition (range [0, 0]).
+void ema_state_init(EmaRangeState* state);
+
+/// Fused EMA observer + per-tensor range fake quant (TensorFlow's activation
+/// quantization). Updates `state` with min/max of this batch (see
+/// ema_range_step), then quantizes x with the nudged EMA range: after this
+/// step's update in EmaMode::exact, before it in EmaMode::lagged. Before the
+/// first update and during quant_delay, y = x (and the mask passes).
+void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask,
+                    MaskFormat mask_format = MaskFormat::pass);
+
+/// Last-value range of weights per channel: [min(w), max(w)], or with
+/// `symmetric` [-max|w|, max|w|], over the finite weights (NaN and ±Inf must
+/// not poison the range; a channel without a finite weight gets [0, 0]).
+void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
+                  float* max, Workspace workspace);
+
+/// Weight fake quantization the TensorFlow way: weight_range then
+/// fake_quant_range with all channels in one pass. Writes the ranges it used
+/// to min/max (channels entries each).
+void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, RangeQuant quant,
+                        bool symmetric, float* min, float* max, std::uint32_t* mask,
+                        Workspace workspace);
+
+/// LSQ forward: y = clamp(round(x/s[c]), qmin, qmax)·s[c].
+void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
+                 LsqQuant quant);
+
+/// LSQ backward: dx = dy inside the grid, d_scale[c] = g·Σ lsq_scale_grad_term
+/// with the gradient scale g = 1/sqrt(N·qmax), N the elements per channel.
+void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
+                  const float* scale, LsqQuant quant, float* dx, float* d_scale,
+                  Workspace workspace);
+
+/// LSQ initial step size per channel from data: 2·mean|x|/sqrt(qmax).
+void lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant, float* scale,
+                    Workspace workspace);
+
+/// Packs n codes of `bits` (2, 4 or 8) bits, first element in the low bits
+/// (ONNX and torch.quint4x2 order). Only the low `bits` bits of a code are
+/// stored. Writes packed_bytes(n, bits) bytes.
+void pack_codes(const std::uint8_t* codes, std::int64_t n, int bits, std::uint8_t* packed);
+
+/// Inverse of pack_codes.
+void unpack_codes(const std::uint8_t* packed, std::int64_t n, int bits, std::uint8_t* codes);
+
+}  // namespace lowbit::ref
