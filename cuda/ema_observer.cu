@@ -1,0 +1,158 @@
+// Fused EMA range observer + per-tensor range fake quant (TensorFlow's
+// activation quantization), with all state in device memory.
+//
+//   batch range: v = [min(min(x), 0), max(max(x), 0)]
+//   EMA:         ema_range_step (element.hpp), skipped for a non-finite v
+//   quantize:    fake_quant(x, nudge_range(ema)) or identity (quant_delay)
+//
+// Every block folds its min/max into the state with integer atomics (min and
+// max do not depend on order, so this is deterministic), and the last block to
+// finish applies the EMA step: no host sync, no second reduction launch.
+// exact:  observe launch (4 B/elem) + quantize launch (8 B/elem + mask)
+// lagged: one launch quantizing with the previous range (8 B/elem + mask)
+#include "checks.hpp"
+#include "lowbit/cuda.hpp"
+#include "lowbit/error.hpp"
+#include "reduction.cuh"
+#include "tiles.cuh"
+
+namespace lowbit::cuda {
+namespace {
+
+/// Monotone map of floats to unsigned keys (-0 folded onto +0), so atomicMax
+/// on keys is max on floats; min uses the complemented key.
+__device__ std::uint32_t ordered_key(float v) {
+  const std::uint32_t u = __float_as_uint(v == 0.0f ? 0.0f : v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ float from_ordered_key(std::uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+struct EmaObserver {
+  EmaRangeState* state;
+  EmaConfig config;
+  float lo = INFINITY;   // NaN-propagating per-thread min
+  float hi = -INFINITY;  // and max
+
+  __device__ void observe(float v) {
+    lo = min_nan(lo, v);
+    hi = max_nan(hi, v);
+  }
+
+  /// Block reduce, fold into the state, and let the last block do the step.
+  __device__ void commit() {
+    __shared__ float scratch[32];
+    __shared__ bool last_block;
+    const float block_lo = -detail::block_reduce(-lo, lowbit::detail::MaxOp{}, scratch);
+    const float block_hi = detail::block_reduce(hi, lowbit::detail::MaxOp{}, scratch);
+    if (threadIdx.x == 0) {
+      const bool empty = block_lo == INFINITY && block_hi == -INFINITY;
+      if (!empty) {
+        if (is_finite(block_lo) && is_finite(block_hi)) {
+          atomicMax(&state->key_min, ~ordered_key(block_lo));
+          atomicMax(&state->key_max, ordered_key(block_hi));
+        } else {
+          atomicOr(&state->nonfinite, 1u);
+        }
+      }
+      __threadfence();
+      last_block = atomicAdd(&state->blocks_done, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (last_block && threadIdx.x == 0) {
+      __threadfence();
+      volatile EmaRangeState* s = state;
+      const bool finite = s->nonfinite == 0u;
+      const float batch_min = finite ? from_ordered_key(~s->key_min) : NAN;
+      const float batch_max = finite ? from_ordered_key(s->key_max) : NAN;
+      EmaRangeState next = *state;
+      ema_range_step(next, batch_min, batch_max, config);
+      next.key_min = 0u;
+      next.key_max = 0u;
+      next.nonfinite = 0u;
+      next.blocks_done = 0u;
+      *state = next;
+    }
+  }
+};
+
+/// Range quantizer reading the EMA state; `call_offset` turns state->steps
+/// into this call's index (1 after exact mode's update, 0 in lagged mode).
+struct EmaQuantizer {
+  static constexpr bool kHasSides = true;
+  struct Params {
+    RangeParams range;
+    bool identity;
+  };
+  const EmaRangeState* state;
+  EmaConfig config;
+  std::int64_t call_offset;
+  bool pass_plane;  // plane 0 is the pass bit (MaskFormat::pass)
+
+  __device__ Params params(std::int64_t) const {
+    const EmaRangeState s = *state;
+    const bool quantizes = ema_quantizes(s, s.steps - call_offset, config);
+    return {nudge_range(s.min, s.max, config.quant.qmin(), config.quant.qmax()), !quantizes};
+  }
+  __device__ float apply(float x, const Params& p) const {
+    return p.identity ? x : fake_quant(x, p.range);
+  }
+  __device__ bool plane0(float x, const Params& p) const {
+    if (p.identity) return x == x;
+    return pass_plane ? ste_pass(x, p.range) : at_or_above_min(x, p.range);
+  }
+  __device__ bool plane1(float x, const Params& p) const {
+    return p.identity ? x == x : at_or_below_max(x, p.range);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Kernels
+
+__global__ void ema_state_init_kernel(EmaRangeState* state) { *state = EmaRangeState{}; }
+
+/// Exact mode's first pass: observe x only.
+__global__ void __launch_bounds__(256)
+    ema_observe_kernel(const float* x, std::int64_t n, EmaObserver observer) {
+  const std::int64_t stride = std::int64_t{gridDim.x} * blockDim.x;
+  for (std::int64_t i = std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
+    observer.observe(x[i]);
+  observer.commit();
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Launchers
+
+void ema_state_init(EmaRangeState* state, cudaStream_t stream) {
+  lowbit::detail::check_pointer(state, 1, "state");
+  ema_state_init_kernel<<<1, 1, 0, stream>>>(state);
+  LOWBIT_CHECK_LAUNCH();
+}
+
+void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                    cudaStream_t stream) {
+  lowbit::detail::check_ema_config(config);
+  lowbit::detail::check_pointer(x, n, "x");
+  lowbit::detail::check_pointer(y, n, "y");
+  lowbit::detail::check_pointer(state, 1, "state");
+  if (n == 0) return;
+  const ChannelLayout layout = ChannelLayout::per_tensor(n);
+  const bool pass_plane = mask_format == MaskFormat::pass;
+  if (config.mode == EmaMode::exact) {
+    const unsigned grid = detail::grid_for(n, detail::kBlockThreads * 16);
+    ema_observe_kernel<<<grid, detail::kBlockThreads, 0, stream>>>(x, n, EmaObserver{state, config});
+    LOWBIT_CHECK_LAUNCH();
+    detail::launch_quantize_tiles(x, y, mask, mask_format, layout,
+                                  EmaQuantizer{state, config, 1, pass_plane}, stream);
+  } else {
+    detail::launch_quantize_tiles(x, y, mask, mask_format, layout,
+                                  EmaQuantizer{state, config, 0, pass_plane}, stream,
+                                  EmaObserver{state, config});
+  }
+}
+
+}  // namespace lowbit::cuda

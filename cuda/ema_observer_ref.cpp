@@ -1,0 +1,50 @@
+// CPU reference of ema_observer.cu.
+#include "checks.hpp"
+#include "lowbit/ref.hpp"
+#include "mask_ref.hpp"
+
+namespace lowbit::ref {
+
+void ema_state_init(EmaRangeState* state) {
+  detail::check_pointer(state, 1, "state");
+  *state = EmaRangeState{};
+}
+
+void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format) {
+  detail::check_ema_config(config);
+  detail::check_pointer(x, n, "x");
+  detail::check_pointer(y, n, "y");
+  detail::check_pointer(state, 1, "state");
+  if (n == 0) return;
+
+  float lo = INFINITY;
+  float hi = -INFINITY;
+  for (std::int64_t i = 0; i < n; ++i) {
+    lo = min_nan(lo, x[i]);
+    hi = max_nan(hi, x[i]);
+  }
+  // exact: quantize with the range after this batch's update; lagged: before.
+  const EmaRangeState before = *state;
+  ema_range_step(*state, lo, hi, config);
+  const EmaRangeState& used = config.mode == EmaMode::exact ? *state : before;
+  const bool quantizes = ema_quantizes(used, before.steps, config);
+  const RangeParams p = nudge_range(used.min, used.max, config.quant.qmin(), config.quant.qmax());
+
+  detail::MaskWriter writer(mask, mask_format, n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float xi = x[i];
+    if (!quantizes) {
+      y[i] = xi;
+      writer.set(i, xi == xi, xi == xi);
+    } else if (mask_format == MaskFormat::sides) {
+      y[i] = fake_quant(xi, p);
+      writer.set(i, at_or_above_min(xi, p), at_or_below_max(xi, p));
+    } else {
+      y[i] = fake_quant(xi, p);
+      writer.set(i, ste_pass(xi, p));
+    }
+  }
+}
+
+}  // namespace lowbit::ref

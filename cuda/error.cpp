@@ -1,0 +1,12 @@
+#include "lowbit/error.hpp"
+
+#include <string>
+
+namespace lowbit {
+
+Error::Error(const std::string& message, const char* file, int line)
+    : std::runtime_error("lowbit: " + message + " (at " + file + ":" + std::to_string(line) + ")"),
+      file_(file),
+      line_(line) {}
+
+}  // namespace lowbit

@@ -1,0 +1,57 @@
+// CPU reference of fake_quant.cu.
+#include "checks.hpp"
+#include "lowbit/ref.hpp"
+#include "mask_ref.hpp"
+
+namespace lowbit::ref {
+
+void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, const float* min,
+                      const float* max, RangeQuant quant, std::uint32_t* mask,
+                      MaskFormat mask_format) {
+  detail::check_layout(layout);
+  detail::check_range_quant(quant);
+  const std::int64_t n = layout.size();
+  detail::check_pointer(x, n, "x");
+  detail::check_pointer(y, n, "y");
+  if (n == 0) return;
+  detail::check_pointer(min, layout.channels, "min");
+  detail::check_pointer(max, layout.channels, "max");
+  detail::check_ranges(min, max, layout.channels);
+  detail::MaskWriter writer(mask, mask_format, n);
+  detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
+    const RangeParams p = nudge_range(min[c], max[c], quant.qmin(), quant.qmax());
+    for (std::int64_t i = begin; i < end; ++i) {
+      const float xi = x[i];
+      y[i] = fake_quant(xi, p);
+      if (mask_format == MaskFormat::sides)
+        writer.set(i, at_or_above_min(xi, p), at_or_below_max(xi, p));
+      else
+        writer.set(i, ste_pass(xi, p));
+    }
+  });
+}
+
+void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask) {
+  detail::check_layout(layout);
+  detail::check_affine_quant(quant);
+  const std::int64_t n = layout.size();
+  detail::check_pointer(x, n, "x");
+  detail::check_pointer(y, n, "y");
+  if (n == 0) return;
+  detail::check_pointer(scale, layout.channels, "scale");
+  detail::check_pointer(zero_point, layout.channels, "zero_point");
+  detail::check_scales(scale, layout.channels);
+  detail::check_zero_points(zero_point, layout.channels, quant);
+  detail::MaskWriter writer(mask, MaskFormat::pass, n);
+  detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
+    const AffineParams p = make_affine(scale[c], zero_point[c], quant.qmin, quant.qmax);
+    for (std::int64_t i = begin; i < end; ++i) {
+      const float xi = x[i];
+      y[i] = fake_quant(xi, p);
+      writer.set(i, ste_pass(xi, p));
+    }
+  });
+}
+
+}  // namespace lowbit::ref

@@ -1,0 +1,138 @@
+// Learned step size quantization (LSQ, Esser et al. 2019), per tensor or per
+// channel, zero point 0:
+//   forward:  y = clamp(round(x/s), qmin, qmax)·s
+//   backward: dx = dy inside, d_s = g·Σ dy·{round(v)-v | qmin | qmax},
+//             g = 1/sqrt(N·qmax), N elements per channel
+//   init:     s = 2·mean|x|/sqrt(qmax)
+#include <cmath>
+
+#include "checks.hpp"
+#include "lowbit/cuda.hpp"
+#include "lowbit/error.hpp"
+#include "reduction.cuh"
+#include "tiles.cuh"
+
+namespace lowbit::cuda {
+namespace {
+
+struct LsqQuantizer {
+  static constexpr bool kHasSides = false;
+  using Params = LsqParams;
+  const float* scale;
+  int qmin;
+  int qmax;
+
+  __device__ Params params(std::int64_t c) const { return make_lsq(scale[c], qmin, qmax); }
+  __device__ float apply(float x, const Params& p) const { return fake_quant(x, p); }
+  __device__ bool plane0(float x, const Params& p) const { return ste_pass(x, p); }
+};
+
+struct LsqBackwardBody {
+  static constexpr int kQuantities = 1;
+  const float* dy;
+  const float* x;
+  const float* scale;
+  int qmin;
+  int qmax;
+  float* dx;
+
+  struct Element {
+    const float* dy;
+    const float* x;
+    float* dx;
+    LsqParams p;
+    template <class Op>
+    __device__ void operator()(std::int64_t i, float (&acc)[1], Op op) const {
+      const float g = dy[i];
+      const float xi = x[i];
+      dx[i] = ste_pass(xi, p) ? g : 0.0f;
+      acc[0] = op(acc[0], lsq_scale_grad_term(xi, g, p));
+    }
+  };
+  __device__ Element bind(std::int64_t c) const {
+    return Element{dy, x, dx, make_lsq(scale[c], qmin, qmax)};
+  }
+};
+
+struct LsqGradFinish {
+  static constexpr int kQuantities = 1;
+  float* d_scale;
+  float grad_scale;
+  __device__ void operator()(std::int64_t c, const float (&totals)[1]) const {
+    d_scale[c] = totals[0] * grad_scale;
+  }
+};
+
+struct AbsSumBody {
+  static constexpr int kQuantities = 1;
+  const float* x;
+  struct Element {
+    const float* x;
+    template <class Op>
+    __device__ void operator()(std::int64_t i, float (&acc)[1], Op op) const {
+      acc[0] = op(acc[0], fabsf(x[i]));
+    }
+  };
+  __device__ Element bind(std::int64_t) const { return Element{x}; }
+};
+
+struct LsqInitFinish {
+  static constexpr int kQuantities = 1;
+  float* scale;
+  std::int64_t count;
+  int qmax;
+  __device__ void operator()(std::int64_t c, const float (&totals)[1]) const {
+    scale[c] = lsq_initial_scale(totals[0], count, qmax);
+  }
+};
+
+}  // namespace
+
+void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
+                 LsqQuant quant, cudaStream_t stream) {
+  lowbit::detail::check_layout(layout);
+  lowbit::detail::check_lsq_quant(quant);
+  const std::int64_t n = layout.size();
+  lowbit::detail::check_pointer(x, n, "x");
+  lowbit::detail::check_pointer(y, n, "y");
+  lowbit::detail::check_pointer(scale, n > 0 ? layout.channels : 0, "scale");
+  if (n == 0) return;
+  detail::launch_quantize_tiles(x, y, nullptr, MaskFormat::pass, layout,
+                                LsqQuantizer{scale, quant.qmin, quant.qmax}, stream);
+}
+
+void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
+                  const float* scale, LsqQuant quant, float* dx, float* d_scale,
+                  Workspace workspace, cudaStream_t stream) {
+  lowbit::detail::check_layout(layout);
+  lowbit::detail::check_lsq_quant(quant);
+  const std::int64_t n = layout.size();
+  lowbit::detail::check_pointer(dy, n, "dy");
+  lowbit::detail::check_pointer(x, n, "x");
+  lowbit::detail::check_pointer(dx, n, "dx");
+  lowbit::detail::check_pointer(scale, n > 0 ? layout.channels : 0, "scale");
+  lowbit::detail::check_pointer(d_scale, n > 0 ? layout.channels : 0, "d_scale");
+  lowbit::detail::check_workspace(workspace, layout);
+  if (n == 0) return;
+  const float grad_scale = lowbit::detail::lsq_gradient_scale(layout, quant);
+  detail::launch_channel_reduction(layout,
+                                   LsqBackwardBody{dy, x, scale, quant.qmin, quant.qmax, dx},
+                                   lowbit::detail::SumOp{}, LsqGradFinish{d_scale, grad_scale},
+                                   workspace, stream);
+}
+
+void lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant, float* scale,
+                    Workspace workspace, cudaStream_t stream) {
+  lowbit::detail::check_layout(layout);
+  lowbit::detail::check_lsq_quant(quant);
+  const std::int64_t n = layout.size();
+  lowbit::detail::check_pointer(x, n, "x");
+  lowbit::detail::check_pointer(scale, n > 0 ? layout.channels : 0, "scale");
+  lowbit::detail::check_workspace(workspace, layout);
+  if (n == 0) return;
+  detail::launch_channel_reduction(
+      layout, AbsSumBody{x}, lowbit::detail::SumOp{},
+      LsqInitFinish{scale, layout.outer * layout.inner, quant.qmax}, workspace, stream);
+}
+
+}  // namespace lowbit::cuda

@@ -1,0 +1,73 @@
+// CPU reference of lsq.cu.
+#include "checks.hpp"
+#include "lowbit/ref.hpp"
+#include "mask_ref.hpp"
+#include "reduction_order.hpp"
+
+namespace lowbit::ref {
+
+void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
+                 LsqQuant quant) {
+  detail::check_layout(layout);
+  detail::check_lsq_quant(quant);
+  const std::int64_t n = layout.size();
+  detail::check_pointer(x, n, "x");
+  detail::check_pointer(y, n, "y");
+  if (n == 0) return;
+  detail::check_pointer(scale, layout.channels, "scale");
+  detail::check_scales(scale, layout.channels);
+  detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
+    const LsqParams p = make_lsq(scale[c], quant.qmin, quant.qmax);
+    for (std::int64_t i = begin; i < end; ++i) y[i] = fake_quant(x[i], p);
+  });
+}
+
+void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
+                  const float* scale, LsqQuant quant, float* dx, float* d_scale,
+                  Workspace workspace) {
+  detail::check_layout(layout);
+  detail::check_lsq_quant(quant);
+  const std::int64_t n = layout.size();
+  detail::check_pointer(dy, n, "dy");
+  detail::check_pointer(x, n, "x");
+  detail::check_pointer(dx, n, "dx");
+  detail::check_workspace(workspace, layout);
+  if (n == 0) return;
+  detail::check_pointer(scale, layout.channels, "scale");
+  detail::check_pointer(d_scale, layout.channels, "d_scale");
+  detail::check_scales(scale, layout.channels);
+  detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
+    const LsqParams p = make_lsq(scale[c], quant.qmin, quant.qmax);
+    for (std::int64_t i = begin; i < end; ++i) dx[i] = ste_pass(x[i], p) ? dy[i] : 0.0f;
+  });
+  const auto bind = [&](std::int64_t c) {
+    const LsqParams p = make_lsq(scale[c], quant.qmin, quant.qmax);
+    return [=](std::int64_t i, int) { return lsq_scale_grad_term(x[i], dy[i], p); };
+  };
+  const float grad_scale = detail::lsq_gradient_scale(layout, quant);
+  const auto finish = [&](std::int64_t c, const std::array<float, 1>& totals) {
+    d_scale[c] = totals[0] * grad_scale;
+  };
+  detail::reduce_channels_ref<1>(layout, detail::SumOp{}, bind, finish,
+                                 static_cast<float*>(workspace.data));
+}
+
+void lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant, float* scale,
+                    Workspace workspace) {
+  detail::check_layout(layout);
+  detail::check_lsq_quant(quant);
+  const std::int64_t n = layout.size();
+  detail::check_pointer(x, n, "x");
+  detail::check_pointer(scale, n > 0 ? layout.channels : 0, "scale");
+  detail::check_workspace(workspace, layout);
+  if (n == 0) return;
+  const auto bind = [&](std::int64_t) { return [&](std::int64_t i, int) { return fabsf(x[i]); }; };
+  const std::int64_t count = layout.outer * layout.inner;
+  const auto finish = [&](std::int64_t c, const std::array<float, 1>& totals) {
+    scale[c] = lsq_initial_scale(totals[0], count, quant.qmax);
+  };
+  detail::reduce_channels_ref<1>(layout, detail::SumOp{}, bind, finish,
+                                 static_cast<float*>(workspace.data));
+}
+
+}  // namespace lowbit::ref

@@ -1,0 +1,120 @@
+// Straight-through-estimator backward from the saved bit-packed mask.
+//
+//   dx    = dy·pass                      (8 bytes + 1 bit per element)
+//   d_min = Σ dy where x < nudged_min    (sides mask: plane 1 and not plane 0)
+//   d_max = Σ dy where x > nudged_max    (plane 0 and not plane 1)
+#include "checks.hpp"
+#include "lowbit/cuda.hpp"
+#include "lowbit/error.hpp"
+#include "reduction.cuh"
+#include "tiles.cuh"
+
+namespace lowbit::cuda {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Kernels
+
+/// Warp tiles as in tiles.cuh: the 32 elements a warp handles at step k share
+/// one mask word, which every lane loads (a broadcast).
+template <MaskFormat kFormat>
+__global__ void __launch_bounds__(256)
+    ste_backward_kernel(const float* dy, const std::uint32_t* mask, std::int64_t n, float* dx) {
+  using detail::kTileElems;
+  using detail::kTileItems;
+  const int lane = threadIdx.x & 31;
+  const std::int64_t first_tile = (std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x) >> 5;
+  const std::int64_t tile_stride = (std::int64_t{gridDim.x} * blockDim.x) >> 5;
+  const std::int64_t plane_words = (n + 31) / 32;
+  for (std::int64_t tile = first_tile; tile * kTileElems < n; tile += tile_stride) {
+    const std::int64_t base = tile * kTileElems + lane;
+    float g[kTileItems];
+    std::uint32_t words[kTileItems];
+#pragma unroll
+    for (int k = 0; k < kTileItems; ++k) {
+      const std::int64_t i = base + 32 * k;
+      const std::int64_t w = tile * kTileItems + k;
+      g[k] = i < n ? dy[i] : 0.0f;
+      words[k] = w < plane_words ? mask[w] : 0u;
+      if (kFormat == MaskFormat::sides) words[k] &= w < plane_words ? mask[plane_words + w] : 0u;
+    }
+#pragma unroll
+    for (int k = 0; k < kTileItems; ++k) {
+      const std::int64_t i = base + 32 * k;
+      if (i < n) dx[i] = (words[k] >> lane) & 1u ? g[k] : 0.0f;
+    }
+  }
+}
+
+/// Element body of the range-gradient reduction (quantities: d_min, d_max).
+struct RangeGradBody {
+  static constexpr int kQuantities = 2;
+  const float* dy;
+  const std::uint32_t* mask;
+  std::int64_t plane_words;
+  float* dx;
+
+  struct Element {
+    const RangeGradBody& b;
+    template <class Op>
+    __device__ void operator()(std::int64_t i, float (&acc)[2], Op op) const {
+      const float g = b.dy[i];
+      const bool ge_min = (b.mask[i >> 5] >> (i & 31)) & 1u;
+      const bool le_max = (b.mask[b.plane_words + (i >> 5)] >> (i & 31)) & 1u;
+      b.dx[i] = ge_min && le_max ? g : 0.0f;
+      acc[0] = op(acc[0], le_max && !ge_min ? g : 0.0f);
+      acc[1] = op(acc[1], ge_min && !le_max ? g : 0.0f);
+    }
+  };
+  __device__ Element bind(std::int64_t) const { return Element{*this}; }
+};
+
+struct RangeGradFinish {
+  static constexpr int kQuantities = 2;
+  float* d_min;
+  float* d_max;
+  __device__ void operator()(std::int64_t c, const float (&totals)[2]) const {
+    d_min[c] = totals[0];
+    d_max[c] = totals[1];
+  }
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Launchers
+
+void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
+                  std::int64_t n, float* dx, cudaStream_t stream) {
+  lowbit::detail::check_pointer(dy, n, "dy");
+  lowbit::detail::check_pointer(mask, n, "mask");
+  lowbit::detail::check_pointer(dx, n, "dx");
+  if (n == 0) return;
+  const unsigned grid = detail::grid_for(n, detail::kTileElems * (detail::kBlockThreads / 32));
+  if (mask_format == MaskFormat::sides) {
+    ste_backward_kernel<MaskFormat::sides><<<grid, detail::kBlockThreads, 0, stream>>>(dy, mask, n, dx);
+    LOWBIT_CHECK_LAUNCH();
+  } else {
+    ste_backward_kernel<MaskFormat::pass><<<grid, detail::kBlockThreads, 0, stream>>>(dy, mask, n, dx);
+    LOWBIT_CHECK_LAUNCH();
+  }
+}
+
+void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
+                        Workspace workspace, cudaStream_t stream) {
+  lowbit::detail::check_layout(layout);
+  const std::int64_t n = layout.size();
+  lowbit::detail::check_pointer(dy, n, "dy");
+  lowbit::detail::check_pointer(sides_mask, n, "sides_mask");
+  lowbit::detail::check_pointer(dx, n, "dx");
+  lowbit::detail::check_pointer(d_min, n > 0 ? layout.channels : 0, "d_min");
+  lowbit::detail::check_pointer(d_max, n > 0 ? layout.channels : 0, "d_max");
+  lowbit::detail::check_workspace(workspace, layout);
+  if (n == 0) return;
+  detail::launch_channel_reduction(layout, RangeGradBody{dy, sides_mask, (n + 31) / 32, dx},
+                                   lowbit::detail::SumOp{}, RangeGradFinish{d_min, d_max},
+                                   workspace, stream);
+}
+
+}  // namespace lowbit::cuda

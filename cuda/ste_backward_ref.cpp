@@ -1,0 +1,50 @@
+// CPU reference of ste_backward.cu.
+#include "checks.hpp"
+#include "lowbit/ref.hpp"
+#include "mask_ref.hpp"
+#include "reduction_order.hpp"
+
+namespace lowbit::ref {
+
+void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
+                  std::int64_t n, float* dx) {
+  detail::check_pointer(dy, n, "dy");
+  detail::check_pointer(mask, n, "mask");
+  detail::check_pointer(dx, n, "dx");
+  for (std::int64_t i = 0; i < n; ++i) {
+    bool pass = detail::mask_bit(mask, n, 0, i);
+    if (mask_format == MaskFormat::sides) pass = pass && detail::mask_bit(mask, n, 1, i);
+    dx[i] = pass ? dy[i] : 0.0f;
+  }
+}
+
+void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
+                        Workspace workspace) {
+  detail::check_layout(layout);
+  const std::int64_t n = layout.size();
+  detail::check_pointer(dy, n, "dy");
+  detail::check_pointer(sides_mask, n, "sides_mask");
+  detail::check_pointer(dx, n, "dx");
+  detail::check_pointer(d_min, n > 0 ? layout.channels : 0, "d_min");
+  detail::check_pointer(d_max, n > 0 ? layout.channels : 0, "d_max");
+  detail::check_workspace(workspace, layout);
+  if (n == 0) return;
+  ste_backward(dy, sides_mask, MaskFormat::sides, n, dx);
+  const auto bind = [&](std::int64_t) {
+    return [&](std::int64_t i, int q) {
+      const bool ge_min = detail::mask_bit(sides_mask, n, 0, i);
+      const bool le_max = detail::mask_bit(sides_mask, n, 1, i);
+      const bool counted = q == 0 ? le_max && !ge_min : ge_min && !le_max;
+      return counted ? dy[i] : 0.0f;
+    };
+  };
+  const auto finish = [&](std::int64_t c, const std::array<float, 2>& totals) {
+    d_min[c] = totals[0];
+    d_max[c] = totals[1];
+  };
+  detail::reduce_channels_ref<2>(layout, detail::SumOp{}, bind, finish,
+                                 static_cast<float*>(workspace.data));
+}
+
+}  // namespace lowbit::ref

@@ -1,0 +1,140 @@
+// The elementwise kernel behind every fake-quant forward: warp tiles of
+// 32 x kTileItems elements, lane l taking elements l, l+32, ... so each load
+// and store is one coalesced 128-byte transaction per warp. Any pointer
+// alignment and any n work without a separate tail path, and each group of 32
+// elements is one __ballot_sync, which is exactly one packed mask word.
+#pragma once
+
+#include <cstdint>
+
+#include "channel_cursor.hpp"
+#include "launch.cuh"
+#include "lowbit/element.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/types.hpp"
+
+namespace lowbit::cuda::detail {
+
+inline constexpr int kTileItems = 8;
+inline constexpr std::int64_t kTileElems = 32 * kTileItems;
+inline constexpr unsigned kFullWarp = 0xffffffffu;
+
+/// Per-thread min/max tracker of an observer that does nothing.
+struct NoObserver {
+  __device__ void observe(float) {}
+  __device__ void commit() {}
+};
+
+/// y = quantizer.apply(x) for n elements, writing the STE mask planes when
+/// `mask` is set, and feeding each element to `observer`.
+///
+/// Quantizer: Params params(channel); float apply(x, p); bool plane0(x, p);
+/// bool plane1(x, p) (sides only). Per-channel params are recomputed only
+/// when a lane's channel changes, so per channel costs what per tensor does
+/// for any inner >= 32.
+template <bool kPerChannel, MaskFormat kFormat, class Quantizer, class Observer>
+__global__ void __launch_bounds__(256)
+    quantize_tiles_kernel(const float* x, float* y, std::uint32_t* mask, std::int64_t n,
+                          ChannelLayout layout, ChannelStep lane_step, ChannelStep grid_step,
+                          Quantizer quantizer, Observer observer) {
+  const int lane = threadIdx.x & 31;
+  const std::int64_t first_tile = (std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x) >> 5;
+  const std::int64_t tile_stride = (std::int64_t{gridDim.x} * blockDim.x) >> 5;
+  const std::int64_t plane_words = (n + 31) / 32;
+
+  ChannelCursor cursor{0, 0};
+  std::int64_t params_channel = 0;
+  typename Quantizer::Params p = quantizer.params(0);
+  if (kPerChannel) cursor.start(first_tile * kTileElems + lane, layout.inner, layout.channels);
+
+  for (std::int64_t tile = first_tile; tile * kTileElems < n; tile += tile_stride) {
+    const std::int64_t base = tile * kTileElems + lane;
+    float xs[kTileItems];
+#pragma unroll
+    for (int k = 0; k < kTileItems; ++k) {
+      const std::int64_t i = base + 32 * k;
+      xs[k] = i < n ? x[i] : 0.0f;
+    }
+    std::uint32_t my_word = 0;
+#pragma unroll
+    for (int k = 0; k < kTileItems; ++k) {
+      const std::int64_t i = base + 32 * k;
+      if (kPerChannel) {
+        if (cursor.channel != params_channel) {
+          params_channel = cursor.channel;
+          p = quantizer.params(params_channel);
+        }
+        cursor.advance(lane_step, layout.inner, layout.channels);
+      }
+      const bool valid = i < n;
+      if (valid) {
+        y[i] = quantizer.apply(xs[k], p);
+        observer.observe(xs[k]);
+      }
+      if (mask != nullptr) {
+        const std::uint32_t word0 = __ballot_sync(kFullWarp, valid && quantizer.plane0(xs[k], p));
+        if (lane == k) my_word = word0;
+        if constexpr (kFormat == MaskFormat::sides) {
+          const std::uint32_t word1 =
+              __ballot_sync(kFullWarp, valid && quantizer.plane1(xs[k], p));
+          if (lane == kTileItems + k) my_word = word1;
+        }
+      }
+    }
+    // Lanes 0..7 store plane 0's words of this tile, lanes 8..15 plane 1's.
+    if (mask != nullptr) {
+      const int plane = lane / kTileItems;
+      const std::int64_t word = tile * kTileItems + lane % kTileItems;
+      const int planes = kFormat == MaskFormat::sides ? 2 : 1;
+      if (plane < planes && word < plane_words) mask[plane * plane_words + word] = my_word;
+    }
+    if (kPerChannel) cursor.advance(grid_step, layout.inner, layout.channels);
+  }
+  observer.commit();
+}
+
+// ---------------------------------------------------------------------------
+// Launcher
+
+template <bool kPerChannel, MaskFormat kFormat, class Quantizer, class Observer>
+void launch_tiles_as(const float* x, float* y, std::uint32_t* mask, const ChannelLayout& layout,
+                     const Quantizer& quantizer, Observer observer, cudaStream_t stream) {
+  const std::int64_t n = layout.size();
+  constexpr std::int64_t kBlockElems = kTileElems * (kBlockThreads / 32);
+  const unsigned grid = grid_for(n, kBlockElems);
+  const std::int64_t tile_stride = std::int64_t{grid} * (kBlockThreads / 32);
+  ChannelStep lane_step{0, 0};
+  ChannelStep grid_step{0, 0};
+  if (kPerChannel) {
+    lane_step = channel_step(32, layout);
+    grid_step = channel_step((tile_stride - 1) * kTileElems, layout);
+  }
+  quantize_tiles_kernel<kPerChannel, kFormat><<<grid, kBlockThreads, 0, stream>>>(
+      x, y, mask, n, layout, lane_step, grid_step, quantizer, observer);
+  LOWBIT_CHECK_LAUNCH();
+}
+
+/// Launches quantize_tiles_kernel for `layout`, choosing the per-tensor or
+/// per-channel instantiation and the mask format (sides only where the
+/// quantizer has them).
+template <class Quantizer, class Observer = NoObserver>
+void launch_quantize_tiles(const float* x, float* y, std::uint32_t* mask, MaskFormat format,
+                           const ChannelLayout& layout, const Quantizer& quantizer,
+                           cudaStream_t stream, Observer observer = {}) {
+  const bool per_channel = layout.channels > 1;
+  if constexpr (Quantizer::kHasSides) {
+    if (format == MaskFormat::sides) {
+      if (per_channel)
+        launch_tiles_as<true, MaskFormat::sides>(x, y, mask, layout, quantizer, observer, stream);
+      else
+        launch_tiles_as<false, MaskFormat::sides>(x, y, mask, layout, quantizer, observer, stream);
+      return;
+    }
+  }
+  if (per_channel)
+    launch_tiles_as<true, MaskFormat::pass>(x, y, mask, layout, quantizer, observer, stream);
+  else
+    launch_tiles_as<false, MaskFormat::pass>(x, y, mask, layout, quantizer, observer, stream);
+}
+
+}  // namespace lowbit::cuda::detail

@@ -1,0 +1,62 @@
+// Last-value weight ranges per channel (TensorFlow's weight quantization):
+//   asymmetric: [min(w), max(w)];  symmetric: [-max|w|, max|w|]
+// over the finite weights, computed as two max reductions, q0 = max(-w) and
+// q1 = max(w) (weight_range_value in reduction_order.hpp).
+#include "checks.hpp"
+#include "lowbit/cuda.hpp"
+#include "lowbit/error.hpp"
+#include "reduction.cuh"
+
+namespace lowbit::cuda {
+namespace {
+
+struct WeightRangeBody {
+  static constexpr int kQuantities = 2;
+  const float* w;
+
+  struct Element {
+    const float* w;
+    template <class Op>
+    __device__ void operator()(std::int64_t i, float (&acc)[2], Op op) const {
+      const float v = w[i];
+      acc[0] = op(acc[0], lowbit::detail::weight_range_value(-v));
+      acc[1] = op(acc[1], lowbit::detail::weight_range_value(v));
+    }
+  };
+  __device__ Element bind(std::int64_t) const { return Element{w}; }
+};
+
+struct WeightRangeFinish {
+  static constexpr int kQuantities = 2;
+  float* min;
+  float* max;
+  bool symmetric;
+  __device__ void operator()(std::int64_t c, const float (&totals)[2]) const {
+    lowbit::detail::finish_weight_range(totals[0], totals[1], symmetric, min[c], max[c]);
+  }
+};
+
+}  // namespace
+
+void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
+                  float* max, Workspace workspace, cudaStream_t stream) {
+  lowbit::detail::check_layout(layout);
+  const std::int64_t n = layout.size();
+  lowbit::detail::check_pointer(w, n, "w");
+  lowbit::detail::check_pointer(min, n > 0 ? layout.channels : 0, "min");
+  lowbit::detail::check_pointer(max, n > 0 ? layout.channels : 0, "max");
+  lowbit::detail::check_workspace(workspace, layout);
+  if (n == 0) return;
+  detail::launch_channel_reduction(layout, WeightRangeBody{w}, lowbit::detail::MaxOp{},
+                                   WeightRangeFinish{min, max, symmetric}, workspace, stream);
+}
+
+void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, RangeQuant quant,
+                        bool symmetric, float* min, float* max, std::uint32_t* mask,
+                        Workspace workspace, cudaStream_t stream) {
+  lowbit::detail::check_range_quant(quant);
+  weight_range(w, layout, symmetric, min, max, workspace, stream);
+  fake_quant_range(w, y, layout, min, max, quant, mask, MaskFormat::pass, stream);
+}
+
+}  // namespace lowbit::cuda
