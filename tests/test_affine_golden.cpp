@@ -1,0 +1,184 @@
+// Affine mode (DESIGN.md §2) against golden vectors from PyTorch's CPU kernels:
+// torch.fake_quantize_per_{tensor,channel}_affine and their _cachemask STE
+// masks. The data, tests/data/affine_golden.json, came from
+// tests/data/make_affine_golden.py (see its docstring to regenerate). Every
+// float is stored as its bit pattern, and outputs must match bit for bit.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "lowbit/cuda.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/ref.hpp"
+#include "lowbit/types.hpp"
+
+#ifndef LOWBIT_TEST_DATA_DIR
+#error "LOWBIT_TEST_DATA_DIR must name the tests/data directory"
+#endif
+
+namespace {
+
+float to_float(std::uint32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+std::uint32_t to_bits(float v) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits;
+}
+
+// "0.100000001 (0x3dcccccd)": enough digits to tell neighbouring floats apart.
+std::string show(float v) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.9g (0x%08x)", v, static_cast<unsigned>(to_bits(v)));
+  return buf;
+}
+
+std::vector<float> floats_from_bits(const nlohmann::json& j) {
+  std::vector<float> out;
+  for (const auto& b : j) out.push_back(to_float(b.get<std::uint32_t>()));
+  return out;
+}
+
+struct GoldenCase {
+  std::string name;
+  lowbit::ChannelLayout layout;
+  lowbit::AffineQuant quant;
+  std::vector<float> scale;
+  std::vector<std::int32_t> zero_point;
+  std::vector<float> x;
+  std::vector<std::uint32_t> y_bits;  // expected output, as bit patterns
+  std::vector<int> mask;              // PyTorch's STE mask, one 0/1 per element
+};
+
+const std::vector<GoldenCase>& golden_cases() {
+  static const std::vector<GoldenCase> cases = [] {
+    const std::string path = std::string(LOWBIT_TEST_DATA_DIR) + "/affine_golden.json";
+    std::ifstream in(path);
+    if (!in) throw std::runtime_error("cannot open " + path);
+    const auto doc = nlohmann::json::parse(in);
+    std::vector<GoldenCase> out;
+    for (const auto& c : doc.at("cases")) {
+      GoldenCase g;
+      g.name = c.at("name").get<std::string>();
+      const auto shape = c.at("shape").get<std::vector<std::int64_t>>();
+      const auto x = floats_from_bits(c.at("x_bits"));
+      g.layout = c.at("mode") == "per_tensor"
+                     ? lowbit::ChannelLayout::per_tensor(static_cast<std::int64_t>(x.size()))
+                     : lowbit::ChannelLayout::per_channel(shape, c.at("axis").get<int>());
+      g.quant = lowbit::AffineQuant{c.at("qmin").get<int>(), c.at("qmax").get<int>()};
+      g.scale = floats_from_bits(c.at("scale_bits"));
+      g.zero_point = c.at("zero_point").get<std::vector<std::int32_t>>();
+      g.x = x;
+      g.y_bits = c.at("y_bits").get<std::vector<std::uint32_t>>();
+      g.mask = c.at("mask").get<std::vector<int>>();
+      out.push_back(std::move(g));
+    }
+    return out;
+  }();
+  return cases;
+}
+
+// Compares lowbit's y (bit for bit) and bit-packed mask with PyTorch's, and
+// lists the first few mismatches.
+::testing::AssertionResult matches_golden(const GoldenCase& g, const std::vector<float>& y,
+                                          const std::vector<std::uint32_t>& mask) {
+  std::ostringstream msg;
+  std::int64_t bad = 0;
+  for (std::size_t i = 0; i < g.x.size(); ++i) {
+    const bool got_pass = (mask[i / 32] >> (i % 32)) & 1u;
+    const bool want_pass = g.mask[i] != 0;
+    if (to_bits(y[i]) == g.y_bits[i] && got_pass == want_pass) continue;
+    if (bad++ < 5) {
+      msg << "\n  [" << i << "] x=" << show(g.x[i])
+          << " expected y=" << show(to_float(g.y_bits[i])) << " mask=" << want_pass
+          << ", got y=" << show(y[i]) << " mask=" << got_pass;
+    }
+  }
+  if (bad == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << g.name << ": " << bad << " of " << g.x.size()
+                                       << " elements differ from PyTorch" << msg.str();
+}
+
+TEST(AffineGolden, DataLoaded) {
+  const auto& cases = golden_cases();
+  ASSERT_GT(cases.size(), 0u);
+  for (const auto& g : cases) {
+    ASSERT_EQ(g.layout.size(), static_cast<std::int64_t>(g.x.size())) << g.name;
+    ASSERT_EQ(g.scale.size(), static_cast<std::size_t>(g.layout.channels)) << g.name;
+    ASSERT_EQ(g.zero_point.size(), g.scale.size()) << g.name;
+    ASSERT_EQ(g.y_bits.size(), g.x.size()) << g.name;
+    ASSERT_EQ(g.mask.size(), g.x.size()) << g.name;
+  }
+}
+
+TEST(AffineGolden, CpuReferenceMatchesPyTorch) {
+  for (const auto& g : golden_cases()) {
+    const std::int64_t n = g.layout.size();
+    std::vector<float> y(n, to_float(0x7fc0dead));  // NaN: catches unwritten outputs
+    std::vector<std::uint32_t> mask(lowbit::mask_words(n), 0xa5a5a5a5u);
+    lowbit::ref::fake_quant_affine(g.x.data(), y.data(), g.layout, g.scale.data(),
+                                   g.zero_point.data(), g.quant, mask.data());
+    EXPECT_TRUE(matches_golden(g, y, mask));
+  }
+}
+
+// Owns a cudaMalloc'd array.
+template <class T>
+struct DeviceArray {
+  T* ptr = nullptr;
+  explicit DeviceArray(std::size_t n) {
+    LOWBIT_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&ptr), (n ? n : 1) * sizeof(T)));
+  }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
+    LOWBIT_CUDA_TRY(
+        cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~DeviceArray() { cudaFree(ptr); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+};
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { LOWBIT_CUDA_TRY(cudaStreamCreate(&s)); }
+  ~Stream() { cudaStreamDestroy(s); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+};
+
+TEST(GpuAffineGolden, CudaMatchesPyTorch) {
+  if (!lowbit::cuda::device_available()) GTEST_SKIP() << "no CUDA device";
+  Stream stream;
+  for (const auto& g : golden_cases()) {
+    const std::int64_t n = g.layout.size();
+    std::vector<float> y(n, to_float(0x7fc0dead));
+    std::vector<std::uint32_t> mask(lowbit::mask_words(n), 0xa5a5a5a5u);
+    DeviceArray<float> d_x(g.x), d_scale(g.scale), d_y(y);
+    DeviceArray<std::int32_t> d_zp(g.zero_point);
+    DeviceArray<std::uint32_t> d_mask(mask);
+    lowbit::cuda::fake_quant_affine(d_x.ptr, d_y.ptr, g.layout, d_scale.ptr, d_zp.ptr, g.quant,
+                                    d_mask.ptr, stream.s);
+    LOWBIT_CUDA_TRY(cudaStreamSynchronize(stream.s));
+    LOWBIT_CUDA_TRY(
+        cudaMemcpy(y.data(), d_y.ptr, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
+    LOWBIT_CUDA_TRY(cudaMemcpy(mask.data(), d_mask.ptr, mask.size() * sizeof(std::uint32_t),
+                               cudaMemcpyDeviceToHost));
+    EXPECT_TRUE(matches_golden(g, y, mask));
+  }
+}
+
+}  // namespace

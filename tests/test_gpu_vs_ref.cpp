@@ -1,0 +1,300 @@
+// Every CUDA op against the CPU reference, bit for bit (outputs, masks, EMA
+// state, and the fixed-order reductions), on seeded random shapes of rank 1-5
+// with sizes that are not multiples of the block, misaligned pointers, every
+// width 2..16, both families, per tensor and per channel on every axis.
+// Skips without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <vector>
+
+#include "lowbit/cuda.hpp"
+#include "lowbit/ref.hpp"
+#include "test_util.hpp"
+
+namespace lowbit {
+namespace {
+
+using test::DeviceBuffer;
+using test::random_values;
+using test::same_bits;
+
+struct RandomShape {
+  std::vector<std::int64_t> dims;
+  int axis;
+  int offset;  // misalignment of x, in floats
+};
+
+std::vector<RandomShape> random_shapes(std::uint32_t seed, int count) {
+  std::mt19937 rng(seed);
+  std::vector<RandomShape> shapes;
+  for (int s = 0; s < count; ++s) {
+    const int rank = 1 + static_cast<int>(rng() % 5);
+    RandomShape shape{{}, static_cast<int>(rng() % rank), static_cast<int>(rng() % 4)};
+    std::int64_t n = 1;
+    for (int d = 0; d < rank; ++d) {
+      const std::int64_t limit = std::max<std::int64_t>(1, 40000 / n);
+      shape.dims.push_back(1 + static_cast<std::int64_t>(rng() % std::min<std::int64_t>(limit, 97)));
+      n *= shape.dims.back();
+    }
+    shapes.push_back(shape);
+  }
+  shapes.push_back({{1 << 20}, 0, 1});        // one large tensor
+  shapes.push_back({{64, 16, 33, 31}, 1, 2});  // NCHW-like
+  return shapes;
+}
+
+/// x copied to the device at a float offset, so pointers are misaligned.
+struct OffsetInput {
+  DeviceBuffer<float> storage;
+  const float* x;
+  OffsetInput(const std::vector<float>& host, int offset) : storage(host.size() + 4) {
+    std::vector<float> padded(host.size() + 4, 0.0f);
+    std::copy(host.begin(), host.end(), padded.begin() + offset);
+    storage.upload(padded);
+    x = storage.get() + offset;
+  }
+};
+
+std::vector<float> download(const float* device, std::int64_t n) {
+  std::vector<float> host(n);
+  if (n > 0)
+    LOWBIT_CUDA_TRY(cudaMemcpy(host.data(), device, n * sizeof(float), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+TEST(GpuFakeQuant, RangeMatchesReferenceOnRandomShapes) {
+  LOWBIT_REQUIRE_GPU();
+  std::uint32_t seed = 1;
+  for (const RandomShape& shape : random_shapes(42, 12)) {
+    for (bool per_channel : {false, true}) {
+      const ChannelLayout layout = per_channel
+                                       ? ChannelLayout::per_channel(shape.dims, shape.axis)
+                                       : ChannelLayout::per_tensor(ChannelLayout::per_channel(
+                                                                       shape.dims, 0).size());
+      const std::int64_t n = layout.size();
+      const auto x = random_values(n, seed++);
+      std::vector<float> lo(layout.channels), hi(layout.channels);
+      for (std::int64_t c = 0; c < layout.channels; ++c) {
+        lo[c] = -0.5f - 0.37f * static_cast<float>(c % 5);
+        hi[c] = 0.25f + 0.71f * static_cast<float>(c % 7);
+      }
+      OffsetInput dx(x, shape.offset);
+      DeviceBuffer<float> dlo(lo), dhi(hi), dy(n + 3);
+      for (int bits = kMinBits; bits <= kMaxBits; ++bits) {
+        for (bool narrow : {false, true}) {
+          for (MaskFormat format : {MaskFormat::pass, MaskFormat::sides}) {
+            SCOPED_TRACE(::testing::Message() << "n " << n << " channels " << layout.channels
+                                              << " bits " << bits << " narrow " << narrow);
+            const RangeQuant quant{bits, narrow};
+            std::vector<float> y(n);
+            std::vector<std::uint32_t> mask(mask_words(n, format));
+            ref::fake_quant_range(x.data(), y.data(), layout, lo.data(), hi.data(), quant,
+                                  mask.data(), format);
+            DeviceBuffer<std::uint32_t> dmask(mask.size());
+            float* y_out = dy.get() + (shape.offset + 1) % 3;
+            cuda::fake_quant_range(dx.x, y_out, layout, dlo.get(), dhi.get(), quant, dmask.get(),
+                                   format, nullptr);
+            ASSERT_TRUE(same_bits(y, download(y_out, n)));
+            ASSERT_TRUE(same_bits(mask, dmask.download()));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(GpuFakeQuant, AffineMatchesReferenceOnRandomShapes) {
+  LOWBIT_REQUIRE_GPU();
+  std::uint32_t seed = 500;
+  for (const RandomShape& shape : random_shapes(43, 12)) {
+    const ChannelLayout layout = ChannelLayout::per_channel(shape.dims, shape.axis);
+    const std::int64_t n = layout.size();
+    const auto x = random_values(n, seed++);
+    OffsetInput dx(x, shape.offset);
+    DeviceBuffer<float> dy(n);
+    for (int bits = kMinBits; bits <= kMaxBits; ++bits) {
+      for (bool is_signed : {false, true}) {
+        const AffineQuant quant =
+            is_signed ? AffineQuant::signed_bits(bits) : AffineQuant::unsigned_bits(bits);
+        std::vector<float> scale(layout.channels);
+        std::vector<std::int32_t> zero_point(layout.channels);
+        for (std::int64_t c = 0; c < layout.channels; ++c) {
+          scale[c] = 5.0f / static_cast<float>(quant.qmax - quant.qmin) * (1.0f + 0.01f * c);
+          zero_point[c] =
+              quant.qmin + static_cast<std::int32_t>((c * 40503) % (quant.qmax - quant.qmin + 1));
+        }
+        std::vector<float> y(n);
+        std::vector<std::uint32_t> mask(mask_words(n));
+        ref::fake_quant_affine(x.data(), y.data(), layout, scale.data(), zero_point.data(), quant,
+                               mask.data());
+        DeviceBuffer<float> dscale(scale);
+        DeviceBuffer<std::int32_t> dzero(zero_point);
+        DeviceBuffer<std::uint32_t> dmask(mask.size());
+        cuda::fake_quant_affine(dx.x, dy.get(), layout, dscale.get(), dzero.get(), quant,
+                                dmask.get(), nullptr);
+        ASSERT_TRUE(same_bits(y, dy.download())) << "bits " << bits;
+        ASSERT_TRUE(same_bits(mask, dmask.download())) << "bits " << bits;
+      }
+    }
+  }
+}
+
+TEST(GpuSteBackward, DxAndRangeGradientsMatchReferenceExactly) {
+  LOWBIT_REQUIRE_GPU();
+  std::uint32_t seed = 900;
+  for (const RandomShape& shape : random_shapes(44, 10)) {
+    for (bool per_channel : {false, true}) {
+      const ChannelLayout layout =
+          per_channel ? ChannelLayout::per_channel(shape.dims, shape.axis)
+                      : ChannelLayout::per_tensor(ChannelLayout::per_channel(shape.dims, 0).size());
+      const std::int64_t n = layout.size();
+      const auto x = random_values(n, seed++);
+      const auto g = random_values(n, seed++, 1.0f);
+      std::vector<float> lo(layout.channels, -1.25f), hi(layout.channels, 0.75f);
+      std::vector<float> y(n);
+      std::vector<std::uint32_t> sides(mask_words(n, MaskFormat::sides));
+      ref::fake_quant_range(x.data(), y.data(), layout, lo.data(), hi.data(), {4, false},
+                            sides.data(), MaskFormat::sides);
+      std::vector<float> storage, dx(n), d_min(layout.channels), d_max(layout.channels);
+      ref::ste_backward_range(g.data(), sides.data(), layout, dx.data(), d_min.data(),
+                              d_max.data(), test::host_workspace(storage, layout));
+
+      OffsetInput dg(g, shape.offset);
+      DeviceBuffer<std::uint32_t> dsides(sides);
+      DeviceBuffer<float> ddx(n), ddmin(layout.channels), ddmax(layout.channels);
+      DeviceBuffer<float> workspace(reduction_workspace_bytes(layout) / sizeof(float) + 1);
+      cuda::ste_backward_range(dg.x, dsides.get(), layout, ddx.get(), ddmin.get(), ddmax.get(),
+                               workspace.as_workspace(), nullptr);
+      ASSERT_TRUE(same_bits(dx, ddx.download()));
+      ASSERT_TRUE(same_bits(d_min, ddmin.download()));
+      ASSERT_TRUE(same_bits(d_max, ddmax.download()));
+
+      cuda::ste_backward(dg.x, dsides.get(), MaskFormat::sides, n, ddx.get(), nullptr);
+      ASSERT_TRUE(same_bits(dx, ddx.download()));
+      std::vector<std::uint32_t> pass(mask_words(n));
+      ref::fake_quant_range(x.data(), y.data(), layout, lo.data(), hi.data(), {4, false},
+                            pass.data());
+      DeviceBuffer<std::uint32_t> dpass(pass);
+      cuda::ste_backward(dg.x, dpass.get(), MaskFormat::pass, n, ddx.get(), nullptr);
+      ASSERT_TRUE(same_bits(dx, ddx.download()));
+    }
+  }
+}
+
+// A run of EMA steps, including a NaN batch, quant_delay and a freeze, gives
+// the same outputs, masks and state bytes on both sides.
+TEST(GpuEma, SequenceMatchesReferenceInBothModes) {
+  LOWBIT_REQUIRE_GPU();
+  for (EmaMode mode : {EmaMode::exact, EmaMode::lagged}) {
+    for (int bits : {2, 4, 8, 16}) {
+      EmaConfig config;
+      config.quant = {bits, false};
+      config.mode = mode;
+      config.quant_delay = 2;
+      config.freeze_step = 9;
+      config.decay = 0.99f;
+      EmaRangeState state;
+      ref::ema_state_init(&state);
+      DeviceBuffer<EmaRangeState> dstate(1);
+      cuda::ema_state_init(dstate.get(), nullptr);
+      for (int step = 0; step < 12; ++step) {
+        const std::int64_t n = 1000 + 7919 * step;
+        auto x = random_values(n, 77 + step, 0.5f + step);
+        if (step == 4) x[n / 2] = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> y(n);
+        std::vector<std::uint32_t> mask(mask_words(n));
+        ref::ema_fake_quant(x.data(), y.data(), n, &state, config, mask.data(), MaskFormat::pass);
+        OffsetInput dx(x, step % 4);
+        DeviceBuffer<float> dy(n);
+        DeviceBuffer<std::uint32_t> dmask(mask.size());
+        cuda::ema_fake_quant(dx.x, dy.get(), n, dstate.get(), config, dmask.get(),
+                             MaskFormat::pass, nullptr);
+        SCOPED_TRACE(::testing::Message() << "bits " << bits << " step " << step);
+        ASSERT_TRUE(same_bits(y, dy.download()));
+        ASSERT_TRUE(same_bits(mask, dmask.download()));
+        const EmaRangeState got = dstate.download()[0];
+        ASSERT_EQ(std::memcmp(&state, &got, sizeof state), 0)
+            << "min " << got.min << " vs " << state.min << ", max " << got.max << " vs "
+            << state.max << ", steps " << got.steps << ", skipped " << got.skipped;
+      }
+    }
+  }
+}
+
+// The ops are capturable: a captured forward + backward replays to the same
+// result as eager calls.
+TEST(GpuGraph, CapturedStepReplaysLikeEager) {
+  LOWBIT_REQUIRE_GPU();
+  const std::int64_t n = 123457;
+  const auto x = random_values(n, 5);
+  const auto g = random_values(n, 6);
+  DeviceBuffer<float> dx(x), dg(g), dy(n), ddx(n);
+  DeviceBuffer<std::uint32_t> dmask(mask_words(n));
+  DeviceBuffer<EmaRangeState> dstate(1);
+  EmaConfig config;
+  config.quant = {4, false};
+  cudaStream_t stream;
+  LOWBIT_CUDA_TRY(cudaStreamCreate(&stream));
+  cuda::ema_state_init(dstate.get(), stream);
+  cudaGraph_t graph;
+  LOWBIT_CUDA_TRY(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  cuda::ema_fake_quant(dx.get(), dy.get(), n, dstate.get(), config, dmask.get(), MaskFormat::pass,
+                       stream);
+  cuda::ste_backward(dg.get(), dmask.get(), MaskFormat::pass, n, ddx.get(), stream);
+  LOWBIT_CUDA_TRY(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec;
+  LOWBIT_CUDA_TRY(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 3; ++i) LOWBIT_CUDA_TRY(cudaGraphLaunch(exec, stream));
+  LOWBIT_CUDA_TRY(cudaStreamSynchronize(stream));
+
+  EmaRangeState state;
+  ref::ema_state_init(&state);
+  std::vector<float> y(n), dxr(n);
+  std::vector<std::uint32_t> mask(mask_words(n));
+  for (int i = 0; i < 3; ++i) {
+    ref::ema_fake_quant(x.data(), y.data(), n, &state, config, mask.data(), MaskFormat::pass);
+    ref::ste_backward(g.data(), mask.data(), MaskFormat::pass, n, dxr.data());
+  }
+  EXPECT_TRUE(same_bits(y, dy.download()));
+  EXPECT_TRUE(same_bits(dxr, ddx.download()));
+  const EmaRangeState got = dstate.download()[0];
+  EXPECT_EQ(std::memcmp(&state, &got, sizeof state), 0);
+  LOWBIT_CUDA_TRY(cudaGraphExecDestroy(exec));
+  LOWBIT_CUDA_TRY(cudaGraphDestroy(graph));
+  LOWBIT_CUDA_TRY(cudaStreamDestroy(stream));
+}
+
+// n >= 2^31 needs 64-bit indexing; checked on the tail, where 32-bit
+// arithmetic would wrap. Needs about 18 GB of device memory.
+TEST(GpuLargeTensor, BeyondTwoToThe31Elements) {
+  LOWBIT_REQUIRE_GPU();
+  const std::int64_t n = (std::int64_t{1} << 31) + 77;
+  std::size_t free_bytes = 0, total_bytes = 0;
+  LOWBIT_CUDA_TRY(cudaMemGetInfo(&free_bytes, &total_bytes));
+  if (free_bytes < static_cast<std::size_t>(n) * 9) GTEST_SKIP() << "needs ~18 GB free";
+  DeviceBuffer<float> x(n), y(n);
+  DeviceBuffer<std::uint32_t> mask(mask_words(n));
+  // 0.3 everywhere, with the last 1000 elements set to 5.0 (above the range).
+  LOWBIT_CUDA_TRY(cudaMemset(x.get(), 0, n * sizeof(float)));
+  const std::vector<float> tail(1000, 5.0f);
+  LOWBIT_CUDA_TRY(cudaMemcpy(x.get() + n - 1000, tail.data(), 1000 * sizeof(float),
+                             cudaMemcpyHostToDevice));
+  const std::vector<float> lo = {-1.0f}, hi = {1.0f};
+  DeviceBuffer<float> dlo(lo), dhi(hi);
+  cuda::fake_quant_range(x.get(), y.get(), ChannelLayout::per_tensor(n), dlo.get(), dhi.get(),
+                         {8, false}, mask.get(), MaskFormat::pass, nullptr);
+  const auto y_tail = download(y.get() + n - 1000, 1000);
+  const RangeParams p = nudge_range(-1.0f, 1.0f, 0, 255);
+  for (float v : y_tail) ASSERT_EQ(v, p.nudged_max);
+  std::vector<std::uint32_t> last_words(2);
+  LOWBIT_CUDA_TRY(cudaMemcpy(last_words.data(), mask.get() + mask_words(n) - 2,
+                             2 * sizeof(std::uint32_t), cudaMemcpyDeviceToHost));
+  EXPECT_EQ(last_words[0], 0u);
+  EXPECT_EQ(last_words[1], 0u);
+  const auto y_head = download(y.get(), 1000);
+  for (float v : y_head) ASSERT_EQ(v, 0.0f);
+}
+
+}  // namespace
+}  // namespace lowbit

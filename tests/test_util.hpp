@@ -1,0 +1,115 @@
+// Helpers shared by the test files: bit-exact comparison that reports the
+// first mismatches, seeded data, and RAII device buffers for the GPU tests.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "lowbit/cuda.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/types.hpp"
+
+namespace lowbit::test {
+
+inline std::uint32_t bits_of(float v) {
+  std::uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  return u;
+}
+
+/// Compares two arrays element by element on their bit patterns (so NaN,
+/// -0.0 and +0.0 count) and lists the first few mismatches.
+template <class T>
+::testing::AssertionResult same_bits(const std::vector<T>& expected, const std::vector<T>& got) {
+  if (expected.size() != got.size())
+    return ::testing::AssertionFailure()
+           << "sizes differ: " << expected.size() << " vs " << got.size();
+  std::ostringstream out;
+  std::size_t mismatches = 0;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    if (std::memcmp(&expected[i], &got[i], sizeof(T)) == 0) continue;
+    if (++mismatches <= 5) {
+      out << "\n  [" << i << "] expected " << +expected[i] << " got " << +got[i];
+      if constexpr (std::is_same_v<T, float>)
+        out << std::hex << " (0x" << bits_of(expected[i]) << " vs 0x" << bits_of(got[i]) << ")"
+            << std::dec;
+    }
+  }
+  if (mismatches == 0) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << mismatches << " of " << expected.size()
+                                       << " elements differ:" << out.str();
+}
+
+/// Seeded normal values, scaled, with a sprinkle of exact grid points and
+/// zeros so ties and boundaries occur.
+inline std::vector<float> random_values(std::int64_t n, std::uint32_t seed, float stddev = 2.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, stddev);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (auto& x : v) {
+    const std::uint32_t r = rng() % 16;
+    x = r == 0 ? 0.0f : r == 1 ? std::round(normal(rng) * 8.0f) / 8.0f : normal(rng);
+  }
+  return v;
+}
+
+inline Workspace host_workspace(std::vector<float>& storage, const ChannelLayout& layout) {
+  storage.assign(reduction_workspace_bytes(layout) / sizeof(float) + 1, 0.0f);
+  return {storage.data(), storage.size() * sizeof(float)};
+}
+
+#define LOWBIT_REQUIRE_GPU() \
+  if (!::lowbit::cuda::device_available()) GTEST_SKIP() << "no CUDA device"
+
+/// Move-only device allocation.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t count) : count_(count) {
+    if (count_ > 0)
+      LOWBIT_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&data_), count_ * sizeof(T)));
+  }
+  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
+  DeviceBuffer(DeviceBuffer&& other) noexcept { swap(other); }
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    swap(other);
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (data_ != nullptr) cudaFree(data_);
+  }
+
+  T* get() const { return data_; }
+  std::size_t size() const { return count_; }
+  void upload(const std::vector<T>& host) {
+    if (count_ > 0)
+      LOWBIT_CUDA_TRY(cudaMemcpy(data_, host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download() const {
+    std::vector<T> host(count_);
+    if (count_ > 0)
+      LOWBIT_CUDA_TRY(cudaMemcpy(host.data(), data_, count_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return host;
+  }
+  Workspace as_workspace() const { return {data_, count_ * sizeof(T)}; }
+
+ private:
+  void swap(DeviceBuffer& other) noexcept {
+    std::swap(data_, other.data_);
+    std::swap(count_, other.count_);
+  }
+  T* data_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+}  // namespace lowbit::test
