@@ -1,0 +1,529 @@
+// Kernel benchmarks: lowbit's memory-bound ops against a device-to-device copy
+// measured in the same run (DESIGN.md §4).
+//
+// With a CUDA device it times lowbit::cuda (names start "gpu/"): CUDA-event
+// time per call, after one untimed warm-up call, with L2 flushed before every
+// timed call so that inputs come from device memory. Without a device it times
+// the CPU reference lowbit::ref (names start "cpu/") at small sizes, so that
+// CPU-only CI still runs every op; those inputs may sit in the CPU caches.
+//
+// Counters:
+//   bytes_per_elem  the fewest bytes the op must move per element: each input
+//                   read once, each output written once, 1/8 byte per mask plane
+//   GB/s            bytes_per_elem·n over the time per call, in 10^9 B/s
+//                   (bytes_per_second is the same figure in B/s)
+//   pct_of_copy     100·GB/s / (the copy's GB/s at the same n in this run):
+//                   100 is copy speed for the bytes the op must move; DESIGN.md
+//                   §4 asks ≥ 90 for fake quant. Absent if the copy at that n
+//                   was filtered out.
+// The binary exits 1 if any benchmark failed, so the CTest smoke test catches
+// errors that Google Benchmark itself only prints.
+#include <benchmark/benchmark.h>
+#include <cuda_runtime_api.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <list>
+#include <map>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "lowbit/cuda.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/ref.hpp"
+#include "lowbit/types.hpp"
+
+namespace {
+
+using lowbit::ChannelLayout;
+using lowbit::EmaMode;
+using lowbit::MaskFormat;
+
+/// Move-only device array of T: uninitialised, or a copy of a host vector
+/// (so that it constructs like the CPU backend's std::vector).
+template <class T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(std::size_t count) : count_(count) {
+    if (count_ > 0) LOWBIT_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&data_), bytes()));
+  }
+  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
+    if (count_ > 0)
+      LOWBIT_CUDA_TRY(cudaMemcpy(data_, host.data(), bytes(), cudaMemcpyHostToDevice));
+  }
+  DeviceBuffer(DeviceBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    std::swap(data_, other.data_);
+    std::swap(count_, other.count_);
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (data_ == nullptr) return;
+    if (const cudaError_t status = cudaFree(data_); status != cudaSuccess)
+      std::fprintf(stderr, "cudaFree: %s\n", cudaGetErrorString(status));
+  }
+
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  std::size_t size() const { return count_; }
+  std::size_t bytes() const { return count_ * sizeof(T); }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t count_ = 0;
+};
+
+class CudaEvent {
+ public:
+  CudaEvent() { LOWBIT_CUDA_TRY(cudaEventCreate(&event_)); }
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+  ~CudaEvent() {
+    if (const cudaError_t status = cudaEventDestroy(event_); status != cudaSuccess)
+      std::fprintf(stderr, "cudaEventDestroy: %s\n", cudaGetErrorString(status));
+  }
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+// Kept for main's exit status, and alive for the run because SkipWithError
+// may keep only the pointer.
+std::list<std::string>& failures() {
+  static std::list<std::string> messages;
+  return messages;
+}
+
+void fail(benchmark::State& state, std::string message) {
+  failures().push_back(std::move(message));
+  state.SkipWithError(failures().back().c_str());
+}
+
+/// Times one iteration, rmm style: the constructor flushes L2 (untimed) and
+/// records the start; the destructor records the stop, waits and reports the
+/// elapsed time. Destructor errors are reported, never thrown.
+class CudaEventTimer {
+ public:
+  CudaEventTimer(benchmark::State& state, DeviceBuffer<std::byte>& l2_flush, const CudaEvent& start,
+                 const CudaEvent& stop, cudaStream_t stream, double& total_seconds)
+      : state_(state), start_(start), stop_(stop), stream_(stream), total_(total_seconds) {
+    // Writing 2x L2 evicts the previous call's data. It leaves dirty lines that
+    // the timed call may have to write back; the copy baseline pays the same.
+    LOWBIT_CUDA_TRY(cudaMemsetAsync(l2_flush.data(), 0, l2_flush.bytes(), stream_));
+    LOWBIT_CUDA_TRY(cudaEventRecord(start_.get(), stream_));
+  }
+  CudaEventTimer(const CudaEventTimer&) = delete;
+  CudaEventTimer& operator=(const CudaEventTimer&) = delete;
+  ~CudaEventTimer() {
+    float ms = 0.0f;
+    cudaError_t status = cudaEventRecord(stop_.get(), stream_);
+    if (status == cudaSuccess) status = cudaEventSynchronize(stop_.get());
+    if (status == cudaSuccess) status = cudaEventElapsedTime(&ms, start_.get(), stop_.get());
+    if (status != cudaSuccess) {
+      fail(state_, std::string("timed call: ") + cudaGetErrorString(status));
+      return;
+    }
+    state_.SetIterationTime(ms * 1e-3);
+    total_ += ms * 1e-3;
+  }
+
+ private:
+  benchmark::State& state_;
+  const CudaEvent& start_;
+  const CudaEvent& stop_;
+  cudaStream_t stream_;
+  double& total_;
+};
+
+// ---------------------------------------------------------------------------
+// Backends: one set of benchmark bodies runs on lowbit::cuda or lowbit::ref,
+// whose signatures differ only by the trailing stream.
+
+#define LOWBIT_BENCH_OPS(X)                                                     \
+  X(fake_quant_range) X(fake_quant_affine) X(ste_backward) X(ste_backward_range) \
+  X(ema_state_init) X(ema_fake_quant) X(fake_quant_weights) X(lsq_forward)       \
+  X(lsq_backward) X(pack_codes) X(unpack_codes)
+#define LOWBIT_BENCH_GPU_OP(op) \
+  template <class... A>         \
+  static void op(A... a) { lowbit::cuda::op(a..., kStream); }
+#define LOWBIT_BENCH_CPU_OP(op) \
+  template <class... A>         \
+  static void op(A... a) { lowbit::ref::op(a...); }
+
+struct Gpu {
+  static constexpr const char* kLabel = "gpu";
+  static constexpr cudaStream_t kStream = nullptr;
+  template <class T>
+  using Buffer = DeviceBuffer<T>;
+  inline static DeviceBuffer<std::byte>* l2_flush = nullptr;  // owned by main
+
+  LOWBIT_BENCH_OPS(LOWBIT_BENCH_GPU_OP)
+
+  static void copy(float* dst, const float* src, std::int64_t n) {
+    LOWBIT_CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(float) * static_cast<std::size_t>(n),
+                                    cudaMemcpyDeviceToDevice, kStream));
+  }
+
+  /// Event-timed seconds of all iterations.
+  template <class Op>
+  static double time(benchmark::State& state, const Op& op) {
+    op();  // module load and first touch stay out of the numbers
+    LOWBIT_CUDA_TRY(cudaStreamSynchronize(kStream));
+    const CudaEvent start;
+    const CudaEvent stop;
+    double seconds = 0.0;
+    for (auto _ : state) {
+      const CudaEventTimer timer(state, *l2_flush, start, stop, kStream, seconds);
+      op();
+    }
+    return seconds;
+  }
+};
+
+struct Cpu {
+  static constexpr const char* kLabel = "cpu";
+  template <class T>
+  using Buffer = std::vector<T>;
+
+  LOWBIT_BENCH_OPS(LOWBIT_BENCH_CPU_OP)
+
+  static void copy(float* dst, const float* src, std::int64_t n) {
+    std::memcpy(dst, src, sizeof(float) * static_cast<std::size_t>(n));
+  }
+
+  template <class Op>
+  static double time(benchmark::State& state, const Op& op) {
+    op();
+    const auto begin = std::chrono::steady_clock::now();
+    for (auto _ : state) op();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  }
+};
+
+#undef LOWBIT_BENCH_GPU_OP
+#undef LOWBIT_BENCH_CPU_OP
+#undef LOWBIT_BENCH_OPS
+
+template <class B, class T>
+using Buf = typename B::template Buffer<T>;
+
+// ---------------------------------------------------------------------------
+// Inputs and counters
+
+/// Deterministic values in [lo, hi) from a multiplicative hash of the index:
+/// never constant, never all zero (zeros can run faster than real data).
+/// Cached: Google Benchmark calls each body several times.
+const std::vector<float>& pattern(std::int64_t n, std::uint32_t seed, float lo, float hi) {
+  static std::map<std::pair<std::int64_t, std::uint32_t>, std::vector<float>> cache;
+  std::vector<float>& values = cache[{n, seed}];
+  values.reserve(static_cast<std::size_t>(n));
+  for (std::int64_t i = static_cast<std::int64_t>(values.size()); i < n; ++i) {
+    const std::uint32_t hash = (static_cast<std::uint32_t>(i) ^ seed) * 2654435761u;
+    values.push_back(lo + (hi - lo) * static_cast<float>(hash >> 8) * 0x1p-24f);
+  }
+  return values;
+}
+const std::vector<float>& inputs(std::int64_t n) { return pattern(n, 0x9e3779b9u, -3.0f, 3.0f); }
+const std::vector<float>& grads(std::int64_t n) { return pattern(n, 0x85ebca6bu, -1.0f, 1.0f); }
+
+std::vector<std::uint8_t> codes(std::int64_t n, int bits) {
+  std::vector<std::uint8_t> values;
+  for (const float v : inputs(n))  // [-3, 3) onto the code range
+    values.push_back(static_cast<std::uint8_t>(static_cast<int>((v + 3.0f) * 85.0f) % (1 << bits)));
+  return values;
+}
+
+/// One value per channel, a little apart so that channels differ.
+std::vector<float> per_channel(std::int64_t channels, float first, float step) {
+  std::vector<float> values;
+  for (std::int64_t c = 0; c < channels; ++c)
+    values.push_back(first + step * static_cast<float>(c));
+  return values;
+}
+
+// Activations: per tensor, or NCHW [64, 64, n/4096] on axis 1.
+ChannelLayout activation_layout(std::int64_t n, bool channels) {
+  return channels ? ChannelLayout{64, 64, n / 4096} : ChannelLayout::per_tensor(n);
+}
+
+template <class B>
+lowbit::Workspace workspace(Buf<B, std::byte>& buffer) {
+  return {buffer.data(), buffer.size()};
+}
+
+/// Copy GB/s by n. The copies are registered first, so they run first.
+std::map<std::int64_t, double>& copy_gbps() {
+  static std::map<std::int64_t, double> by_n;
+  return by_n;
+}
+
+/// Times `op` on backend B and sets the counters described at the top.
+template <class B, class Op>
+void measure(benchmark::State& state, std::int64_t n, double bytes_per_elem, const Op& op,
+             bool is_copy = false) {
+  const double seconds = B::time(state, op);
+  if (state.error_occurred() || seconds <= 0.0) return;
+  const double bytes =
+      bytes_per_elem * static_cast<double>(n) * static_cast<double>(state.iterations());
+  const double gbps = bytes / seconds * 1e-9;
+  state.SetBytesProcessed(static_cast<std::int64_t>(bytes));
+  state.counters["bytes_per_elem"] = bytes_per_elem;
+  state.counters["GB/s"] = gbps;
+  if (is_copy)
+    copy_gbps()[n] = gbps;
+  else if (const auto copy = copy_gbps().find(n); copy != copy_gbps().end())
+    state.counters["pct_of_copy"] = 100.0 * gbps / copy->second;
+}
+
+// ---------------------------------------------------------------------------
+// Benchmark bodies. Ranges of about [-2, 2.5] against inputs in [-3, 3) put
+// some elements below and some above the range, as real activations are.
+
+template <class B>
+void bench_copy(benchmark::State& state, std::int64_t n) {
+  const Buf<B, float> x(inputs(n));
+  Buf<B, float> y(n);
+  const auto copy = [&] { B::copy(y.data(), x.data(), n); };
+  measure<B>(state, n, 8.0, copy, true);
+}
+
+// Read x, write y, 1 mask bit: 8.125 B/elem.
+template <class B>
+void bench_fake_quant_range(benchmark::State& state, std::int64_t n, int bits, bool channels) {
+  const ChannelLayout layout = activation_layout(n, channels);
+  const Buf<B, float> x(inputs(n)), min(per_channel(layout.channels, -2.0f, -0.01f)),
+      max(per_channel(layout.channels, 2.5f, 0.01f));
+  Buf<B, float> y(n);
+  Buf<B, std::uint32_t> mask(lowbit::mask_words(n));
+  measure<B>(state, n, 8.125, [&] {
+    B::fake_quant_range(x.data(), y.data(), layout, min.data(), max.data(),
+                        lowbit::RangeQuant{bits, false}, mask.data(), MaskFormat::pass);
+  });
+}
+
+// Read x, write y, 1 mask bit: 8.125 B/elem.
+template <class B>
+void bench_fake_quant_affine(benchmark::State& state, std::int64_t n, int bits, bool channels) {
+  const ChannelLayout layout = activation_layout(n, channels);
+  const auto quant = lowbit::AffineQuant::unsigned_bits(bits);
+  const float step = 4.5f / static_cast<float>(quant.qmax - quant.qmin);
+  const Buf<B, float> x(inputs(n)), scale(per_channel(layout.channels, step, step * 1e-3f));
+  const Buf<B, std::int32_t> zero_point(
+      std::vector<std::int32_t>(layout.channels, (quant.qmax + 1) / 2));
+  Buf<B, float> y(n);
+  Buf<B, std::uint32_t> mask(lowbit::mask_words(n));
+  measure<B>(state, n, 8.125, [&] {
+    B::fake_quant_affine(x.data(), y.data(), layout, scale.data(), zero_point.data(), quant,
+                         mask.data());
+  });
+}
+
+// From a mask saved by a real forward. pass: read dy, write dx, 1 mask bit
+// (8.125 B/elem). sides: 2 mask bits for d_min and d_max (8.25 B/elem).
+template <class B>
+void bench_ste_backward(benchmark::State& state, std::int64_t n, MaskFormat format) {
+  const ChannelLayout layout = ChannelLayout::per_tensor(n);
+  const Buf<B, float> x(inputs(n)), dy(grads(n)), min(std::vector<float>{-2.0f}),
+      max(std::vector<float>{2.5f});
+  Buf<B, float> dx(n), d_min(1), d_max(1);
+  Buf<B, std::uint32_t> mask(lowbit::mask_words(n, format));
+  Buf<B, std::byte> ws(lowbit::reduction_workspace_bytes(layout));
+  B::fake_quant_range(x.data(), dx.data(), layout, min.data(), max.data(),
+                      lowbit::RangeQuant{4, false}, mask.data(), format);
+  if (format == MaskFormat::pass)
+    measure<B>(state, n, 8.125,
+               [&] { B::ste_backward(dy.data(), mask.data(), format, n, dx.data()); });
+  else
+    measure<B>(state, n, 8.25, [&] {
+      B::ste_backward_range(dy.data(), mask.data(), layout, dx.data(), d_min.data(), d_max.data(),
+                            workspace<B>(ws));
+    });
+}
+
+// exact reads x twice (batch range, then quantize): 12.125 B/elem; lagged
+// reads it once: 8.125 B/elem.
+template <class B>
+void bench_ema_fake_quant(benchmark::State& state, std::int64_t n, int bits, EmaMode mode) {
+  const Buf<B, float> x(inputs(n));
+  Buf<B, float> y(n);
+  Buf<B, std::uint32_t> mask(lowbit::mask_words(n));
+  Buf<B, lowbit::EmaRangeState> ema(1);
+  B::ema_state_init(ema.data());
+  lowbit::EmaConfig config;
+  config.quant = lowbit::RangeQuant{bits, false};
+  config.mode = mode;
+  // The warm-up call makes the first update, so lagged mode quantizes too.
+  measure<B>(state, n, mode == EmaMode::exact ? 12.125 : 8.125, [&] {
+    B::ema_fake_quant(x.data(), y.data(), n, ema.data(), config, mask.data(), MaskFormat::pass);
+  });
+}
+
+// Weights [64, n/64] on axis 0, symmetric, narrow. Range, then quantize: read
+// w twice, write y (12 B/elem). No mask: the range is the weights' own.
+template <class B>
+void bench_fake_quant_weights(benchmark::State& state, std::int64_t n, int bits) {
+  const ChannelLayout layout{1, 64, n / 64};
+  const Buf<B, float> w(inputs(n));
+  Buf<B, float> y(n), min(layout.channels), max(layout.channels);
+  Buf<B, std::byte> ws(lowbit::reduction_workspace_bytes(layout));
+  measure<B>(state, n, 12.0, [&] {
+    B::fake_quant_weights(w.data(), y.data(), layout, lowbit::RangeQuant{bits, true}, true,
+                          min.data(), max.data(), nullptr, workspace<B>(ws));
+  });
+}
+
+// Per tensor. Forward: read x, write y (8 B/elem). Backward: read dy and x,
+// write dx (12 B/elem); d_scale is one float.
+template <class B>
+void bench_lsq(benchmark::State& state, std::int64_t n, int bits, bool backward) {
+  const ChannelLayout layout = ChannelLayout::per_tensor(n);
+  const auto quant = lowbit::LsqQuant::signed_bits(bits);
+  const Buf<B, float> x(inputs(n)), dy(grads(n)),
+      scale(std::vector<float>{2.5f / static_cast<float>(quant.qmax)});
+  Buf<B, float> out(n), d_scale(1);
+  Buf<B, std::byte> ws(lowbit::reduction_workspace_bytes(layout));
+  if (!backward)
+    measure<B>(state, n, 8.0,
+               [&] { B::lsq_forward(x.data(), out.data(), layout, scale.data(), quant); });
+  else
+    measure<B>(state, n, 12.0, [&] {
+      B::lsq_backward(dy.data(), x.data(), layout, scale.data(), quant, out.data(), d_scale.data(),
+                      workspace<B>(ws));
+    });
+}
+
+// One byte per code on one side, bits/8 bytes on the other.
+template <class B>
+void bench_pack(benchmark::State& state, std::int64_t n, int bits, bool unpack) {
+  Buf<B, std::uint8_t> unpacked(codes(n, bits)), packed(lowbit::packed_bytes(n, bits));
+  B::pack_codes(unpacked.data(), n, bits, packed.data());
+  const double bytes_per_elem = 1.0 + bits / 8.0;
+  if (unpack)
+    measure<B>(state, n, bytes_per_elem,
+               [&] { B::unpack_codes(packed.data(), n, bits, unpacked.data()); });
+  else
+    measure<B>(state, n, bytes_per_elem,
+               [&] { B::pack_codes(unpacked.data(), n, bits, packed.data()); });
+}
+
+// ---------------------------------------------------------------------------
+// Registration
+
+template <class B, class Body>
+void add(const std::string& name, Body body) {
+  auto* bench = benchmark::RegisterBenchmark((std::string(B::kLabel) + "/" + name).c_str(),
+                                             [body](benchmark::State& state) {
+                                               try {
+                                                 body(state);
+                                               } catch (const std::exception& e) {
+                                                 fail(state, e.what());
+                                               }
+                                             });
+  bench->Unit(benchmark::kMicrosecond);
+  if constexpr (std::is_same_v<B, Gpu>)
+    bench->UseManualTime();
+  else
+    bench->UseRealTime();
+}
+
+std::string suffix(int bits, std::int64_t n) {
+  return (bits > 0 ? "/bits:" + std::to_string(bits) : std::string()) + "/n:" + std::to_string(n);
+}
+
+template <class B>
+void register_all(const std::vector<std::int64_t>& sizes, const std::vector<int>& widths) {
+  using State = benchmark::State;
+  for (const std::int64_t n : sizes)
+    add<B>("copy" + suffix(0, n), [n](State& s) { bench_copy<B>(s, n); });
+  // The STE backward reads only the mask, not the width: one per size.
+  for (const std::int64_t n : sizes) {
+    add<B>("ste_backward/pass" + suffix(0, n),
+           [n](State& s) { bench_ste_backward<B>(s, n, MaskFormat::pass); });
+    add<B>("ste_backward_range/sides" + suffix(0, n),
+           [n](State& s) { bench_ste_backward<B>(s, n, MaskFormat::sides); });
+  }
+  for (const int bits : widths) {
+    for (const std::int64_t n : sizes) {
+      const std::string tail = suffix(bits, n);
+      for (const bool channels : {false, true}) {
+        const std::string layout = channels ? "/per_channel" : "/per_tensor";
+        add<B>("fake_quant_range" + layout + tail,
+               [=](State& s) { bench_fake_quant_range<B>(s, n, bits, channels); });
+        add<B>("fake_quant_affine" + layout + tail,
+               [=](State& s) { bench_fake_quant_affine<B>(s, n, bits, channels); });
+      }
+      add<B>("ema_fake_quant/exact" + tail,
+             [=](State& s) { bench_ema_fake_quant<B>(s, n, bits, EmaMode::exact); });
+      add<B>("ema_fake_quant/lagged" + tail,
+             [=](State& s) { bench_ema_fake_quant<B>(s, n, bits, EmaMode::lagged); });
+      add<B>("fake_quant_weights/per_channel" + tail,
+             [=](State& s) { bench_fake_quant_weights<B>(s, n, bits); });
+      add<B>("lsq_forward" + tail, [=](State& s) { bench_lsq<B>(s, n, bits, false); });
+      add<B>("lsq_backward" + tail, [=](State& s) { bench_lsq<B>(s, n, bits, true); });
+      if (bits > 8) continue;  // codes are packed at 2, 4 and 8 bits only
+      add<B>("pack_codes" + tail, [=](State& s) { bench_pack<B>(s, n, bits, false); });
+      add<B>("unpack_codes" + tail, [=](State& s) { bench_pack<B>(s, n, bits, true); });
+    }
+  }
+}
+
+std::string version(int v) {
+  return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+}
+
+/// Names the card and CUDA versions in the output's context; returns L2 bytes.
+std::size_t add_gpu_context() {
+  int device = 0, driver = 0, runtime = 0;
+  cudaDeviceProp prop{};
+  LOWBIT_CUDA_TRY(cudaGetDevice(&device));
+  LOWBIT_CUDA_TRY(cudaGetDeviceProperties(&prop, device));
+  LOWBIT_CUDA_TRY(cudaDriverGetVersion(&driver));
+  LOWBIT_CUDA_TRY(cudaRuntimeGetVersion(&runtime));
+  benchmark::AddCustomContext("gpu", prop.name);
+  benchmark::AddCustomContext("gpu_compute_capability",
+                              std::to_string(prop.major) + "." + std::to_string(prop.minor));
+  benchmark::AddCustomContext("gpu_sm_count", std::to_string(prop.multiProcessorCount));
+  benchmark::AddCustomContext("gpu_l2_bytes", std::to_string(prop.l2CacheSize));
+  benchmark::AddCustomContext("cuda_driver", version(driver));
+  benchmark::AddCustomContext("cuda_runtime", version(runtime));
+  return static_cast<std::size_t>(prop.l2CacheSize);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+  try {
+    std::optional<DeviceBuffer<std::byte>> l2_flush;  // outlives every benchmark
+    if (lowbit::cuda::device_available()) {
+      Gpu::l2_flush = &l2_flush.emplace(2 * add_gpu_context());
+      register_all<Gpu>({1 << 16, 1 << 20, 1 << 24, 1 << 26}, {2, 4, 8, 16});
+    } else {
+      benchmark::AddCustomContext("backend", "cpu: lowbit::ref (no CUDA device)");
+      register_all<Cpu>({1 << 16, 1 << 20}, {4, 8});
+    }
+    const std::size_t matched = benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    // A filter that matches nothing would otherwise pass the smoke test.
+    if (matched == 0) failures().push_back("no benchmark matched the filter");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  if (failures().empty()) return 0;
+  std::fprintf(stderr, "error: %zu failure(s), first: %s\n", failures().size(),
+               failures().front().c_str());
+  return 1;
+}
