@@ -1,5 +1,7 @@
-// Argument checks shared by lowbit::ref and lowbit::cuda, so both reject the
-// same inputs with the same messages.
+// Argument checks, one per op, shared by lowbit::ref and lowbit::cuda so both
+// reject the same inputs with the same messages. They look only at sizes,
+// widths and pointers; the value checks below need host-resident values and
+// are the CPU reference's alone.
 #pragma once
 
 #include <cstdint>
@@ -8,21 +10,36 @@
 
 namespace lowbit::detail {
 
-void check_bits(int bits);
 void check_layout(const ChannelLayout& layout);
-void check_range_quant(RangeQuant quant);
-void check_affine_quant(AffineQuant quant);
-void check_lsq_quant(LsqQuant quant);
-void check_ema_config(const EmaConfig& config);
-void check_pack_bits(int bits);
-/// Throws when `pointer` is null but n > 0 elements must be read or written.
-void check_pointer(const void* pointer, std::int64_t n, const char* name);
-void check_workspace(Workspace workspace, const ChannelLayout& layout);
+
+void check_fake_quant_range(const float* x, const float* y, const ChannelLayout& layout,
+                            const float* min, const float* max, RangeQuant quant);
+void check_fake_quant_affine(const float* x, const float* y, const ChannelLayout& layout,
+                             const float* scale, const std::int32_t* zero_point,
+                             AffineQuant quant);
+void check_ste_backward(const float* dy, const std::uint32_t* mask, std::int64_t n,
+                        const float* dx);
+void check_ste_backward_range(const float* dy, const std::uint32_t* mask,
+                              const ChannelLayout& layout, const float* dx, const float* d_min,
+                              const float* d_max, Workspace workspace);
+void check_ema_fake_quant(const float* x, const float* y, std::int64_t n,
+                          const EmaRangeState* state, const EmaConfig& config);
+void check_weight_range(const float* w, const ChannelLayout& layout, const float* min,
+                        const float* max, Workspace workspace);
+void check_lsq_forward(const float* x, const float* y, const ChannelLayout& layout,
+                       const float* scale, LsqQuant quant);
+void check_lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
+                        const float* scale, LsqQuant quant, const float* dx,
+                        const float* d_scale, Workspace workspace);
+void check_lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant,
+                          const float* scale, Workspace workspace);
+void check_packing(const std::uint8_t* codes, const std::uint8_t* packed, std::int64_t n,
+                   int bits);
 
 /// LSQ's gradient scale g = 1/sqrt(N·qmax), N = elements per channel.
 float lsq_gradient_scale(const ChannelLayout& layout, LsqQuant quant);
 
-// Value checks, only possible where the values are in host memory (ref).
+// Value checks (CPU reference only), for n > 0.
 void check_ranges(const float* min, const float* max, std::int64_t channels);
 void check_scales(const float* scale, std::int64_t channels);
 void check_zero_points(const std::int32_t* zero_point, std::int64_t channels, AffineQuant quant);

@@ -127,7 +127,7 @@ __global__ void __launch_bounds__(256)
 // Launchers
 
 void ema_state_init(EmaRangeState* state, cudaStream_t stream) {
-  lowbit::detail::check_pointer(state, 1, "state");
+  LOWBIT_EXPECTS(state != nullptr, "state is null");
   ema_state_init_kernel<<<1, 1, 0, stream>>>(state);
   LOWBIT_CHECK_LAUNCH();
 }
@@ -135,10 +135,7 @@ void ema_state_init(EmaRangeState* state, cudaStream_t stream) {
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
                     const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
                     cudaStream_t stream) {
-  lowbit::detail::check_ema_config(config);
-  lowbit::detail::check_pointer(x, n, "x");
-  lowbit::detail::check_pointer(y, n, "y");
-  lowbit::detail::check_pointer(state, 1, "state");
+  lowbit::detail::check_ema_fake_quant(x, y, n, state, config);
   if (n == 0) return;
   const ChannelLayout layout = ChannelLayout::per_tensor(n);
   const bool pass_plane = mask_format == MaskFormat::pass;

@@ -1,21 +1,19 @@
 // CPU reference of ema_observer.cu.
 #include "checks.hpp"
+#include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
 #include "mask_ref.hpp"
 
 namespace lowbit::ref {
 
 void ema_state_init(EmaRangeState* state) {
-  detail::check_pointer(state, 1, "state");
+  LOWBIT_EXPECTS(state != nullptr, "state is null");
   *state = EmaRangeState{};
 }
 
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
                     const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format) {
-  detail::check_ema_config(config);
-  detail::check_pointer(x, n, "x");
-  detail::check_pointer(y, n, "y");
-  detail::check_pointer(state, 1, "state");
+  detail::check_ema_fake_quant(x, y, n, state, config);
   if (n == 0) return;
 
   float lo = INFINITY;

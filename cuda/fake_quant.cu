@@ -58,13 +58,8 @@ struct AffineQuantizer {
 void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, const float* min,
                       const float* max, RangeQuant quant, std::uint32_t* mask,
                       MaskFormat mask_format, cudaStream_t stream) {
-  lowbit::detail::check_layout(layout);
-  lowbit::detail::check_range_quant(quant);
+  lowbit::detail::check_fake_quant_range(x, y, layout, min, max, quant);
   const std::int64_t n = layout.size();
-  lowbit::detail::check_pointer(x, n, "x");
-  lowbit::detail::check_pointer(y, n, "y");
-  lowbit::detail::check_pointer(min, n > 0 ? layout.channels : 0, "min");
-  lowbit::detail::check_pointer(max, n > 0 ? layout.channels : 0, "max");
   if (n == 0) return;
   const RangeQuantizer quantizer{min, max, quant.qmin(), quant.qmax()};
   if (mask_format == MaskFormat::sides)
@@ -77,13 +72,8 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
 void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                        const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
                        cudaStream_t stream) {
-  lowbit::detail::check_layout(layout);
-  lowbit::detail::check_affine_quant(quant);
+  lowbit::detail::check_fake_quant_affine(x, y, layout, scale, zero_point, quant);
   const std::int64_t n = layout.size();
-  lowbit::detail::check_pointer(x, n, "x");
-  lowbit::detail::check_pointer(y, n, "y");
-  lowbit::detail::check_pointer(scale, n > 0 ? layout.channels : 0, "scale");
-  lowbit::detail::check_pointer(zero_point, n > 0 ? layout.channels : 0, "zero_point");
   if (n == 0) return;
   detail::launch_quantize_tiles(x, y, mask, MaskFormat::pass, layout,
                                 AffineQuantizer{scale, zero_point, quant.qmin, quant.qmax},

@@ -8,14 +8,9 @@ namespace lowbit::ref {
 void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, const float* min,
                       const float* max, RangeQuant quant, std::uint32_t* mask,
                       MaskFormat mask_format) {
-  detail::check_layout(layout);
-  detail::check_range_quant(quant);
+  detail::check_fake_quant_range(x, y, layout, min, max, quant);
   const std::int64_t n = layout.size();
-  detail::check_pointer(x, n, "x");
-  detail::check_pointer(y, n, "y");
   if (n == 0) return;
-  detail::check_pointer(min, layout.channels, "min");
-  detail::check_pointer(max, layout.channels, "max");
   detail::check_ranges(min, max, layout.channels);
   detail::MaskWriter writer(mask, mask_format, n);
   detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
@@ -33,14 +28,9 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
 
 void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                        const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask) {
-  detail::check_layout(layout);
-  detail::check_affine_quant(quant);
+  detail::check_fake_quant_affine(x, y, layout, scale, zero_point, quant);
   const std::int64_t n = layout.size();
-  detail::check_pointer(x, n, "x");
-  detail::check_pointer(y, n, "y");
   if (n == 0) return;
-  detail::check_pointer(scale, layout.channels, "scale");
-  detail::check_pointer(zero_point, layout.channels, "zero_point");
   detail::check_scales(scale, layout.channels);
   detail::check_zero_points(zero_point, layout.channels, quant);
   detail::MaskWriter writer(mask, MaskFormat::pass, n);

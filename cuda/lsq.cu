@@ -90,12 +90,8 @@ struct LsqInitFinish {
 
 void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                  LsqQuant quant, cudaStream_t stream) {
-  lowbit::detail::check_layout(layout);
-  lowbit::detail::check_lsq_quant(quant);
+  lowbit::detail::check_lsq_forward(x, y, layout, scale, quant);
   const std::int64_t n = layout.size();
-  lowbit::detail::check_pointer(x, n, "x");
-  lowbit::detail::check_pointer(y, n, "y");
-  lowbit::detail::check_pointer(scale, n > 0 ? layout.channels : 0, "scale");
   if (n == 0) return;
   detail::launch_quantize_tiles(x, y, nullptr, MaskFormat::pass, layout,
                                 LsqQuantizer{scale, quant.qmin, quant.qmax}, stream);
@@ -104,15 +100,8 @@ void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const fl
 void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
                   const float* scale, LsqQuant quant, float* dx, float* d_scale,
                   Workspace workspace, cudaStream_t stream) {
-  lowbit::detail::check_layout(layout);
-  lowbit::detail::check_lsq_quant(quant);
+  lowbit::detail::check_lsq_backward(dy, x, layout, scale, quant, dx, d_scale, workspace);
   const std::int64_t n = layout.size();
-  lowbit::detail::check_pointer(dy, n, "dy");
-  lowbit::detail::check_pointer(x, n, "x");
-  lowbit::detail::check_pointer(dx, n, "dx");
-  lowbit::detail::check_pointer(scale, n > 0 ? layout.channels : 0, "scale");
-  lowbit::detail::check_pointer(d_scale, n > 0 ? layout.channels : 0, "d_scale");
-  lowbit::detail::check_workspace(workspace, layout);
   if (n == 0) return;
   const float grad_scale = lowbit::detail::lsq_gradient_scale(layout, quant);
   detail::launch_channel_reduction(layout,
@@ -123,12 +112,8 @@ void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
 
 void lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant, float* scale,
                     Workspace workspace, cudaStream_t stream) {
-  lowbit::detail::check_layout(layout);
-  lowbit::detail::check_lsq_quant(quant);
+  lowbit::detail::check_lsq_init_scale(x, layout, quant, scale, workspace);
   const std::int64_t n = layout.size();
-  lowbit::detail::check_pointer(x, n, "x");
-  lowbit::detail::check_pointer(scale, n > 0 ? layout.channels : 0, "scale");
-  lowbit::detail::check_workspace(workspace, layout);
   if (n == 0) return;
   detail::launch_channel_reduction(
       layout, AbsSumBody{x}, lowbit::detail::SumOp{},

@@ -8,14 +8,8 @@ namespace lowbit::ref {
 
 void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                  LsqQuant quant) {
-  detail::check_layout(layout);
-  detail::check_lsq_quant(quant);
-  const std::int64_t n = layout.size();
-  detail::check_pointer(x, n, "x");
-  detail::check_pointer(y, n, "y");
-  if (n == 0) return;
-  detail::check_pointer(scale, layout.channels, "scale");
-  detail::check_scales(scale, layout.channels);
+  detail::check_lsq_forward(x, y, layout, scale, quant);
+  if (layout.size() == 0) return;
   detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
     const LsqParams p = make_lsq(scale[c], quant.qmin, quant.qmax);
     for (std::int64_t i = begin; i < end; ++i) y[i] = fake_quant(x[i], p);
@@ -25,17 +19,8 @@ void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const fl
 void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
                   const float* scale, LsqQuant quant, float* dx, float* d_scale,
                   Workspace workspace) {
-  detail::check_layout(layout);
-  detail::check_lsq_quant(quant);
-  const std::int64_t n = layout.size();
-  detail::check_pointer(dy, n, "dy");
-  detail::check_pointer(x, n, "x");
-  detail::check_pointer(dx, n, "dx");
-  detail::check_workspace(workspace, layout);
-  if (n == 0) return;
-  detail::check_pointer(scale, layout.channels, "scale");
-  detail::check_pointer(d_scale, layout.channels, "d_scale");
-  detail::check_scales(scale, layout.channels);
+  detail::check_lsq_backward(dy, x, layout, scale, quant, dx, d_scale, workspace);
+  if (layout.size() == 0) return;
   detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
     const LsqParams p = make_lsq(scale[c], quant.qmin, quant.qmax);
     for (std::int64_t i = begin; i < end; ++i) dx[i] = ste_pass(x[i], p) ? dy[i] : 0.0f;
@@ -54,12 +39,8 @@ void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
 
 void lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant, float* scale,
                     Workspace workspace) {
-  detail::check_layout(layout);
-  detail::check_lsq_quant(quant);
+  detail::check_lsq_init_scale(x, layout, quant, scale, workspace);
   const std::int64_t n = layout.size();
-  detail::check_pointer(x, n, "x");
-  detail::check_pointer(scale, n > 0 ? layout.channels : 0, "scale");
-  detail::check_workspace(workspace, layout);
   if (n == 0) return;
   const auto bind = [&](std::int64_t) { return [&](std::int64_t i, int) { return fabsf(x[i]); }; };
   const std::int64_t count = layout.outer * layout.inner;

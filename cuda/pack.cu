@@ -37,9 +37,7 @@ __global__ void unpack_codes_kernel(const std::uint8_t* packed, std::int64_t n, 
 
 void pack_codes(const std::uint8_t* codes, std::int64_t n, int bits, std::uint8_t* packed,
                 cudaStream_t stream) {
-  lowbit::detail::check_pack_bits(bits);
-  lowbit::detail::check_pointer(codes, n, "codes");
-  lowbit::detail::check_pointer(packed, n, "packed");
+  lowbit::detail::check_packing(codes, packed, n, bits);
   if (n == 0) return;
   const std::int64_t bytes = packed_bytes(n, bits);
   const unsigned grid = detail::grid_for(bytes, detail::kBlockThreads);
@@ -49,9 +47,7 @@ void pack_codes(const std::uint8_t* codes, std::int64_t n, int bits, std::uint8_
 
 void unpack_codes(const std::uint8_t* packed, std::int64_t n, int bits, std::uint8_t* codes,
                   cudaStream_t stream) {
-  lowbit::detail::check_pack_bits(bits);
-  lowbit::detail::check_pointer(packed, n, "packed");
-  lowbit::detail::check_pointer(codes, n, "codes");
+  lowbit::detail::check_packing(codes, packed, n, bits);
   if (n == 0) return;
   const unsigned grid = detail::grid_for(n, detail::kBlockThreads);
   unpack_codes_kernel<<<grid, detail::kBlockThreads, 0, stream>>>(packed, n, bits, codes);

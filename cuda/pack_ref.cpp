@@ -5,9 +5,7 @@
 namespace lowbit::ref {
 
 void pack_codes(const std::uint8_t* codes, std::int64_t n, int bits, std::uint8_t* packed) {
-  detail::check_pack_bits(bits);
-  detail::check_pointer(codes, n, "codes");
-  detail::check_pointer(packed, n, "packed");
+  detail::check_packing(codes, packed, n, bits);
   const int per = 8 / bits;
   const unsigned code_mask = (1u << bits) - 1u;
   for (std::int64_t b = 0; b < packed_bytes(n, bits); ++b) {
@@ -19,9 +17,7 @@ void pack_codes(const std::uint8_t* codes, std::int64_t n, int bits, std::uint8_
 }
 
 void unpack_codes(const std::uint8_t* packed, std::int64_t n, int bits, std::uint8_t* codes) {
-  detail::check_pack_bits(bits);
-  detail::check_pointer(packed, n, "packed");
-  detail::check_pointer(codes, n, "codes");
+  detail::check_packing(codes, packed, n, bits);
   const int per = 8 / bits;
   const unsigned code_mask = (1u << bits) - 1u;
   for (std::int64_t i = 0; i < n; ++i)

@@ -55,18 +55,21 @@ struct RangeGradBody {
   float* dx;
 
   struct Element {
-    const RangeGradBody& b;
+    const float* dy;
+    const std::uint32_t* mask;
+    std::int64_t plane_words;
+    float* dx;
     template <class Op>
     __device__ void operator()(std::int64_t i, float (&acc)[2], Op op) const {
-      const float g = b.dy[i];
-      const bool ge_min = (b.mask[i >> 5] >> (i & 31)) & 1u;
-      const bool le_max = (b.mask[b.plane_words + (i >> 5)] >> (i & 31)) & 1u;
-      b.dx[i] = ge_min && le_max ? g : 0.0f;
+      const float g = dy[i];
+      const bool ge_min = (mask[i >> 5] >> (i & 31)) & 1u;
+      const bool le_max = (mask[plane_words + (i >> 5)] >> (i & 31)) & 1u;
+      dx[i] = ge_min && le_max ? g : 0.0f;
       acc[0] = op(acc[0], le_max && !ge_min ? g : 0.0f);
       acc[1] = op(acc[1], ge_min && !le_max ? g : 0.0f);
     }
   };
-  __device__ Element bind(std::int64_t) const { return Element{*this}; }
+  __device__ Element bind(std::int64_t) const { return Element{dy, mask, plane_words, dx}; }
 };
 
 struct RangeGradFinish {
@@ -86,9 +89,7 @@ struct RangeGradFinish {
 
 void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
                   std::int64_t n, float* dx, cudaStream_t stream) {
-  lowbit::detail::check_pointer(dy, n, "dy");
-  lowbit::detail::check_pointer(mask, n, "mask");
-  lowbit::detail::check_pointer(dx, n, "dx");
+  lowbit::detail::check_ste_backward(dy, mask, n, dx);
   if (n == 0) return;
   const unsigned grid = detail::grid_for(n, detail::kTileElems * (detail::kBlockThreads / 32));
   if (mask_format == MaskFormat::sides) {
@@ -103,14 +104,8 @@ void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_fo
 void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
                         const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
                         Workspace workspace, cudaStream_t stream) {
-  lowbit::detail::check_layout(layout);
+  lowbit::detail::check_ste_backward_range(dy, sides_mask, layout, dx, d_min, d_max, workspace);
   const std::int64_t n = layout.size();
-  lowbit::detail::check_pointer(dy, n, "dy");
-  lowbit::detail::check_pointer(sides_mask, n, "sides_mask");
-  lowbit::detail::check_pointer(dx, n, "dx");
-  lowbit::detail::check_pointer(d_min, n > 0 ? layout.channels : 0, "d_min");
-  lowbit::detail::check_pointer(d_max, n > 0 ? layout.channels : 0, "d_max");
-  lowbit::detail::check_workspace(workspace, layout);
   if (n == 0) return;
   detail::launch_channel_reduction(layout, RangeGradBody{dy, sides_mask, (n + 31) / 32, dx},
                                    lowbit::detail::SumOp{}, RangeGradFinish{d_min, d_max},

@@ -8,9 +8,7 @@ namespace lowbit::ref {
 
 void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
                   std::int64_t n, float* dx) {
-  detail::check_pointer(dy, n, "dy");
-  detail::check_pointer(mask, n, "mask");
-  detail::check_pointer(dx, n, "dx");
+  detail::check_ste_backward(dy, mask, n, dx);
   for (std::int64_t i = 0; i < n; ++i) {
     bool pass = detail::mask_bit(mask, n, 0, i);
     if (mask_format == MaskFormat::sides) pass = pass && detail::mask_bit(mask, n, 1, i);
@@ -21,14 +19,8 @@ void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_fo
 void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
                         const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
                         Workspace workspace) {
-  detail::check_layout(layout);
+  detail::check_ste_backward_range(dy, sides_mask, layout, dx, d_min, d_max, workspace);
   const std::int64_t n = layout.size();
-  detail::check_pointer(dy, n, "dy");
-  detail::check_pointer(sides_mask, n, "sides_mask");
-  detail::check_pointer(dx, n, "dx");
-  detail::check_pointer(d_min, n > 0 ? layout.channels : 0, "d_min");
-  detail::check_pointer(d_max, n > 0 ? layout.channels : 0, "d_max");
-  detail::check_workspace(workspace, layout);
   if (n == 0) return;
   ste_backward(dy, sides_mask, MaskFormat::sides, n, dx);
   const auto bind = [&](std::int64_t) {

@@ -40,12 +40,8 @@ struct WeightRangeFinish {
 
 void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
                   float* max, Workspace workspace, cudaStream_t stream) {
-  lowbit::detail::check_layout(layout);
+  lowbit::detail::check_weight_range(w, layout, min, max, workspace);
   const std::int64_t n = layout.size();
-  lowbit::detail::check_pointer(w, n, "w");
-  lowbit::detail::check_pointer(min, n > 0 ? layout.channels : 0, "min");
-  lowbit::detail::check_pointer(max, n > 0 ? layout.channels : 0, "max");
-  lowbit::detail::check_workspace(workspace, layout);
   if (n == 0) return;
   detail::launch_channel_reduction(layout, WeightRangeBody{w}, lowbit::detail::MaxOp{},
                                    WeightRangeFinish{min, max, symmetric}, workspace, stream);
@@ -54,7 +50,7 @@ void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, f
 void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, RangeQuant quant,
                         bool symmetric, float* min, float* max, std::uint32_t* mask,
                         Workspace workspace, cudaStream_t stream) {
-  lowbit::detail::check_range_quant(quant);
+  lowbit::detail::check_fake_quant_range(w, y, layout, min, max, quant);
   weight_range(w, layout, symmetric, min, max, workspace, stream);
   fake_quant_range(w, y, layout, min, max, quant, mask, MaskFormat::pass, stream);
 }

@@ -7,12 +7,8 @@ namespace lowbit::ref {
 
 void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
                   float* max, Workspace workspace) {
-  detail::check_layout(layout);
+  detail::check_weight_range(w, layout, min, max, workspace);
   const std::int64_t n = layout.size();
-  detail::check_pointer(w, n, "w");
-  detail::check_pointer(min, n > 0 ? layout.channels : 0, "min");
-  detail::check_pointer(max, n > 0 ? layout.channels : 0, "max");
-  detail::check_workspace(workspace, layout);
   if (n == 0) return;
   const auto bind = [&](std::int64_t) {
     return [&](std::int64_t i, int q) { return detail::weight_range_value(q == 0 ? -w[i] : w[i]); };
@@ -27,7 +23,7 @@ void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, f
 void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, RangeQuant quant,
                         bool symmetric, float* min, float* max, std::uint32_t* mask,
                         Workspace workspace) {
-  detail::check_range_quant(quant);
+  detail::check_fake_quant_range(w, y, layout, min, max, quant);
   weight_range(w, layout, symmetric, min, max, workspace);
   fake_quant_range(w, y, layout, min, max, quant, mask, MaskFormat::pass);
 }

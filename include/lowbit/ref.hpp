@@ -7,8 +7,9 @@
 //    null pointer with n > 0 throw lowbit::Error; n == 0 does nothing at all
 //    (per-channel reduction outputs are not written either).
 //  - Values the host can see are checked here too: a range with min > max or
-//    a non-finite bound, a non-positive or non-finite scale, and a zero point
-//    outside [qmin, qmax] throw. (The CUDA side cannot read device values
+//    a non-finite bound, a non-positive or non-finite affine scale, and a zero
+//    point outside [qmin, qmax] throw. (LSQ scales are trained parameters:
+//    both sides clamp them at kLsqMinScale instead.) (The CUDA side cannot read device values
 //    without a sync, so it sanitises them instead; see element.hpp.)
 //  - Masks: mask_words(n, format) words; nullptr means "no mask".
 #pragma once
