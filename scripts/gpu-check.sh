@@ -31,7 +31,8 @@ BUILD_TIMEOUT="${BUILD_TIMEOUT:-900}"
 BENCH_MIN_TIME="${BENCH_MIN_TIME:-0.25}"
 TESTS="$BUILD/tests/lowbit_tests"
 BENCH="$BUILD/bench/lowbit_bench_kernels"
-GPU_TESTS='Gpu*:*Gpu*'
+# The 2^31-element test is left out of the sanitizer runs: it would take hours there.
+GPU_TESTS='Gpu*:*Gpu*:-GpuLargeTensor.*'
 BENCH_JSON="$OUT/bench_kernels.json"
 
 names=()
@@ -65,8 +66,8 @@ run_step() {
 }
 
 # compute-sanitizer returns the tests' status unless told otherwise; report
-# its own findings as exit 99. API errors are not reported: some GPU tests
-# make calls fail on purpose (forced OOM), and the code checks every call.
+# its own findings as exit 99. A failing CUDA API call is the tests' business
+# (the code checks every call), so only memory, race and init findings count.
 sanitize() {
   local tool=$1
   shift
