@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "lowbit/cuda.hpp"
+#include "lowbit/device_buffer.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
 #include "lowbit/types.hpp"
@@ -46,42 +47,7 @@ using lowbit::ChannelLayout;
 using lowbit::EmaMode;
 using lowbit::MaskFormat;
 
-/// Move-only device array of T: uninitialised, or a copy of a host vector
-/// (so that it constructs like the CPU backend's std::vector).
-template <class T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(std::size_t count) : count_(count) {
-    if (count_ > 0) LOWBIT_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&data_), bytes()));
-  }
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
-    if (count_ > 0)
-      LOWBIT_CUDA_TRY(cudaMemcpy(data_, host.data(), bytes(), cudaMemcpyHostToDevice));
-  }
-  DeviceBuffer(DeviceBuffer&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), count_(std::exchange(other.count_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
-    std::swap(data_, other.data_);
-    std::swap(count_, other.count_);
-    return *this;
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (data_ == nullptr) return;
-    if (const cudaError_t status = cudaFree(data_); status != cudaSuccess)
-      std::fprintf(stderr, "cudaFree: %s\n", cudaGetErrorString(status));
-  }
-
-  T* data() { return data_; }
-  const T* data() const { return data_; }
-  std::size_t size() const { return count_; }
-  std::size_t bytes() const { return count_ * sizeof(T); }
-
- private:
-  T* data_ = nullptr;
-  std::size_t count_ = 0;
-};
+using lowbit::cuda::DeviceBuffer;
 
 class CudaEvent {
  public:

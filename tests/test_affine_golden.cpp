@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lowbit/cuda.hpp"
+#include "lowbit/device_buffer.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
 #include "lowbit/types.hpp"
@@ -27,6 +28,8 @@
 #endif
 
 namespace {
+
+using lowbit::cuda::DeviceBuffer;
 
 float to_float(std::uint32_t bits) {
   float v;
@@ -136,22 +139,6 @@ TEST(AffineGolden, CpuReferenceMatchesPyTorch) {
   }
 }
 
-// Owns a cudaMalloc'd array.
-template <class T>
-struct DeviceArray {
-  T* ptr = nullptr;
-  explicit DeviceArray(std::size_t n) {
-    LOWBIT_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&ptr), (n ? n : 1) * sizeof(T)));
-  }
-  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
-    LOWBIT_CUDA_TRY(
-        cudaMemcpy(ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  ~DeviceArray() { cudaFree(ptr); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-};
-
 struct Stream {
   cudaStream_t s = nullptr;
   Stream() { LOWBIT_CUDA_TRY(cudaStreamCreate(&s)); }
@@ -167,17 +154,13 @@ TEST(GpuAffineGolden, CudaMatchesPyTorch) {
     const std::int64_t n = g.layout.size();
     std::vector<float> y(n, to_float(0x7fc0dead));
     std::vector<std::uint32_t> mask(lowbit::mask_words(n), 0xa5a5a5a5u);
-    DeviceArray<float> d_x(g.x), d_scale(g.scale), d_y(y);
-    DeviceArray<std::int32_t> d_zp(g.zero_point);
-    DeviceArray<std::uint32_t> d_mask(mask);
-    lowbit::cuda::fake_quant_affine(d_x.ptr, d_y.ptr, g.layout, d_scale.ptr, d_zp.ptr, g.quant,
-                                    d_mask.ptr, stream.s);
+    DeviceBuffer<float> d_x(g.x), d_scale(g.scale), d_y(y);
+    DeviceBuffer<std::int32_t> d_zp(g.zero_point);
+    DeviceBuffer<std::uint32_t> d_mask(mask);
+    lowbit::cuda::fake_quant_affine(d_x.data(), d_y.data(), g.layout, d_scale.data(), d_zp.data(),
+                                    g.quant, d_mask.data(), stream.s);
     LOWBIT_CUDA_TRY(cudaStreamSynchronize(stream.s));
-    LOWBIT_CUDA_TRY(
-        cudaMemcpy(y.data(), d_y.ptr, y.size() * sizeof(float), cudaMemcpyDeviceToHost));
-    LOWBIT_CUDA_TRY(cudaMemcpy(mask.data(), d_mask.ptr, mask.size() * sizeof(std::uint32_t),
-                               cudaMemcpyDeviceToHost));
-    EXPECT_TRUE(matches_golden(g, y, mask));
+    EXPECT_TRUE(matches_golden(g, d_y.download(), d_mask.download()));
   }
 }
 

@@ -52,7 +52,7 @@ struct OffsetInput {
     std::vector<float> padded(host.size() + 4, 0.0f);
     std::copy(host.begin(), host.end(), padded.begin() + offset);
     storage.upload(padded);
-    x = storage.get() + offset;
+    x = storage.data() + offset;
   }
 };
 
@@ -92,8 +92,8 @@ TEST(GpuFakeQuant, RangeMatchesReferenceOnRandomShapes) {
             ref::fake_quant_range(x.data(), y.data(), layout, lo.data(), hi.data(), quant,
                                   mask.data(), format);
             DeviceBuffer<std::uint32_t> dmask(mask.size());
-            float* y_out = dy.get() + (shape.offset + 1) % 3;
-            cuda::fake_quant_range(dx.x, y_out, layout, dlo.get(), dhi.get(), quant, dmask.get(),
+            float* y_out = dy.data() + (shape.offset + 1) % 3;
+            cuda::fake_quant_range(dx.x, y_out, layout, dlo.data(), dhi.data(), quant, dmask.data(),
                                    format, nullptr);
             ASSERT_TRUE(same_bits(y, download(y_out, n)));
             ASSERT_TRUE(same_bits(mask, dmask.download()));
@@ -131,8 +131,8 @@ TEST(GpuFakeQuant, AffineMatchesReferenceOnRandomShapes) {
         DeviceBuffer<float> dscale(scale);
         DeviceBuffer<std::int32_t> dzero(zero_point);
         DeviceBuffer<std::uint32_t> dmask(mask.size());
-        cuda::fake_quant_affine(dx.x, dy.get(), layout, dscale.get(), dzero.get(), quant,
-                                dmask.get(), nullptr);
+        cuda::fake_quant_affine(dx.x, dy.data(), layout, dscale.data(), dzero.data(), quant,
+                                dmask.data(), nullptr);
         ASSERT_TRUE(same_bits(y, dy.download())) << "bits " << bits;
         ASSERT_TRUE(same_bits(mask, dmask.download())) << "bits " << bits;
       }
@@ -164,19 +164,19 @@ TEST(GpuSteBackward, DxAndRangeGradientsMatchReferenceExactly) {
       DeviceBuffer<std::uint32_t> dsides(sides);
       DeviceBuffer<float> ddx(n), ddmin(layout.channels), ddmax(layout.channels);
       DeviceBuffer<float> workspace(reduction_workspace_bytes(layout) / sizeof(float) + 1);
-      cuda::ste_backward_range(dg.x, dsides.get(), layout, ddx.get(), ddmin.get(), ddmax.get(),
+      cuda::ste_backward_range(dg.x, dsides.data(), layout, ddx.data(), ddmin.data(), ddmax.data(),
                                workspace.as_workspace(), nullptr);
       ASSERT_TRUE(same_bits(dx, ddx.download()));
       ASSERT_TRUE(same_bits(d_min, ddmin.download()));
       ASSERT_TRUE(same_bits(d_max, ddmax.download()));
 
-      cuda::ste_backward(dg.x, dsides.get(), MaskFormat::sides, n, ddx.get(), nullptr);
+      cuda::ste_backward(dg.x, dsides.data(), MaskFormat::sides, n, ddx.data(), nullptr);
       ASSERT_TRUE(same_bits(dx, ddx.download()));
       std::vector<std::uint32_t> pass(mask_words(n));
       ref::fake_quant_range(x.data(), y.data(), layout, lo.data(), hi.data(), {4, false},
                             pass.data());
       DeviceBuffer<std::uint32_t> dpass(pass);
-      cuda::ste_backward(dg.x, dpass.get(), MaskFormat::pass, n, ddx.get(), nullptr);
+      cuda::ste_backward(dg.x, dpass.data(), MaskFormat::pass, n, ddx.data(), nullptr);
       ASSERT_TRUE(same_bits(dx, ddx.download()));
     }
   }
@@ -197,7 +197,7 @@ TEST(GpuEma, SequenceMatchesReferenceInBothModes) {
       EmaRangeState state;
       ref::ema_state_init(&state);
       DeviceBuffer<EmaRangeState> dstate(1);
-      cuda::ema_state_init(dstate.get(), nullptr);
+      cuda::ema_state_init(dstate.data(), nullptr);
       for (int step = 0; step < 12; ++step) {
         const std::int64_t n = 1000 + 7919 * step;
         auto x = random_values(n, 77 + step, 0.5f + step);
@@ -208,7 +208,7 @@ TEST(GpuEma, SequenceMatchesReferenceInBothModes) {
         OffsetInput dx(x, step % 4);
         DeviceBuffer<float> dy(n);
         DeviceBuffer<std::uint32_t> dmask(mask.size());
-        cuda::ema_fake_quant(dx.x, dy.get(), n, dstate.get(), config, dmask.get(),
+        cuda::ema_fake_quant(dx.x, dy.data(), n, dstate.data(), config, dmask.data(),
                              MaskFormat::pass, nullptr);
         SCOPED_TRACE(::testing::Message() << "bits " << bits << " step " << step);
         ASSERT_TRUE(same_bits(y, dy.download()));
@@ -236,12 +236,12 @@ TEST(GpuGraph, CapturedStepReplaysLikeEager) {
   config.quant = {4, false};
   cudaStream_t stream;
   LOWBIT_CUDA_TRY(cudaStreamCreate(&stream));
-  cuda::ema_state_init(dstate.get(), stream);
+  cuda::ema_state_init(dstate.data(), stream);
   cudaGraph_t graph;
   LOWBIT_CUDA_TRY(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  cuda::ema_fake_quant(dx.get(), dy.get(), n, dstate.get(), config, dmask.get(), MaskFormat::pass,
+  cuda::ema_fake_quant(dx.data(), dy.data(), n, dstate.data(), config, dmask.data(), MaskFormat::pass,
                        stream);
-  cuda::ste_backward(dg.get(), dmask.get(), MaskFormat::pass, n, ddx.get(), stream);
+  cuda::ste_backward(dg.data(), dmask.data(), MaskFormat::pass, n, ddx.data(), stream);
   LOWBIT_CUDA_TRY(cudaStreamEndCapture(stream, &graph));
   cudaGraphExec_t exec;
   LOWBIT_CUDA_TRY(cudaGraphInstantiate(&exec, graph, 0));
@@ -276,23 +276,23 @@ TEST(GpuLargeTensor, BeyondTwoToThe31Elements) {
   DeviceBuffer<float> x(n), y(n);
   DeviceBuffer<std::uint32_t> mask(mask_words(n));
   // 0.3 everywhere, with the last 1000 elements set to 5.0 (above the range).
-  LOWBIT_CUDA_TRY(cudaMemset(x.get(), 0, n * sizeof(float)));
+  LOWBIT_CUDA_TRY(cudaMemset(x.data(), 0, n * sizeof(float)));
   const std::vector<float> tail(1000, 5.0f);
-  LOWBIT_CUDA_TRY(cudaMemcpy(x.get() + n - 1000, tail.data(), 1000 * sizeof(float),
+  LOWBIT_CUDA_TRY(cudaMemcpy(x.data() + n - 1000, tail.data(), 1000 * sizeof(float),
                              cudaMemcpyHostToDevice));
   const std::vector<float> lo = {-1.0f}, hi = {1.0f};
   DeviceBuffer<float> dlo(lo), dhi(hi);
-  cuda::fake_quant_range(x.get(), y.get(), ChannelLayout::per_tensor(n), dlo.get(), dhi.get(),
-                         {8, false}, mask.get(), MaskFormat::pass, nullptr);
-  const auto y_tail = download(y.get() + n - 1000, 1000);
+  cuda::fake_quant_range(x.data(), y.data(), ChannelLayout::per_tensor(n), dlo.data(), dhi.data(),
+                         {8, false}, mask.data(), MaskFormat::pass, nullptr);
+  const auto y_tail = download(y.data() + n - 1000, 1000);
   const RangeParams p = nudge_range(-1.0f, 1.0f, 0, 255);
   for (float v : y_tail) ASSERT_EQ(v, p.nudged_max);
   std::vector<std::uint32_t> last_words(2);
-  LOWBIT_CUDA_TRY(cudaMemcpy(last_words.data(), mask.get() + mask_words(n) - 2,
+  LOWBIT_CUDA_TRY(cudaMemcpy(last_words.data(), mask.data() + mask_words(n) - 2,
                              2 * sizeof(std::uint32_t), cudaMemcpyDeviceToHost));
   EXPECT_EQ(last_words[0], 0u);
   EXPECT_EQ(last_words[1], 0u);
-  const auto y_head = download(y.get(), 1000);
+  const auto y_head = download(y.data(), 1000);
   for (float v : y_head) ASSERT_EQ(v, 0.0f);
 }
 

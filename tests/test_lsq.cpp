@@ -284,16 +284,16 @@ TEST(GpuLsq, MatchesReference) {
     DeviceBuffer<float> d_y(x.size()), d_dx(x.size()), d_grad(channels), d_init(channels);
     DeviceBuffer<float> d_work(lowbit::reduction_workspace_bytes(layout) / sizeof(float) + 1);
 
-    lowbit::cuda::lsq_forward(d_x.get(), d_y.get(), layout, d_scale.get(), c.quant, nullptr);
+    lowbit::cuda::lsq_forward(d_x.data(), d_y.data(), layout, d_scale.data(), c.quant, nullptr);
     EXPECT_TRUE(same_bits(lsq_forward(x, layout, scale, c.quant), d_y.download()));
 
-    lowbit::cuda::lsq_backward(d_dy.get(), d_x.get(), layout, d_scale.get(), c.quant, d_dx.get(),
-                               d_grad.get(), d_work.as_workspace(), nullptr);
+    lowbit::cuda::lsq_backward(d_dy.data(), d_x.data(), layout, d_scale.data(), c.quant, d_dx.data(),
+                               d_grad.data(), d_work.as_workspace(), nullptr);
     const auto want = lsq_backward(dy, x, layout, scale, c.quant);
     EXPECT_TRUE(same_bits(want.dx, d_dx.download()));
     EXPECT_TRUE(same_bits(want.d_scale, d_grad.download()));
 
-    lowbit::cuda::lsq_init_scale(d_x.get(), layout, c.quant, d_init.get(), d_work.as_workspace(),
+    lowbit::cuda::lsq_init_scale(d_x.data(), layout, c.quant, d_init.data(), d_work.as_workspace(),
                                  nullptr);
     EXPECT_TRUE(same_bits(lsq_init(x, layout, c.quant), d_init.download()));
   }
@@ -315,7 +315,7 @@ TEST(GpuLsq, InvalidDeviceScaleClampsToMinScale) {
     want[k] = lowbit::fake_quant(x[k], p);
   }
   DeviceBuffer<float> d_x(x), d_scale(scale), d_y(x.size());
-  lowbit::cuda::lsq_forward(d_x.get(), d_y.get(), layout, d_scale.get(), quant, nullptr);
+  lowbit::cuda::lsq_forward(d_x.data(), d_y.data(), layout, d_scale.data(), quant, nullptr);
   EXPECT_TRUE(same_bits(want, d_y.download()));
 }
 

@@ -140,11 +140,11 @@ TEST(GpuPack, MatchesReference) {
 
       DeviceBuffer<std::uint8_t> d_codes(codes);
       DeviceBuffer<std::uint8_t> d_packed(Bytes(expected.size(), kSentinel));
-      lowbit::cuda::pack_codes(d_codes.get(), n, bits, d_packed.get(), nullptr);
+      lowbit::cuda::pack_codes(d_codes.data(), n, bits, d_packed.data(), nullptr);
       ASSERT_TRUE(same_bits(expected, d_packed.download()));
 
       DeviceBuffer<std::uint8_t> d_back(Bytes(codes.size(), kSentinel));
-      lowbit::cuda::unpack_codes(d_packed.get(), n, bits, d_back.get(), nullptr);
+      lowbit::cuda::unpack_codes(d_packed.data(), n, bits, d_back.data(), nullptr);
       ASSERT_TRUE(same_bits(codes, d_back.download()));
     }
   }
@@ -157,7 +157,7 @@ TEST(GpuPack, MasksHighBits) {
   for (int bits : {2, 4}) {
     DeviceBuffer<std::uint8_t> d_codes(codes);
     DeviceBuffer<std::uint8_t> d_packed(static_cast<std::size_t>(packed_bytes(1001, bits)));
-    lowbit::cuda::pack_codes(d_codes.get(), 1001, bits, d_packed.get(), nullptr);
+    lowbit::cuda::pack_codes(d_codes.data(), 1001, bits, d_packed.data(), nullptr);
     EXPECT_TRUE(same_bits(pack(codes, bits), d_packed.download())) << "bits " << bits;
   }
 }

@@ -1,5 +1,5 @@
 // Helpers shared by the test files: bit-exact comparison that reports the
-// first mismatches, seeded data, and RAII device buffers for the GPU tests.
+// first mismatches, and seeded data.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "lowbit/cuda.hpp"
+#include "lowbit/device_buffer.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/types.hpp"
 
@@ -68,48 +69,6 @@ inline Workspace host_workspace(std::vector<float>& storage, const ChannelLayout
 #define LOWBIT_REQUIRE_GPU() \
   if (!::lowbit::cuda::device_available()) GTEST_SKIP() << "no CUDA device"
 
-/// Move-only device allocation.
-template <class T>
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(std::size_t count) : count_(count) {
-    if (count_ > 0)
-      LOWBIT_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&data_), count_ * sizeof(T)));
-  }
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
-  DeviceBuffer(DeviceBuffer&& other) noexcept { swap(other); }
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
-    swap(other);
-    return *this;
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  ~DeviceBuffer() {
-    if (data_ != nullptr) cudaFree(data_);
-  }
-
-  T* get() const { return data_; }
-  std::size_t size() const { return count_; }
-  void upload(const std::vector<T>& host) {
-    if (count_ > 0)
-      LOWBIT_CUDA_TRY(cudaMemcpy(data_, host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  std::vector<T> download() const {
-    std::vector<T> host(count_);
-    if (count_ > 0)
-      LOWBIT_CUDA_TRY(cudaMemcpy(host.data(), data_, count_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return host;
-  }
-  Workspace as_workspace() const { return {data_, count_ * sizeof(T)}; }
-
- private:
-  void swap(DeviceBuffer& other) noexcept {
-    std::swap(data_, other.data_);
-    std::swap(count_, other.count_);
-  }
-  T* data_ = nullptr;
-  std::size_t count_ = 0;
-};
+using cuda::DeviceBuffer;
 
 }  // namespace lowbit::test

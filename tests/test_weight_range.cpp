@@ -208,7 +208,7 @@ TEST(GpuWeightRange, MatchesReference) {
       SCOPED_TRACE(c.name + (symmetric ? " symmetric" : " asymmetric"));
       const Range want = ref_range(w, layout, symmetric);
       DeviceBuffer<float> d_min(channels), d_max(channels);
-      lowbit::cuda::weight_range(d_w.get(), layout, symmetric, d_min.get(), d_max.get(),
+      lowbit::cuda::weight_range(d_w.data(), layout, symmetric, d_min.data(), d_max.data(),
                                  d_work.as_workspace(), nullptr);
       EXPECT_TRUE(same_bits(want.min, d_min.download()));
       EXPECT_TRUE(same_bits(want.max, d_max.download()));
@@ -223,8 +223,8 @@ TEST(GpuWeightRange, MatchesReference) {
                                         max.data(), mask.data(), host_workspace(scratch, layout));
         DeviceBuffer<float> d_y(w.size());
         DeviceBuffer<std::uint32_t> d_mask(mask.size());
-        lowbit::cuda::fake_quant_weights(d_w.get(), d_y.get(), layout, quant, symmetric,
-                                         d_min.get(), d_max.get(), d_mask.get(),
+        lowbit::cuda::fake_quant_weights(d_w.data(), d_y.data(), layout, quant, symmetric,
+                                         d_min.data(), d_max.data(), d_mask.data(),
                                          d_work.as_workspace(), nullptr);
         EXPECT_TRUE(same_bits(y, d_y.download()));
         EXPECT_TRUE(same_bits(min, d_min.download()));
@@ -246,7 +246,7 @@ TEST(GpuWeightRange, NanRangeMatchesReference) {
   for (bool symmetric : {false, true}) {
     const Range want = ref_range(w, layout, symmetric);
     DeviceBuffer<float> d_min(4), d_max(4);
-    lowbit::cuda::weight_range(d_w.get(), layout, symmetric, d_min.get(), d_max.get(),
+    lowbit::cuda::weight_range(d_w.data(), layout, symmetric, d_min.data(), d_max.data(),
                                d_work.as_workspace(), nullptr);
     EXPECT_TRUE(same_bits(want.min, d_min.download())) << "symmetric " << symmetric;
     EXPECT_TRUE(same_bits(want.max, d_max.download())) << "symmetric " << symmetric;
