@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(256)
 void ema_state_init(EmaRangeState* state, cudaStream_t stream) {
   LOWBIT_EXPECTS(state != nullptr, "state is null");
   ema_state_init_kernel<<<1, 1, 0, stream>>>(state);
-  LOWBIT_CHECK_LAUNCH();
+  LOWBIT_LAUNCH_CHECK();
 }
 
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
@@ -142,7 +142,7 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
   if (config.mode == EmaMode::exact) {
     const unsigned grid = detail::grid_for(n, detail::kBlockThreads * 16);
     ema_observe_kernel<<<grid, detail::kBlockThreads, 0, stream>>>(x, n, EmaObserver{state, config});
-    LOWBIT_CHECK_LAUNCH();
+    LOWBIT_LAUNCH_CHECK();
     detail::launch_quantize_tiles(x, y, mask, mask_format, layout,
                                   EmaQuantizer{state, config, 1, pass_plane}, stream);
   } else {

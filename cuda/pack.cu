@@ -42,7 +42,7 @@ void pack_codes(const std::uint8_t* codes, std::int64_t n, int bits, std::uint8_
   const std::int64_t bytes = packed_bytes(n, bits);
   const unsigned grid = detail::grid_for(bytes, detail::kBlockThreads);
   pack_codes_kernel<<<grid, detail::kBlockThreads, 0, stream>>>(codes, n, bits, packed, bytes);
-  LOWBIT_CHECK_LAUNCH();
+  LOWBIT_LAUNCH_CHECK();
 }
 
 void unpack_codes(const std::uint8_t* packed, std::int64_t n, int bits, std::uint8_t* codes,
@@ -51,7 +51,7 @@ void unpack_codes(const std::uint8_t* packed, std::int64_t n, int bits, std::uin
   if (n == 0) return;
   const unsigned grid = detail::grid_for(n, detail::kBlockThreads);
   unpack_codes_kernel<<<grid, detail::kBlockThreads, 0, stream>>>(packed, n, bits, codes);
-  LOWBIT_CHECK_LAUNCH();
+  LOWBIT_LAUNCH_CHECK();
 }
 
 }  // namespace lowbit::cuda

@@ -109,12 +109,12 @@ void launch_channel_reduction(const ChannelLayout& layout, const Body& body, Op 
   const unsigned item_blocks = static_cast<unsigned>(std::min<std::int64_t>(items, 1 << 30));
   reduce_items_kernel<<<item_blocks, kReduceThreads, 0, stream>>>(layout, pieces, body, op,
                                                                   partials);
-  LOWBIT_CHECK_LAUNCH();
+  LOWBIT_LAUNCH_CHECK();
   const unsigned channel_blocks =
       static_cast<unsigned>(std::min<std::int64_t>(layout.channels, 1 << 30));
   finish_channels_kernel<<<channel_blocks, kReduceThreads, 0, stream>>>(
       partials, layout.channels, layout.outer * pieces, op, finish);
-  LOWBIT_CHECK_LAUNCH();
+  LOWBIT_LAUNCH_CHECK();
 }
 
 }  // namespace lowbit::cuda::detail

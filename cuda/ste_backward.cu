@@ -94,10 +94,10 @@ void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_fo
   const unsigned grid = detail::grid_for(n, detail::kTileElems * (detail::kBlockThreads / 32));
   if (mask_format == MaskFormat::sides) {
     ste_backward_kernel<MaskFormat::sides><<<grid, detail::kBlockThreads, 0, stream>>>(dy, mask, n, dx);
-    LOWBIT_CHECK_LAUNCH();
+    LOWBIT_LAUNCH_CHECK();
   } else {
     ste_backward_kernel<MaskFormat::pass><<<grid, detail::kBlockThreads, 0, stream>>>(dy, mask, n, dx);
-    LOWBIT_CHECK_LAUNCH();
+    LOWBIT_LAUNCH_CHECK();
   }
 }
 

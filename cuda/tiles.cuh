@@ -111,7 +111,7 @@ void launch_tiles_as(const float* x, float* y, std::uint32_t* mask, const Channe
   }
   quantize_tiles_kernel<kPerChannel, kFormat><<<grid, kBlockThreads, 0, stream>>>(
       x, y, mask, n, layout, lane_step, grid_step, quantizer, observer);
-  LOWBIT_CHECK_LAUNCH();
+  LOWBIT_LAUNCH_CHECK();
 }
 
 /// Launches quantize_tiles_kernel for `layout`, choosing the per-tensor or

@@ -40,7 +40,7 @@ class Error : public std::runtime_error {
   } while (0)
 
 /// Checks the launch just made (configuration errors surface here, not later).
-#define LOWBIT_CHECK_LAUNCH() LOWBIT_CUDA_TRY(cudaGetLastError())
+#define LOWBIT_LAUNCH_CHECK() LOWBIT_CUDA_TRY(cudaGetLastError())
 
 /// Wraps a cuDNN call; the error names the call and the cuDNN status.
 #define LOWBIT_CUDNN_TRY(call)                                                  \
