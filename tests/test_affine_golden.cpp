@@ -22,6 +22,7 @@
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
 #include "lowbit/types.hpp"
+#include "test_util.hpp"
 
 #ifndef LOWBIT_TEST_DATA_DIR
 #error "LOWBIT_TEST_DATA_DIR must name the tests/data directory"
@@ -30,6 +31,7 @@
 namespace {
 
 using lowbit::cuda::DeviceBuffer;
+using lowbit::test::bits_of;
 
 float to_float(std::uint32_t bits) {
   float v;
@@ -37,16 +39,10 @@ float to_float(std::uint32_t bits) {
   return v;
 }
 
-std::uint32_t to_bits(float v) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  return bits;
-}
-
 // "0.100000001 (0x3dcccccd)": enough digits to tell neighbouring floats apart.
 std::string show(float v) {
   char buf[48];
-  std::snprintf(buf, sizeof buf, "%.9g (0x%08x)", v, static_cast<unsigned>(to_bits(v)));
+  std::snprintf(buf, sizeof buf, "%.9g (0x%08x)", v, static_cast<unsigned>(bits_of(v)));
   return buf;
 }
 
@@ -104,7 +100,7 @@ const std::vector<GoldenCase>& golden_cases() {
   for (std::size_t i = 0; i < g.x.size(); ++i) {
     const bool got_pass = (mask[i / 32] >> (i % 32)) & 1u;
     const bool want_pass = g.mask[i] != 0;
-    if (to_bits(y[i]) == g.y_bits[i] && got_pass == want_pass) continue;
+    if (bits_of(y[i]) == g.y_bits[i] && got_pass == want_pass) continue;
     if (bad++ < 5) {
       msg << "\n  [" << i << "] x=" << show(g.x[i])
           << " expected y=" << show(to_float(g.y_bits[i])) << " mask=" << want_pass

@@ -25,6 +25,7 @@ namespace {
 using lowbit::ChannelLayout;
 using lowbit::kLsqMinScale;
 using lowbit::LsqQuant;
+using lowbit::test::channel_of;
 using lowbit::test::DeviceBuffer;
 using lowbit::test::host_workspace;
 using lowbit::test::random_values;
@@ -32,10 +33,6 @@ using lowbit::test::same_bits;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-std::int64_t channel_of(const ChannelLayout& layout, std::int64_t i) {
-  return (i / layout.inner) % layout.channels;
-}
 
 std::vector<float> lsq_forward(const std::vector<float>& x, const ChannelLayout& layout,
                                const std::vector<float>& scale, LsqQuant quant) {

@@ -25,6 +25,11 @@ inline std::uint32_t bits_of(float v) {
   return u;
 }
 
+/// The channel of flat element i, by division (what the kernels' cursor avoids).
+inline std::int64_t channel_of(const ChannelLayout& layout, std::int64_t i) {
+  return (i / layout.inner) % layout.channels;
+}
+
 /// Compares two arrays element by element on their bit patterns (so NaN,
 /// -0.0 and +0.0 count) and lists the first few mismatches.
 template <class T>

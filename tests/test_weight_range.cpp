@@ -20,6 +20,7 @@ namespace {
 
 using lowbit::ChannelLayout;
 using lowbit::RangeQuant;
+using lowbit::test::channel_of;
 using lowbit::test::DeviceBuffer;
 using lowbit::test::host_workspace;
 using lowbit::test::random_values;
@@ -36,10 +37,6 @@ ChannelLayout layout_of(const WeightCase& c) {
   std::int64_t n = 1;
   for (std::int64_t d : c.shape) n *= d;
   return ChannelLayout::per_tensor(n);
-}
-
-std::int64_t channel_of(const ChannelLayout& layout, std::int64_t i) {
-  return (i / layout.inner) % layout.channels;
 }
 
 struct Range {
