@@ -13,6 +13,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "lowbit/element.hpp"
@@ -77,6 +78,50 @@ void pack_codes(const std::uint8_t* codes, std::int64_t n, int bits, std::uint8_
 /// See ref::unpack_codes.
 void unpack_codes(const std::uint8_t* packed, std::int64_t n, int bits, std::uint8_t* codes,
                   cudaStream_t stream);
+
+// ---- Training building blocks (the CUDA backend of host/ runs these) ----
+
+/// See ref::bias_activation.
+void bias_activation(const float* x, const float* bias, const ChannelLayout& layout, bool relu,
+                     float* y, cudaStream_t stream);
+
+/// See ref::bias_activation_backward.
+void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
+                              bool relu, float* dx, float* d_bias, Workspace workspace,
+                              cudaStream_t stream);
+
+/// See ref::add.
+void add(const float* a, const float* b, std::int64_t n, float* y, cudaStream_t stream);
+
+/// See ref::softmax_cross_entropy (totals in device memory).
+void softmax_cross_entropy(const float* logits, const std::int32_t* labels, std::int64_t batch,
+                           int classes, float* d_logits, LossTotals* totals,
+                           cudaStream_t stream);
+
+/// See ref::sgd_step: one launch over the flat buffer.
+void sgd_step(float* params, const float* grads, float* velocity, std::int64_t n,
+              std::int64_t decay_count, SgdConfig config, cudaStream_t stream);
+
+/// Device workspace bytes shuffle_indices needs for n indices.
+std::size_t shuffle_workspace_bytes(std::int64_t n);
+
+/// See ref::shuffle_indices: the same permutation, sorted on the device.
+void shuffle_indices(std::uint64_t seed, std::int64_t epoch, std::int64_t n, std::int32_t* perm,
+                     Workspace workspace, cudaStream_t stream);
+
+/// See ref::gather_batch (cursor in device memory).
+void gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
+                  std::int64_t example_size, const std::int32_t* perm,
+                  const std::int64_t* cursor, std::int64_t batch, Normalization norm, float* x,
+                  std::int32_t* labels_out, cudaStream_t stream);
+
+/// See ref::advance_cursor.
+void advance_cursor(std::int64_t* cursor, cudaStream_t stream);
+
+/// See ref::affine_params_from_range.
+void affine_params_from_range(const float* min, const float* max, std::int64_t channels,
+                              AffineQuant quant, bool symmetric, float* scale,
+                              std::int32_t* zero_point, cudaStream_t stream);
 
 /// True when a CUDA device is present and usable (tests skip without one).
 bool device_available();

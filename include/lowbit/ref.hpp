@@ -14,6 +14,7 @@
 //  - Masks: mask_words(n, format) words; nullptr means "no mask".
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "lowbit/element.hpp"
@@ -90,5 +91,63 @@ void pack_codes(const std::uint8_t* codes, std::int64_t n, int bits, std::uint8_
 
 /// Inverse of pack_codes.
 void unpack_codes(const std::uint8_t* packed, std::int64_t n, int bits, std::uint8_t* codes);
+
+// ---- Training building blocks (the CPU backend of host/ runs these) ----
+
+/// y = x + bias[c] over `layout` (bias may be null: no bias), then ReLU
+/// (max(v, 0), NaN stays NaN) if `relu`. x and y may alias.
+void bias_activation(const float* x, const float* bias, const ChannelLayout& layout, bool relu,
+                     float* y);
+
+/// Backward of bias_activation from its output y: dx = dy where !relu or
+/// y > 0, else 0; d_bias[c] = Σ dx over channel c (fixed-order sums, like
+/// ste_backward_range). dx may alias dy; d_bias may be null (no reduction).
+void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
+                              bool relu, float* dx, float* d_bias, Workspace workspace);
+
+/// y = a + b over n elements; y may alias a or b.
+void add(const float* a, const float* b, std::int64_t n, float* y);
+
+/// Softmax cross-entropy of `batch` rows of `classes` logits against labels
+/// in [0, classes), or -1 for a padding row. Writes d_logits =
+/// (softmax - onehot) / labelled_rows (0 on padding rows), and adds the
+/// batch's loss sum, correct count (first maximum wins) and labelled rows to
+/// `totals`. One fixed summation order.
+void softmax_cross_entropy(const float* logits, const std::int32_t* labels, std::int64_t batch,
+                           int classes, float* d_logits, LossTotals* totals);
+
+/// One SGD step over a flat buffer of n parameters (SgdConfig's rule).
+/// Weight decay applies to the first `decay_count` entries only.
+void sgd_step(float* params, const float* grads, float* velocity, std::int64_t n,
+              std::int64_t decay_count, SgdConfig config);
+
+/// Bytes of workspace shuffle_indices needs for n indices.
+std::size_t shuffle_workspace_bytes(std::int64_t n);
+
+/// A permutation of [0, n) that depends only on (seed, epoch): indices
+/// stably sorted by a counter-based 64-bit hash key.
+void shuffle_indices(std::uint64_t seed, std::int64_t epoch, std::int64_t n, std::int32_t* perm,
+                     Workspace workspace);
+
+/// Gathers batch rows into a network input: row r takes example
+/// e = perm[*cursor·batch + r] (or e = *cursor·batch + r when perm is null):
+/// x[r] = normalised images[e] (example_size pixels), labels_out[r] =
+/// labels[e]. Rows with *cursor·batch + r >= n become zeros labelled -1.
+void gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
+                  std::int64_t example_size, const std::int32_t* perm,
+                  const std::int64_t* cursor, std::int64_t batch, Normalization norm, float* x,
+                  std::int32_t* labels_out);
+
+/// *cursor += 1 (the batch index gather_batch reads; a graph replays it).
+void advance_cursor(std::int64_t* cursor);
+
+/// PyTorch's qparams (torch.ao.quantization observers) per channel from a
+/// range: the range is widened to contain 0; affine: scale = (max-min)/
+/// (qmax-qmin), zero_point = qmin - round(min/scale) clamped; symmetric:
+/// scale = max(|min|, max)/((qmax-qmin)/2), zero_point = (qmin+qmax+1)/2
+/// (0 for a signed grid). scale >= FLT_EPSILON.
+void affine_params_from_range(const float* min, const float* max, std::int64_t channels,
+                              AffineQuant quant, bool symmetric, float* scale,
+                              std::int32_t* zero_point);
 
 }  // namespace lowbit::ref

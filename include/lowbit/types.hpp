@@ -140,4 +140,26 @@ std::size_t reduction_workspace_bytes(const ChannelLayout& layout);
 /// Bytes that pack_codes writes for n codes of `bits` (2, 4 or 8) bits.
 constexpr std::int64_t packed_bytes(std::int64_t n, int bits) { return (n * bits + 7) / 8; }
 
+/// Running totals of the softmax cross-entropy over the steps since they were
+/// last zeroed (device memory for lowbit::cuda). Sums are in a fixed order.
+struct LossTotals {
+  double loss_sum = 0.0;      ///< Σ per-example loss
+  std::int64_t correct = 0;   ///< examples whose argmax equals the label
+  std::int64_t examples = 0;  ///< labelled examples seen (padding rows excluded)
+};
+
+/// SGD with momentum and weight decay, PyTorch's rule (dampening 0, no
+/// Nesterov): g = grad + weight_decay·p, v = momentum·v + g, p -= lr·v.
+struct SgdConfig {
+  float learning_rate = 0.05f;
+  float momentum = 0.9f;
+  float weight_decay = 0.0f;
+};
+
+/// How 8-bit pixels become network inputs: x = (pixel/255 - mean) / std.
+struct Normalization {
+  float mean = 0.2860f;  ///< Fashion-MNIST training-set mean
+  float std = 0.3530f;   ///< Fashion-MNIST training-set standard deviation
+};
+
 }  // namespace lowbit

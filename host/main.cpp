@@ -1,0 +1,1 @@
+int main() { return 1; }  // placeholder: the CLI lands with issue 3

@@ -1,0 +1,46 @@
+// Image-classification datasets in IDX (MNIST) format, gzipped or raw.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lowbit {
+
+/// Examples as stored: row-major 8-bit pixels and labels in [0, 10).
+struct Dataset {
+  std::int64_t count = 0;
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::vector<std::uint8_t> images;  ///< count · rows · cols pixels
+  std::vector<std::uint8_t> labels;  ///< count labels
+
+  std::int64_t example_size() const { return rows * cols; }
+};
+
+/// Loads an IDX image file (magic 0x00000803, dims [count, rows, cols]) and
+/// its IDX label file (magic 0x00000801, dims [count]); either may be gzipped.
+/// Keeps the first `limit` examples when limit > 0. Validation is strict: bad
+/// magic, wrong rank, a zero or overflowing dimension, a truncated payload,
+/// trailing bytes, an empty file, an image/label count mismatch or a label
+/// >= 10 throw lowbit::Error naming the file and the problem.
+Dataset load_idx_dataset(const std::string& images_path, const std::string& labels_path,
+                         std::int64_t limit = 0);
+
+/// The training and test splits of an MNIST-format directory.
+struct DatasetSplits {
+  Dataset train;
+  Dataset test;
+};
+
+/// Loads `dir`/{train-images-idx3-ubyte, train-labels-idx1-ubyte,
+/// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte}, each with or without
+/// ".gz" (the raw file wins when both exist). A missing file throws
+/// lowbit::Error naming the paths it tried.
+DatasetSplits load_mnist_directory(const std::string& dir, std::int64_t limit_train = 0,
+                                   std::int64_t limit_test = 0);
+
+/// Where `lowbit train` looks without --data (Debian's dataset-fashion-mnist).
+inline constexpr const char* kDefaultDataDirectory = "/usr/share/datasets/fashion-mnist";
+
+}  // namespace lowbit

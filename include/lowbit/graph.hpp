@@ -1,0 +1,139 @@
+// The layer graph: a small IR of CNN nodes with explicit tensors and shapes,
+// in topological order. Build one with the Graph methods (lenet5() is the
+// stock model), rewrite it with quantize(), run it with a Network.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "lowbit/types.hpp"
+
+namespace lowbit {
+
+using TensorId = int;
+
+enum class TensorRole {
+  activation,  ///< computed per example; shape excludes the batch dimension
+  label,       ///< one class index per example
+  parameter,   ///< trained; its shape is the full shape
+  loss,        ///< the scalar training loss
+};
+
+struct TensorInfo {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  TensorRole role = TensorRole::activation;
+
+  std::int64_t size() const;
+};
+
+enum class NodeKind {
+  input,                  ///< outputs: images [C,H,W], labels
+  conv2d,                 ///< inputs: x, weight [K,C,R,S], bias [K]
+  linear,                 ///< inputs: x [F], weight [O,F], bias [O]
+  relu,                   ///< inputs: x
+  max_pool2d,             ///< inputs: x
+  flatten,                ///< inputs: x [C,H,W] -> [C·H·W]
+  add,                    ///< inputs: a, b (bypass connection)
+  softmax_cross_entropy,  ///< inputs: logits [classes], labels; output: loss
+  fake_quant,             ///< inputs: x (and the scale for lsq); output: y
+};
+
+const char* to_string(NodeKind kind);
+
+struct Conv2dAttrs {
+  std::int64_t out_channels = 1, kernel = 1, stride = 1, padding = 0;
+};
+
+struct Pool2dAttrs {
+  std::int64_t kernel = 2, stride = 2;
+};
+
+/// How a range is obtained for activations (weights always use the current
+/// min/max of the weights, TensorFlow's "last value").
+enum class RangeMode {
+  ema,     ///< TensorFlow: EMA of batch min/max, updated then used (exact)
+  lagged,  ///< EMA used before this batch's update: one pass over x
+  lsq,     ///< learned step size (LSQ), a trained parameter per quantizer
+};
+
+/// Which grid and rounding a quantizer uses.
+enum class Rounding {
+  tensorflow,  ///< FakeQuantWithMinMaxVars: nudged range, ties round up
+  pytorch,     ///< fake_quantize_*_affine: scale and zero point, ties to even
+};
+
+const char* to_string(RangeMode mode);
+const char* to_string(Rounding rounding);
+
+struct FakeQuantAttrs {
+  bool weights = false;  ///< weights (last-value range) or activations
+  int bits = 8;
+  bool narrow_range = false;
+  bool per_channel = false;  ///< weights only: one range per output channel
+  bool symmetric = false;    ///< weights only
+  bool is_signed = false;    ///< lsq / pytorch activations: signed grid (no ReLU before)
+  RangeMode range = RangeMode::ema;
+  Rounding rounding = Rounding::tensorflow;
+  float ema_decay = 0.999f;
+  std::int64_t quant_delay = 0;
+  std::int64_t freeze_step = kNeverFreeze;
+};
+
+struct Node {
+  NodeKind kind = NodeKind::input;
+  std::string name;
+  std::vector<TensorId> inputs;
+  std::vector<TensorId> outputs;
+  std::variant<std::monostate, Conv2dAttrs, Pool2dAttrs, FakeQuantAttrs> attrs;
+};
+
+class Graph {
+ public:
+  /// Adds the Input node. Returns the images tensor; labels() is the other.
+  TensorId input(const std::string& name, std::vector<std::int64_t> shape_chw);
+  /// Conv2d with parameters name.weight [K,C,k,k] and name.bias [K].
+  TensorId conv2d(const std::string& name, TensorId x, std::int64_t out_channels,
+                  std::int64_t kernel, std::int64_t stride = 1, std::int64_t padding = 0);
+  /// Linear with parameters name.weight [O,F] and name.bias [O].
+  TensorId linear(const std::string& name, TensorId x, std::int64_t out_features);
+  TensorId relu(const std::string& name, TensorId x);
+  TensorId max_pool2d(const std::string& name, TensorId x, std::int64_t kernel,
+                      std::int64_t stride);
+  TensorId flatten(const std::string& name, TensorId x);
+  TensorId add(const std::string& name, TensorId a, TensorId b);
+  /// The training loss against the labels of the Input node.
+  TensorId softmax_cross_entropy(const std::string& name, TensorId logits);
+  /// A fake-quant node on x; lsq adds the parameter name.scale.
+  TensorId fake_quant(const std::string& name, TensorId x, const FakeQuantAttrs& attrs);
+
+  const std::vector<Node>& nodes() const { return nodes_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const TensorInfo& tensor(TensorId id) const;
+  TensorId labels() const { return labels_; }
+  /// The node that produces `id`, or -1 for parameters.
+  int producer(TensorId id) const;
+  /// Indices of the nodes that read `id`, in order.
+  std::vector<int> consumers(TensorId id) const;
+  /// One line per node: "name kind(inputs) -> outputs [shape] attrs".
+  std::string describe() const;
+
+ private:
+  TensorId add_tensor(std::string name, std::vector<std::int64_t> shape, TensorRole role);
+  TensorId add_node(Node node, std::string out_name, std::vector<std::int64_t> out_shape,
+                    TensorRole out_role = TensorRole::activation);
+  const std::vector<std::int64_t>& shape_of(TensorId id) const;
+
+  std::vector<TensorInfo> tensors_;
+  std::vector<Node> nodes_;
+  TensorId labels_ = -1;
+};
+
+/// LeNet-5 on 1×28×28 images: conv 6@5×5 pad 2, ReLU, maxpool 2, conv 16@5×5,
+/// ReLU, maxpool 2, fc 120, ReLU, fc 84, ReLU, fc 10, softmax cross-entropy.
+Graph lenet5(std::int64_t channels = 1, std::int64_t height = 28, std::int64_t width = 28,
+             std::int64_t classes = 10);
+
+}  // namespace lowbit

@@ -1,0 +1,53 @@
+// quantize(): the tf.contrib.quantize rewrite of a float graph into a
+// quantization-aware one, at any width from 2 to 16 bits.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "lowbit/graph.hpp"
+#include "lowbit/types.hpp"
+
+namespace lowbit {
+
+/// Widths for one Conv2d/Linear layer; -1 keeps the global width.
+struct LayerBits {
+  int weight_bits = -1;
+  int activation_bits = -1;
+};
+
+struct QuantizeOptions {
+  /// 2..16, or 0 to leave weights (activations) in float.
+  int weight_bits = 4;
+  int activation_bits = 4;
+  float ema_decay = 0.999f;
+  /// Training steps during which activations pass through unquantized while
+  /// their ranges already track (TensorFlow's quant_delay).
+  std::int64_t quant_delay = 0;
+  /// Steps after which activation ranges stop updating (kNeverFreeze: never).
+  std::int64_t freeze_ranges_step = kNeverFreeze;
+  RangeMode range = RangeMode::ema;
+  Rounding rounding = Rounding::tensorflow;
+  /// One weight range per output channel (false: one per tensor).
+  bool per_channel = true;
+  /// Symmetric weight ranges [-max|w|, max|w|] on a narrow grid (TensorFlow's
+  /// default for weights); false: asymmetric [min(w), max(w)], full grid.
+  bool symmetric_weights = true;
+  /// Overrides by layer name (mixed precision), e.g. {"conv1", {8, 8}}.
+  std::map<std::string, LayerBits> layer_bits;
+};
+
+/// Rewrites `graph` (float, as built) into a quantization-aware graph:
+///  - the weights of every Conv2d and Linear go through a weight FakeQuant;
+///  - every activation output is fake-quantized: after a ReLU, or at the
+///    layer output where no ReLU follows;
+///  - both inputs of an Add are fake-quantized (unless already) and so is its
+///    output unless a ReLU follows.
+/// Layers whose width resolves to 0 stay float. Throws lowbit::Error for
+/// widths outside {0, 2..16}, an override naming no Conv2d/Linear layer, a
+/// decay outside [0, 1), a negative delay, or a graph that already holds
+/// FakeQuant nodes.
+Graph quantize(const Graph& graph, const QuantizeOptions& options);
+
+}  // namespace lowbit

@@ -1,0 +1,97 @@
+// Training and evaluation of a quantization-aware LeNet-5 on an MNIST-format
+// dataset, on the GPU (everything on the device, the step replayed as a CUDA
+// graph) or on the CPU reference backend.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lowbit/backend.hpp"
+#include "lowbit/data.hpp"
+#include "lowbit/quantize.hpp"
+#include "lowbit/types.hpp"
+
+namespace lowbit {
+
+enum class DeviceChoice { automatic, cuda, cpu };
+
+/// A backend and why it was chosen (for `--device auto`).
+struct DeviceSelection {
+  std::unique_ptr<Backend> backend;
+  std::string reason;
+};
+
+/// automatic: CUDA when a device is present, else the CPU. cuda without a
+/// device throws lowbit::Error.
+DeviceSelection select_device(DeviceChoice choice);
+
+struct TrainOptions {
+  std::string data_dir = kDefaultDataDirectory;
+  QuantizeOptions quantize{};  ///< weight_bits = activation_bits = 0: plain fp32
+  std::int64_t epochs = 8;
+  std::int64_t batch = 128;
+  SgdConfig sgd{};
+  std::uint64_t seed = 1;
+  std::int64_t limit_train = 0;  ///< 0: all examples
+  std::int64_t limit_test = 0;
+  Normalization normalization{};
+  bool use_graph = true;     ///< replay the step as a CUDA graph (false: eager)
+  std::string save_path;     ///< checkpoint after every epoch when not empty
+  std::string resume_path;   ///< continue from this checkpoint when not empty
+};
+
+struct EpochReport {
+  std::int64_t epoch = 0;  ///< 1-based
+  double loss = 0.0;       ///< mean training loss over the epoch
+  double train_accuracy = 0.0;
+  double test_accuracy = 0.0;
+  double images_per_second = 0.0;  ///< training steps only, no evaluation
+  double seconds = 0.0;
+};
+
+struct TrainReport {
+  std::string device;
+  int weight_bits = 0;
+  int activation_bits = 0;
+  std::vector<EpochReport> epochs;  ///< the epochs this run trained
+  double test_accuracy = 0.0;
+  double train_images_per_second = 0.0;
+  std::uint64_t skipped_ema_batches = 0;  ///< non-finite batches the EMA ignored
+};
+
+/// Receives progress; the trainer calls it between steps, at most once per
+/// log interval (the only host syncs of a training epoch).
+class TrainObserver {
+ public:
+  virtual ~TrainObserver() = default;
+  virtual void epoch_started(std::int64_t epoch, std::int64_t epochs, std::int64_t steps) = 0;
+  virtual void progress(std::int64_t step, std::int64_t steps, double loss,
+                        double images_per_second) = 0;
+  virtual void epoch_finished(const EpochReport& report) = 0;
+};
+
+/// Trains per `options` on `backend`. With resume_path, the options that
+/// shape the run (model, quantization, batch, seed, data limits) must match
+/// the checkpoint's, and training continues bit-identically from it.
+TrainReport train(const TrainOptions& options, Backend& backend, TrainObserver* observer);
+
+/// The options a checkpoint was trained with (for resuming without repeating
+/// every flag).
+TrainOptions checkpoint_options(const std::string& path);
+
+struct EvalReport {
+  std::string device;
+  int weight_bits = 0;
+  int activation_bits = 0;
+  std::int64_t examples = 0;
+  double test_accuracy = 0.0;
+  double loss = 0.0;
+};
+
+/// Test-set accuracy of a checkpoint (the quantized model as trained).
+EvalReport evaluate(const std::string& checkpoint_path, const std::string& data_dir,
+                    std::int64_t limit_test, Backend& backend);
+
+}  // namespace lowbit
