@@ -1,1 +1,299 @@
-// placeholder: filled in by issue 3 work in progress
+#include "lowbit/trainer.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+#include "checkpoint.hpp"
+#include "lowbit/error.hpp"
+#include "network.hpp"
+
+namespace lowbit {
+
+QuantizeOptions default_train_quantization() {
+  QuantizeOptions q;
+  q.quant_delay = 500;
+  return q;
+}
+
+DeviceSelection select_device(DeviceChoice choice) {
+  switch (choice) {
+    case DeviceChoice::cpu: return {make_cpu_backend(), "requested with --device cpu"};
+    case DeviceChoice::cuda: return {make_cuda_backend(), "requested with --device cuda"};
+    case DeviceChoice::automatic: break;
+  }
+  if (cuda_device_present()) return {make_cuda_backend(), "auto: a CUDA device is present"};
+  return {make_cpu_backend(), "auto: no CUDA device found"};
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+/// A split of the dataset in backend memory.
+struct DeviceDataset {
+  DeviceDataset(Backend& backend, const Dataset& data) : count(data.count) {
+    images = backend.allocate(data.images.size());
+    labels = backend.allocate(data.labels.size());
+    backend.upload(images.data(), data.images.data(), data.images.size());
+    backend.upload(labels.data(), data.labels.data(), data.labels.size());
+  }
+  std::int64_t count;
+  Buffer images, labels;
+};
+
+void check_options(const TrainOptions& o) {
+  LOWBIT_EXPECTS(o.epochs >= 1, "train: epochs must be >= 1");
+  LOWBIT_EXPECTS(o.batch >= 1, "train: batch must be >= 1");
+  LOWBIT_EXPECTS(o.limit_train >= 0 && o.limit_test >= 0, "train: limits must be >= 0");
+  LOWBIT_EXPECTS(o.sgd.learning_rate > 0.0f, "train: the learning rate must be positive");
+  LOWBIT_EXPECTS(o.sgd.momentum >= 0.0f && o.sgd.momentum < 1.0f,
+                 "train: momentum must be in [0, 1)");
+  LOWBIT_EXPECTS(o.sgd.weight_decay >= 0.0f, "train: weight decay must be >= 0");
+  LOWBIT_EXPECTS(o.normalization.std > 0.0f, "train: the normalisation std must be positive");
+}
+
+/// The options that decide the computation must match to resume bit-identically.
+void check_resumable(const TrainOptions& now, const TrainOptions& saved, const std::string& path) {
+  const auto same = [&](bool equal, const char* what) {
+    LOWBIT_EXPECTS(equal, path + ": cannot resume with a different " + what +
+                              " than the checkpoint was trained with");
+  };
+  const QuantizeOptions& a = now.quantize;
+  const QuantizeOptions& b = saved.quantize;
+  same(a.weight_bits == b.weight_bits, "--weight-bits");
+  same(a.activation_bits == b.activation_bits, "--act-bits");
+  same(a.ema_decay == b.ema_decay, "--ema-decay");
+  same(a.quant_delay == b.quant_delay, "--quant-delay");
+  same(a.range == b.range, "--range");
+  same(a.rounding == b.rounding && a.per_channel == b.per_channel &&
+           a.symmetric_weights == b.symmetric_weights &&
+           a.freeze_ranges_step == b.freeze_ranges_step,
+       "quantization setting");
+  bool same_layers = a.layer_bits.size() == b.layer_bits.size();
+  for (const auto& [name, bits] : a.layer_bits) {
+    const auto it = b.layer_bits.find(name);
+    same_layers = same_layers && it != b.layer_bits.end() &&
+                  it->second.weight_bits == bits.weight_bits &&
+                  it->second.activation_bits == bits.activation_bits;
+  }
+  same(same_layers, "per-layer bit setting");
+  same(now.batch == saved.batch, "--batch");
+  same(now.seed == saved.seed, "--seed");
+  same(now.limit_train == saved.limit_train, "--limit-train");
+  same(now.normalization.mean == saved.normalization.mean &&
+           now.normalization.std == saved.normalization.std,
+       "input normalisation");
+}
+
+/// The quantized LeNet-5 bound to a backend, with its data and optimizer.
+class Session {
+ public:
+  Session(const TrainOptions& options, Backend& backend, const DatasetSplits& data)
+      : options_(options), backend_(backend),
+        network_(quantize(lenet5(1, data.test.rows, data.test.cols, 10), options.quantize),
+                 backend, options.batch),
+        test_(backend, data.test), cursor_(backend.allocate(sizeof(std::int64_t))) {
+    if (data.train.count > 0) {
+      train_ = std::make_unique<DeviceDataset>(backend, data.train);
+      LOWBIT_EXPECTS(data.train.count >= options.batch,
+                     "train: --batch " + std::to_string(options.batch) +
+                         " is larger than the training set (" +
+                         std::to_string(data.train.count) + " examples)");
+      perm_ = backend.allocate(static_cast<std::size_t>(data.train.count) * sizeof(std::int32_t));
+      shuffle_workspace_ = backend.allocate(backend.shuffle_workspace_bytes(data.train.count));
+      velocity_ = backend.allocate(static_cast<std::size_t>(network_.parameter_count()) *
+                                   sizeof(float));
+    }
+  }
+
+  Network& network() { return network_; }
+  float* velocity() const { return velocity_.as<float>(); }
+  std::int64_t steps_per_epoch() const { return train_->count / options_.batch; }
+
+  /// Shuffles the training set for `epoch` and rewinds the batch cursor and totals.
+  void begin_epoch(std::int64_t epoch) {
+    backend_.shuffle_indices(options_.seed, epoch, train_->count, perm_.as<std::int32_t>(),
+                             shuffle_workspace_.as_workspace());
+    backend_.fill_zero(cursor_.data(), sizeof(std::int64_t));
+    backend_.fill_zero(network_.totals(), sizeof(LossTotals));
+  }
+
+  /// LSQ step sizes from the first batch of epoch 0 (before any training).
+  void calibrate() {
+    begin_epoch(0);
+    gather(*train_, perm_.as<std::int32_t>());
+    network_.forward(Pass::calibrate);
+  }
+
+  /// One SGD step on the next batch; all of it queued on the backend.
+  void train_step() {
+    gather(*train_, perm_.as<std::int32_t>());
+    backend_.advance_cursor(cursor_.as<std::int64_t>());
+    network_.forward(Pass::train);
+    network_.backward();
+    backend_.sgd_step(network_.parameters(), network_.gradients(), velocity(),
+                      network_.parameter_count(), network_.decayed_count(), options_.sgd);
+  }
+
+  void run_step() {
+    if (!options_.use_graph) return train_step();
+    if (graph_) return graph_->replay();
+    if (!warmed_up_) {  // the first call sets up what a capture must not allocate
+      warmed_up_ = true;
+      return train_step();
+    }
+    graph_ = backend_.capture([this] { train_step(); });
+    graph_->replay();
+  }
+
+  LossTotals totals() {
+    LossTotals t;
+    backend_.download(&t, network_.totals(), sizeof(t));
+    return t;
+  }
+
+  /// Test-set loss and accuracy; leaves every trained state as it was.
+  LossTotals evaluate() {
+    backend_.fill_zero(cursor_.data(), sizeof(std::int64_t));
+    backend_.fill_zero(network_.totals(), sizeof(LossTotals));
+    const std::int64_t batches = (test_.count + options_.batch - 1) / options_.batch;
+    for (std::int64_t b = 0; b < batches; ++b) {
+      gather(test_, nullptr);
+      backend_.advance_cursor(cursor_.as<std::int64_t>());
+      network_.forward(Pass::eval);
+    }
+    return totals();
+  }
+
+  std::uint64_t skipped_ema_batches() {
+    std::vector<EmaRangeState> states(network_.ema_state_names().size());
+    if (!states.empty())
+      backend_.download(states.data(), network_.ema_states(),
+                        states.size() * sizeof(EmaRangeState));
+    std::uint64_t skipped = 0;
+    for (const EmaRangeState& s : states) skipped += s.skipped;
+    return skipped;
+  }
+
+ private:
+  void gather(const DeviceDataset& data, const std::int32_t* perm) {
+    backend_.gather_batch(data.images.as<std::uint8_t>(), data.labels.as<std::uint8_t>(),
+                          data.count, network_.example_size(), perm,
+                          cursor_.as<std::int64_t>(), options_.batch, options_.normalization,
+                          network_.images(), network_.labels());
+  }
+
+  TrainOptions options_;
+  Backend& backend_;
+  Network network_;
+  DeviceDataset test_;
+  std::unique_ptr<DeviceDataset> train_;
+  Buffer cursor_, perm_, shuffle_workspace_, velocity_;
+  std::unique_ptr<StepGraph> graph_;
+  bool warmed_up_ = false;
+};
+
+double accuracy(const LossTotals& t) {
+  return t.examples > 0 ? static_cast<double>(t.correct) / static_cast<double>(t.examples) : 0.0;
+}
+
+double mean_loss(const LossTotals& t) {
+  return t.examples > 0 ? t.loss_sum / static_cast<double>(t.examples) : 0.0;
+}
+
+}  // namespace
+
+TrainReport train(const TrainOptions& options, Backend& backend, TrainObserver* observer) {
+  check_options(options);
+  Checkpoint resumed;
+  if (!options.resume_path.empty()) {
+    resumed = read_checkpoint(options.resume_path);
+    check_resumable(options, resumed.options, options.resume_path);
+  }
+  const DatasetSplits data =
+      load_mnist_directory(options.data_dir, options.limit_train, options.limit_test);
+  Session session(options, backend, data);
+  TrainProgress progress;
+  if (options.resume_path.empty()) {
+    session.network().initialize_parameters(options.seed);
+    if (options.quantize.range == RangeMode::lsq && options.quantize.activation_bits > 0)
+      session.calibrate();
+  } else {
+    restore_checkpoint(resumed, session.network(), backend, session.velocity());
+    progress = resumed.progress;
+  }
+
+  TrainReport report;
+  report.device = backend.description();
+  report.weight_bits = options.quantize.weight_bits;
+  report.activation_bits = options.quantize.activation_bits;
+  const std::int64_t steps = session.steps_per_epoch();
+  const std::int64_t log_every = std::max<std::int64_t>(1, steps / 20);
+  double train_seconds = 0.0;
+  std::int64_t train_images = 0;
+  for (std::int64_t epoch = progress.epochs_done; epoch < options.epochs; ++epoch) {
+    if (observer) observer->epoch_started(epoch + 1, options.epochs, steps);
+    session.begin_epoch(epoch);
+    const Clock::time_point start = Clock::now();
+    for (std::int64_t step = 1; step <= steps; ++step) {
+      session.run_step();
+      if (observer && (step % log_every == 0 || step == steps)) {
+        const LossTotals t = session.totals();  // the one sync per log interval
+        observer->progress(step, steps, mean_loss(t),
+                           static_cast<double>(step * options.batch) / seconds_since(start));
+      }
+    }
+    const LossTotals train_totals = session.totals();
+    const double seconds = seconds_since(start);
+    progress = {epoch + 1, progress.steps_done + steps};
+    EpochReport e;
+    e.epoch = epoch + 1;
+    e.loss = mean_loss(train_totals);
+    e.train_accuracy = accuracy(train_totals);
+    e.seconds = seconds;
+    e.images_per_second = static_cast<double>(steps * options.batch) / seconds;
+    e.test_accuracy = accuracy(session.evaluate());
+    train_seconds += seconds;
+    train_images += steps * options.batch;
+    if (!options.save_path.empty())
+      save_checkpoint(options.save_path, options, progress, session.network(), backend,
+                      session.velocity());
+    report.epochs.push_back(e);
+    if (observer) observer->epoch_finished(e);
+  }
+  report.test_accuracy =
+      report.epochs.empty() ? accuracy(session.evaluate()) : report.epochs.back().test_accuracy;
+  report.train_images_per_second =
+      train_seconds > 0.0 ? static_cast<double>(train_images) / train_seconds : 0.0;
+  report.skipped_ema_batches = session.skipped_ema_batches();
+  return report;
+}
+
+TrainOptions checkpoint_options(const std::string& path) { return read_checkpoint(path).options; }
+
+EvalReport evaluate(const std::string& checkpoint_path, const std::string& data_dir,
+                    std::int64_t limit_test, Backend& backend) {
+  const Checkpoint checkpoint = read_checkpoint(checkpoint_path);
+  TrainOptions options = checkpoint.options;
+  options.limit_test = limit_test;
+  LOWBIT_EXPECTS(limit_test >= 0, "eval: --limit-test must be >= 0");
+  DatasetSplits data;
+  data.test = load_mnist_directory(data_dir, 1, limit_test).test;
+  Session session(options, backend, data);
+  restore_checkpoint(checkpoint, session.network(), backend, nullptr);
+  const LossTotals totals = session.evaluate();
+  EvalReport report;
+  report.device = backend.description();
+  report.weight_bits = options.quantize.weight_bits;
+  report.activation_bits = options.quantize.activation_bits;
+  report.examples = totals.examples;
+  report.test_accuracy = accuracy(totals);
+  report.loss = mean_loss(totals);
+  return report;
+}
+
+}  // namespace lowbit

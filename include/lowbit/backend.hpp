@@ -93,8 +93,9 @@ class Backend {
   virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
   virtual void fill_zero(void* dst, std::size_t bytes) = 0;
   virtual void synchronize() = 0;
-  /// Records `step` once (it runs while recording on the CPU only) and
-  /// returns a replayable graph of it.
+  /// Records the work `step` queues, without running it, and returns a
+  /// graph whose replay() runs it (a CUDA graph; on the CPU, `step` itself).
+  /// Everything `step` touches must be set up by an earlier eager call.
   virtual std::unique_ptr<StepGraph> capture(const std::function<void()>& step) = 0;
 
   // ---- Convolution, pooling, fully connected (no bias: bias_activation adds it) ----

@@ -18,6 +18,7 @@ enum class TensorRole {
   activation,  ///< computed per example; shape excludes the batch dimension
   label,       ///< one class index per example
   parameter,   ///< trained; its shape is the full shape
+  derived,     ///< computed from a parameter once per step (fake-quantized weights)
   loss,        ///< the scalar training loss
 };
 
@@ -106,8 +107,11 @@ class Graph {
   TensorId add(const std::string& name, TensorId a, TensorId b);
   /// The training loss against the labels of the Input node.
   TensorId softmax_cross_entropy(const std::string& name, TensorId logits);
-  /// A fake-quant node on x; lsq adds the parameter name.scale.
-  TensorId fake_quant(const std::string& name, TensorId x, const FakeQuantAttrs& attrs);
+  /// Inserts a FakeQuant node on x and rewires the inputs of `consumers`
+  /// (node indices) from x to its output, keeping topological order. An lsq
+  /// quantizer adds the parameter name.scale. Returns the new output.
+  TensorId insert_fake_quant(const std::string& name, TensorId x, const FakeQuantAttrs& attrs,
+                             const std::vector<int>& consumers);
 
   const std::vector<Node>& nodes() const { return nodes_; }
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
@@ -115,6 +119,8 @@ class Graph {
   TensorId labels() const { return labels_; }
   /// The node that produces `id`, or -1 for parameters.
   int producer(TensorId id) const;
+  /// Index of the node called `name`, or -1.
+  int find_node(const std::string& name) const;
   /// Indices of the nodes that read `id`, in order.
   std::vector<int> consumers(TensorId id) const;
   /// One line per node: "name kind(inputs) -> outputs [shape] attrs".

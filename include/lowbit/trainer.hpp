@@ -27,9 +27,16 @@ struct DeviceSelection {
 /// device throws lowbit::Error.
 DeviceSelection select_device(DeviceChoice choice);
 
+/// The trainer's quantization: QuantizeOptions' defaults (4/4 bits,
+/// per-channel symmetric weights, EMA activation ranges) with a quant_delay
+/// of 500 steps, about one epoch of Fashion-MNIST at batch 128, so that
+/// activation ranges settle before they quantize.
+QuantizeOptions default_train_quantization();
+
 struct TrainOptions {
   std::string data_dir = kDefaultDataDirectory;
-  QuantizeOptions quantize{};  ///< weight_bits = activation_bits = 0: plain fp32
+  /// weight_bits = activation_bits = 0: plain fp32.
+  QuantizeOptions quantize = default_train_quantization();
   std::int64_t epochs = 8;
   std::int64_t batch = 128;
   SgdConfig sgd{};

@@ -1,0 +1,127 @@
+// One class per node kind (Flatten needs none: it aliases its input).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "layers/layer.hpp"
+
+namespace lowbit {
+
+/// y = relu?(conv(x, w) + b), with the following ReLU fused when the network
+/// finds one.
+class Conv2dLayer final : public Layer {
+ public:
+  Conv2dLayer(std::string name, Backend& backend, const Conv2dShape& shape, Binding x, Binding w,
+              Binding b, Binding y, bool fused_relu);
+
+ private:
+  void forward_impl(Pass pass) override;
+  void backward_impl() override;
+
+  Conv2dShape shape_;
+  Binding x_, w_, b_, y_;
+  bool fused_relu_;
+  Buffer workspace_;
+};
+
+/// y = relu?(x·wᵀ + b).
+class LinearLayer final : public Layer {
+ public:
+  LinearLayer(std::string name, Backend& backend, const LinearShape& shape, Binding x, Binding w,
+              Binding b, Binding y, bool fused_relu);
+
+ private:
+  void forward_impl(Pass pass) override;
+  void backward_impl() override;
+
+  LinearShape shape_;
+  Binding x_, w_, b_, y_;
+  bool fused_relu_;
+  Buffer workspace_;
+};
+
+class ReluLayer final : public Layer {
+ public:
+  ReluLayer(std::string name, Backend& backend, std::int64_t n, Binding x, Binding y);
+
+ private:
+  void forward_impl(Pass pass) override;
+  void backward_impl() override;
+
+  std::int64_t n_;
+  Binding x_, y_;
+};
+
+class MaxPool2dLayer final : public Layer {
+ public:
+  MaxPool2dLayer(std::string name, Backend& backend, const Pool2dShape& shape, Binding x,
+                 Binding y);
+
+ private:
+  void forward_impl(Pass pass) override;
+  void backward_impl() override;
+
+  Pool2dShape shape_;
+  Binding x_, y_;
+};
+
+/// y = a + b; both inputs receive dy.
+class AddLayer final : public Layer {
+ public:
+  AddLayer(std::string name, Backend& backend, std::int64_t n, Binding a, Binding b, Binding y);
+
+ private:
+  void forward_impl(Pass pass) override;
+  void backward_impl() override;
+
+  std::int64_t n_;
+  Binding a_, b_, y_;
+};
+
+/// Loss and its logit gradient in one pass; accumulates into `totals`.
+class SoftmaxCrossEntropyLayer final : public Layer {
+ public:
+  SoftmaxCrossEntropyLayer(std::string name, Backend& backend, std::int64_t batch, int classes,
+                           Binding logits, const std::int32_t* labels, LossTotals* totals);
+
+ private:
+  void forward_impl(Pass pass) override;
+  void backward_impl() override;
+
+  std::int64_t batch_;
+  int classes_;
+  Binding logits_;
+  const std::int32_t* labels_;
+  LossTotals* totals_;
+  Buffer eval_grad_;  // the logit gradient an eval pass computes and drops
+};
+
+/// Fake quantization of weights (last-value ranges) or activations (EMA,
+/// lagged EMA or LSQ), in either rounding family. `state` is the EMA observer
+/// of an activation quantizer (null otherwise); `scale` the LSQ step size.
+class FakeQuantLayer final : public Layer {
+ public:
+  FakeQuantLayer(std::string name, Backend& backend, const FakeQuantAttrs& attrs,
+                 const std::vector<std::int64_t>& shape, Binding x, Binding y, Binding scale,
+                 EmaRangeState* state);
+
+ private:
+  void forward_impl(Pass pass) override;
+  void backward_impl() override;
+  void forward_weights();
+  void forward_ema(Pass pass);
+  void forward_lsq(Pass pass);
+
+  FakeQuantAttrs attrs_;
+  ChannelLayout layout_;  // per channel for weights, else the whole tensor
+  Binding x_, y_, scale_;
+  EmaRangeState* state_;
+  Buffer mask_;
+  Buffer range_;        // weights: min then max per channel
+  Buffer affine_;       // pytorch rounding: scale per channel, then zero points
+  Buffer eval_state_;   // eval: a copy of the EMA state that the pass may touch
+  Buffer workspace_;
+};
+
+}  // namespace lowbit

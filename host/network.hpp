@@ -1,0 +1,79 @@
+// A graph bound to memory on one backend, for a fixed batch size: every
+// tensor, gradient, parameter and range state is allocated once here, so a
+// training step only queues work (and can be captured as a CUDA graph).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "layers/layer.hpp"
+#include "lowbit/backend.hpp"
+#include "lowbit/graph.hpp"
+
+namespace lowbit {
+
+/// Where a parameter lives in the flat parameter (and gradient) buffer.
+struct ParameterSlot {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::int64_t offset = 0;
+  std::int64_t count = 0;
+};
+
+class Network {
+ public:
+  Network(const Graph& graph, Backend& backend, std::int64_t batch);
+
+  void forward(Pass pass);
+  /// Gradients of every parameter (overwritten, not accumulated).
+  void backward();
+
+  /// PyTorch's default initialisation of Conv2d/Linear (uniform in
+  /// ±1/sqrt(fan_in) for weights and biases) from `seed`; LSQ scales = 1.
+  void initialize_parameters(std::uint64_t seed);
+
+  std::int64_t batch() const { return batch_; }
+  std::int64_t example_size() const { return example_size_; }
+  int classes() const { return classes_; }
+  float* images() const { return images_; }
+  std::int32_t* labels() const { return labels_.as<std::int32_t>(); }
+  LossTotals* totals() const { return totals_.as<LossTotals>(); }
+
+  float* parameters() const { return parameters_.as<float>(); }
+  float* gradients() const { return gradients_.as<float>(); }
+  std::int64_t parameter_count() const { return parameter_count_; }
+  /// Parameters [0, decayed_count) take weight decay: weights and biases, not
+  /// quantizer step sizes (those come last).
+  std::int64_t decayed_count() const { return decayed_count_; }
+  const std::vector<ParameterSlot>& parameter_slots() const { return slots_; }
+
+  /// One EMA observer per activation quantizer, in graph order.
+  EmaRangeState* ema_states() const { return ema_states_.as<EmaRangeState>(); }
+  const std::vector<std::string>& ema_state_names() const { return ema_names_; }
+
+ private:
+  struct GradientSum {  // grad[target] = Σ parts, before the producer's backward
+    std::size_t before_layer;
+    float* target;
+    std::vector<float*> parts;
+    std::int64_t n;
+  };
+
+  Backend& backend_;
+  std::int64_t batch_;
+  std::int64_t example_size_ = 0;
+  int classes_ = 0;
+  std::int64_t parameter_count_ = 0;
+  std::int64_t decayed_count_ = 0;
+  std::vector<ParameterSlot> slots_;
+  std::vector<std::string> ema_names_;
+  std::vector<Buffer> tensors_;  // activation values and gradients
+  Buffer parameters_, gradients_, ema_states_, labels_, totals_;
+  float* images_ = nullptr;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<GradientSum> gradient_sums_;
+};
+
+}  // namespace lowbit
