@@ -1,1 +1,217 @@
-// placeholder: filled in by issue 3 work in progress
+// Layers and networks on the CPU reference: finite-difference gradients of
+// whole networks (residual Add included), fake-quant layers bit-exact against
+// the kernels they run, and the forward/backward call contract.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "layers/layers.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/quantize.hpp"
+#include "lowbit/ref.hpp"
+#include "network.hpp"
+#include "test_util.hpp"
+
+namespace lowbit {
+namespace {
+
+std::vector<float> download_floats(Backend& b, const float* p, std::int64_t n) {
+  std::vector<float> host(static_cast<std::size_t>(n));
+  b.download(host.data(), p, host.size() * sizeof(float));
+  return host;
+}
+
+/// Random images in [-1, 1] and labels; returns nothing, fills the network's input.
+void feed_random_batch(Backend& b, Network& net, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> images(static_cast<std::size_t>(net.batch() * net.example_size()));
+  for (float& v : images) v = u(rng);
+  std::vector<std::int32_t> labels(static_cast<std::size_t>(net.batch()));
+  for (auto& l : labels) l = static_cast<std::int32_t>(rng() % static_cast<unsigned>(net.classes()));
+  b.upload(net.images(), images.data(), images.size() * sizeof(float));
+  b.upload(net.labels(), labels.data(), labels.size() * sizeof(std::int32_t));
+}
+
+double mean_loss(Backend& b, Network& net) {
+  b.fill_zero(net.totals(), sizeof(LossTotals));
+  net.forward(Pass::eval);
+  LossTotals t;
+  b.download(&t, net.totals(), sizeof(t));
+  return t.loss_sum / static_cast<double>(t.examples);
+}
+
+/// Central differences of the mean loss for a spread of parameters.
+void check_gradients(const Graph& graph, std::int64_t batch) {
+  const auto backend = make_cpu_backend();
+  Network net(graph, *backend, batch);
+  net.initialize_parameters(3);
+  feed_random_batch(*backend, net, 11);
+  net.forward(Pass::train);
+  net.backward();
+  const std::vector<float> grads =
+      download_floats(*backend, net.gradients(), net.parameter_count());
+  std::vector<float> params = download_floats(*backend, net.parameters(), net.parameter_count());
+  const std::size_t bytes = params.size() * sizeof(float);
+  int checked = 0;
+  for (const ParameterSlot& slot : net.parameter_slots()) {
+    for (std::int64_t k = 0; k < slot.count; k += std::max<std::int64_t>(1, slot.count / 5)) {
+      const std::size_t i = static_cast<std::size_t>(slot.offset + k);
+      const float saved = params[i];
+      const float h = 1e-2f;
+      params[i] = saved + h;
+      backend->upload(net.parameters(), params.data(), bytes);
+      const double plus = mean_loss(*backend, net);
+      params[i] = saved - h;
+      backend->upload(net.parameters(), params.data(), bytes);
+      const double minus = mean_loss(*backend, net);
+      params[i] = saved;
+      backend->upload(net.parameters(), params.data(), bytes);
+      const double numeric = (plus - minus) / (2.0 * h);
+      EXPECT_NEAR(grads[i], numeric, 2e-3 + 5e-2 * std::fabs(numeric))
+          << slot.name << "[" << k << "]";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 20);
+}
+
+TEST(Layers, LeNet5GradientsMatchFiniteDifferences) { check_gradients(lenet5(1, 12, 12, 4), 3); }
+
+TEST(Layers, ResidualGradientsSumOverConsumers) {
+  Graph g;
+  const TensorId x = g.input("in", {2, 5, 5});
+  const TensorId r1 = g.relu("r1", g.conv2d("c1", x, 3, 3, 1, 1));
+  const TensorId c2 = g.conv2d("c2", r1, 3, 3, 1, 1);  // r1 feeds c2 and the Add
+  const TensorId sum = g.relu("r2", g.add("add", r1, c2));
+  g.softmax_cross_entropy("loss", g.linear("fc", g.flatten("flat", sum), 4));
+  check_gradients(g, 2);
+}
+
+TEST(Layers, WeightFakeQuantIsBitExactWithTheKernel) {
+  const auto backend = make_cpu_backend();
+  const std::vector<std::int64_t> shape{6, 3, 5, 5};
+  const std::vector<float> w = test::random_values(6 * 75, 5, 0.2f);
+  Buffer x = backend->allocate(w.size() * 4), y = backend->allocate(w.size() * 4);
+  Buffer dy = backend->allocate(w.size() * 4), dx = backend->allocate(w.size() * 4);
+  backend->upload(x.data(), w.data(), w.size() * 4);
+  FakeQuantAttrs attrs;
+  attrs.weights = true;
+  attrs.bits = 3;
+  attrs.per_channel = attrs.symmetric = attrs.narrow_range = true;
+  FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), dx.as<float>()},
+                       {y.as<float>(), dy.as<float>()}, {}, nullptr);
+  layer.forward(Pass::train);
+
+  const ChannelLayout layout = ChannelLayout::per_channel(shape, 0);
+  std::vector<float> expected(w.size()), min(6), max(6);
+  std::vector<std::uint32_t> mask(static_cast<std::size_t>(mask_words(layout.size())));
+  std::vector<float> ws;
+  ref::fake_quant_weights(w.data(), expected.data(), layout, {3, true}, true, min.data(),
+                          max.data(), mask.data(), test::host_workspace(ws, layout));
+  EXPECT_TRUE(test::same_bits(expected, download_floats(*backend, y.as<float>(), layout.size())));
+
+  const std::vector<float> grad = test::random_values(static_cast<std::int64_t>(w.size()), 6, 1.0f);
+  backend->upload(dy.data(), grad.data(), grad.size() * 4);
+  layer.backward();
+  std::vector<float> expected_dx(w.size());
+  ref::ste_backward(grad.data(), mask.data(), MaskFormat::pass, layout.size(),
+                    expected_dx.data());
+  EXPECT_TRUE(
+      test::same_bits(expected_dx, download_floats(*backend, dx.as<float>(), layout.size())));
+}
+
+TEST(Layers, EmaFakeQuantTracksTrainingAndFreezesInEvaluation) {
+  const auto backend = make_cpu_backend();
+  const std::int64_t n = 4 * 37;
+  Buffer x = backend->allocate(n * 4), y = backend->allocate(n * 4), dy = backend->allocate(n * 4);
+  Buffer state = backend->allocate(sizeof(EmaRangeState));
+  backend->ema_state_init(state.as<EmaRangeState>());
+  FakeQuantAttrs attrs;
+  attrs.bits = 4;
+  attrs.ema_decay = 0.9f;
+  attrs.quant_delay = 1;
+  FakeQuantLayer layer("q", *backend, attrs, {4, 37}, {x.as<float>(), nullptr},
+                       {y.as<float>(), dy.as<float>()}, {}, state.as<EmaRangeState>());
+  EmaRangeState expected_state;
+  ref::ema_state_init(&expected_state);
+  EmaConfig config;
+  config.quant = {4, false};
+  config.decay = 0.9f;
+  config.quant_delay = 1;
+  for (std::uint32_t step = 0; step < 3; ++step) {
+    const std::vector<float> batch = test::random_values(n, 20 + step, 2.0f);
+    backend->upload(x.data(), batch.data(), n * 4);
+    layer.forward(Pass::train);
+    std::vector<float> expected(static_cast<std::size_t>(n));
+    ref::ema_fake_quant(batch.data(), expected.data(), n, &expected_state, config, nullptr);
+    EXPECT_TRUE(test::same_bits(expected, download_floats(*backend, y.as<float>(), n))) << step;
+  }
+  EmaRangeState before;
+  backend->download(&before, state.data(), sizeof(before));
+  const std::vector<float> batch = test::random_values(n, 99, 9.0f);
+  backend->upload(x.data(), batch.data(), n * 4);
+  layer.forward(Pass::eval);
+  EmaRangeState after;
+  backend->download(&after, state.data(), sizeof(after));
+  EXPECT_EQ(std::memcmp(&before, &after, sizeof(before)), 0) << "eval changed the range";
+  EXPECT_EQ(after.min, expected_state.min);
+  EXPECT_EQ(after.max, expected_state.max);
+  EXPECT_EQ(after.steps, 3);
+}
+
+TEST(Layers, BackwardNeedsATrainingForward) {
+  const auto backend = make_cpu_backend();
+  Network net(quantize(lenet5(1, 8, 8, 3), {}), *backend, 2);
+  net.initialize_parameters(1);
+  EXPECT_THROW(net.backward(), Error);
+  net.forward(Pass::eval);
+  EXPECT_THROW(net.backward(), Error);
+  net.forward(Pass::train);
+  EXPECT_NO_THROW(net.backward());
+  EXPECT_THROW(net.backward(), Error);  // once per forward
+}
+
+TEST(Layers, ParametersAreFlatWithScalesLast) {
+  const auto backend = make_cpu_backend();
+  QuantizeOptions o;
+  o.range = RangeMode::lsq;
+  Network net(quantize(lenet5(), o), *backend, 1);
+  EXPECT_EQ(net.decayed_count(), 61706);
+  EXPECT_EQ(net.parameter_count(), 61706 + 5);  // one step size per activation quantizer
+  EXPECT_EQ(net.parameter_slots().back().name, "fc3/act_quant.scale");
+  EXPECT_TRUE(net.ema_state_names().empty());
+  Network ema(quantize(lenet5(), {}), *backend, 1);
+  EXPECT_EQ(ema.ema_state_names().size(), 5u);
+  EXPECT_EQ(ema.parameter_count(), 61706);
+}
+
+TEST(Layers, InitializationFollowsPyTorchBounds) {
+  const auto backend = make_cpu_backend();
+  Network net(lenet5(), *backend, 1);
+  net.initialize_parameters(42);
+  const std::vector<float> p = download_floats(*backend, net.parameters(), net.parameter_count());
+  for (const ParameterSlot& slot : net.parameter_slots()) {
+    const std::int64_t fan_in = slot.name.rfind("conv1", 0) == 0 ? 25
+                                : slot.name.rfind("conv2", 0) == 0 ? 150
+                                : slot.name.rfind("fc1", 0) == 0   ? 400
+                                : slot.name.rfind("fc2", 0) == 0   ? 120
+                                                                   : 84;
+    const float bound = 1.0f / std::sqrt(static_cast<float>(fan_in));
+    float largest = 0.0f;
+    for (std::int64_t k = 0; k < slot.count; ++k)
+      largest = std::max(largest, std::fabs(p[static_cast<std::size_t>(slot.offset + k)]));
+    EXPECT_LE(largest, bound) << slot.name;
+    if (slot.count > 100) {
+      EXPECT_GT(largest, 0.9f * bound) << slot.name;
+    }
+  }
+  Network again(lenet5(), *backend, 1);
+  again.initialize_parameters(42);
+  EXPECT_TRUE(test::same_bits(p, download_floats(*backend, again.parameters(), again.parameter_count())));
+}
+
+}  // namespace
+}  // namespace lowbit

@@ -1,1 +1,179 @@
-// placeholder: filled in by issue 3 work in progress
+// The trainer end to end on the CPU with real Fashion-MNIST (CI installs it),
+// and on the GPU where there is one.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "checkpoint.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/trainer.hpp"
+#include "test_util.hpp"
+
+namespace lowbit {
+namespace {
+
+namespace fs = std::filesystem;
+
+/// A run small enough for CI: real images, a few epochs of a few steps.
+TrainOptions small_run(int bits, std::int64_t limit_train = 512) {
+  TrainOptions o;
+  o.quantize.weight_bits = bits;
+  o.quantize.activation_bits = bits;
+  o.quantize.quant_delay = 4;
+  o.limit_train = limit_train;
+  o.limit_test = 500;
+  o.epochs = 1;
+  o.batch = 64;
+  return o;
+}
+
+class Recorder : public TrainObserver {
+ public:
+  void epoch_started(std::int64_t epoch, std::int64_t epochs, std::int64_t steps) override {
+    started.push_back(epoch);
+    total_epochs = epochs;
+    steps_per_epoch = steps;
+  }
+  void progress(std::int64_t step, std::int64_t steps, double loss, double rate) override {
+    EXPECT_LE(step, steps);
+    EXPECT_TRUE(std::isfinite(loss));
+    EXPECT_GT(rate, 0.0);
+    last_step = step;
+  }
+  void epoch_finished(const EpochReport& report) override { finished.push_back(report); }
+
+  std::vector<std::int64_t> started;
+  std::vector<EpochReport> finished;
+  std::int64_t total_epochs = 0, steps_per_epoch = 0, last_step = 0;
+};
+
+std::string temp_path(const std::string& name) {
+  return (fs::path(::testing::TempDir()) / ("lowbit_trainer_" + name)).string();
+}
+
+TEST(Trainer, LearnsFashionMnistAt4BitsOnTheCpu) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  TrainOptions o = small_run(4, 3072);
+  o.epochs = 2;
+  o.limit_test = 1000;
+  const auto cpu = make_cpu_backend();
+  Recorder recorder;
+  const TrainReport r = train(o, *cpu, &recorder);
+  ASSERT_EQ(r.epochs.size(), 2u);
+  EXPECT_LT(r.epochs[1].loss, r.epochs[0].loss);
+  EXPECT_LT(r.epochs[0].loss, 2.302585);  // below ln(10): better than guessing
+  EXPECT_GT(r.test_accuracy, 0.60) << "chance is 0.10";
+  EXPECT_EQ(r.test_accuracy, r.epochs[1].test_accuracy);
+  EXPECT_EQ(r.weight_bits, 4);
+  EXPECT_EQ(r.skipped_ema_batches, 0u);
+  EXPECT_NE(r.device.find("cpu"), std::string::npos);
+  EXPECT_GT(r.train_images_per_second, 0.0);
+  EXPECT_EQ(recorder.started, (std::vector<std::int64_t>{1, 2}));
+  EXPECT_EQ(recorder.steps_per_epoch, 3072 / 64);
+  EXPECT_EQ(recorder.last_step, 3072 / 64);
+  EXPECT_EQ(recorder.finished.size(), 2u);
+}
+
+TEST(Trainer, EveryRangeModeAndWidthTrains) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  for (const RangeMode mode : {RangeMode::ema, RangeMode::lagged, RangeMode::lsq}) {
+    for (const int bits : {0, 2, 8}) {
+      TrainOptions o = small_run(bits, 1024);
+      o.quantize.range = mode;
+      const TrainReport r = train(o, *cpu, nullptr);
+      EXPECT_GT(r.test_accuracy, 0.35) << to_string(mode) << " " << bits << " bits";
+      EXPECT_TRUE(std::isfinite(r.epochs[0].loss));
+    }
+  }
+}
+
+TEST(Trainer, SameSeedGivesIdenticalWeights) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  const auto weights = [&](std::uint64_t seed, const std::string& name) {
+    TrainOptions o = small_run(4);
+    o.seed = seed;
+    o.save_path = temp_path(name);
+    train(o, *cpu, nullptr);
+    std::vector<std::uint8_t> all;
+    for (const auto& t : read_checkpoint(o.save_path).file.tensors)
+      all.insert(all.end(), t.data.begin(), t.data.end());
+    fs::remove(o.save_path);
+    return all;
+  };
+  const std::vector<std::uint8_t> a = weights(7, "seed_a"), b = weights(7, "seed_b");
+  EXPECT_TRUE(a == b);
+  EXPECT_FALSE(a == weights(8, "seed_c"));
+}
+
+TEST(Trainer, RejectsBadOptionsAndData) {
+  const auto cpu = make_cpu_backend();
+  TrainOptions o = small_run(4);
+  o.epochs = 0;
+  EXPECT_THROW(train(o, *cpu, nullptr), Error);
+  o = small_run(4);
+  o.sgd.momentum = 1.0f;
+  EXPECT_THROW(train(o, *cpu, nullptr), Error);
+  o = small_run(4);
+  o.data_dir = temp_path("no_such_directory");
+  try {
+    train(o, *cpu, nullptr);
+    ADD_FAILURE() << "missing data must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no_such_directory"), std::string::npos) << e.what();
+  }
+  if (!fs::exists(std::string(kDefaultDataDirectory))) return;
+  o = small_run(4);
+  o.batch = 1000;  // more than the 512 training examples
+  EXPECT_THROW(train(o, *cpu, nullptr), Error);
+}
+
+TEST(GpuTrainer, GraphAndEagerAreBitIdenticalAndDeterministic) {
+  LOWBIT_REQUIRE_GPU();
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto gpu = make_cuda_backend();
+  const auto run = [&](bool graph, const std::string& name) {
+    TrainOptions o = small_run(4, 2048);
+    o.use_graph = graph;
+    o.save_path = temp_path(name);
+    const TrainReport r = train(o, *gpu, nullptr);
+    std::vector<std::uint8_t> all;
+    for (const auto& t : read_checkpoint(o.save_path).file.tensors)
+      all.insert(all.end(), t.data.begin(), t.data.end());
+    fs::remove(o.save_path);
+    EXPECT_GT(r.test_accuracy, 0.5);
+    return all;
+  };
+  const auto graph = run(true, "gpu_graph");
+  EXPECT_TRUE(graph == run(true, "gpu_graph_again"));
+  EXPECT_TRUE(graph == run(false, "gpu_eager"));
+}
+
+TEST(GpuTrainer, MatchesTheCpuClosely) {
+  LOWBIT_REQUIRE_GPU();
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const TrainOptions o = small_run(8, 1024);
+  const auto cpu = make_cpu_backend();
+  const auto gpu = make_cuda_backend();
+  const TrainReport a = train(o, *cpu, nullptr);
+  const TrainReport b = train(o, *gpu, nullptr);
+  // Different summation orders (cuDNN, cuBLAS) move single predictions only.
+  EXPECT_NEAR(a.epochs[0].loss, b.epochs[0].loss, 0.05);
+  EXPECT_NEAR(a.test_accuracy, b.test_accuracy, 0.05);
+}
+
+TEST(GpuTrainer, HugeBatchFailsCleanly) {
+  LOWBIT_REQUIRE_GPU();
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto gpu = make_cuda_backend();
+  TrainOptions o = small_run(4);
+  o.batch = std::int64_t{1} << 34;  // activations far beyond any GPU's memory
+  o.limit_train = 0;
+  EXPECT_THROW(train(o, *gpu, nullptr), Error);
+  o = small_run(4);  // and the device still works afterwards
+  EXPECT_GT(train(o, *gpu, nullptr).test_accuracy, 0.3);
+}
+
+}  // namespace
+}  // namespace lowbit

@@ -7,12 +7,14 @@
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "lowbit/cuda.hpp"
+#include "lowbit/data.hpp"
 #include "lowbit/device_buffer.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/types.hpp"
@@ -73,6 +75,13 @@ inline Workspace host_workspace(std::vector<float>& storage, const ChannelLayout
 
 #define LOWBIT_REQUIRE_GPU() \
   if (!::lowbit::cuda::device_available()) GTEST_SKIP() << "no CUDA device"
+
+/// Skips a test that needs Fashion-MNIST where the dataset is not installed
+/// (CI installs it: apt-get install dataset-fashion-mnist).
+#define LOWBIT_REQUIRE_FASHION_MNIST()                                                      \
+  if (!std::filesystem::exists(std::string(::lowbit::kDefaultDataDirectory) +              \
+                               "/train-labels-idx1-ubyte.gz"))                             \
+  GTEST_SKIP() << "Fashion-MNIST is not installed at " << ::lowbit::kDefaultDataDirectory
 
 using cuda::DeviceBuffer;
 
