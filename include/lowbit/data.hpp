@@ -20,10 +20,13 @@ struct Dataset {
 
 /// Loads an IDX image file (magic 0x00000803, dims [count, rows, cols]) and
 /// its IDX label file (magic 0x00000801, dims [count]); either may be gzipped.
-/// Keeps the first `limit` examples when limit > 0. Validation is strict: bad
-/// magic, wrong rank, a zero or overflowing dimension, a truncated payload,
-/// trailing bytes, an empty file, an image/label count mismatch or a label
-/// >= 10 throw lowbit::Error naming the file and the problem.
+/// Both files are validated whole, then the first `limit` examples are kept
+/// when limit > 0 (0 keeps all; a negative limit throws). Validation is
+/// strict: an unreadable file or corrupt gzip stream, an empty file, bad magic
+/// (element type other than unsigned byte), wrong rank, a truncated header, a
+/// zero dimension, dimensions whose product exceeds 2^34 bytes, a truncated
+/// payload, trailing bytes, an image/label count mismatch or a label >= 10
+/// (naming the example) throw lowbit::Error naming the file and the problem.
 Dataset load_idx_dataset(const std::string& images_path, const std::string& labels_path,
                          std::int64_t limit = 0);
 
@@ -35,8 +38,9 @@ struct DatasetSplits {
 
 /// Loads `dir`/{train-images-idx3-ubyte, train-labels-idx1-ubyte,
 /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte}, each with or without
-/// ".gz" (the raw file wins when both exist). A missing file throws
-/// lowbit::Error naming the paths it tried.
+/// ".gz" (the raw file wins when both exist), with load_idx_dataset's
+/// validation and limits. A missing file throws lowbit::Error naming the
+/// paths it tried and how to get the dataset, before anything is loaded.
 DatasetSplits load_mnist_directory(const std::string& dir, std::int64_t limit_train = 0,
                                    std::int64_t limit_test = 0);
 
