@@ -1,0 +1,50 @@
+// CUDA runtime objects of the CUDA backend: its stream, and the graph and
+// executable graph that capture() records a training step into.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "cuda/unique_handle.hpp"
+#include "lowbit/error.hpp"
+
+namespace lowbit::gpu {
+
+inline void log_if_failed(cudaError_t status, const char* call) noexcept {
+  if (status != cudaSuccess) log_release_failure(call, cudaGetErrorString(status));
+}
+
+struct DestroyStream {
+  void operator()(cudaStream_t s) const noexcept {
+    log_if_failed(cudaStreamDestroy(s), "cudaStreamDestroy");
+  }
+};
+struct DestroyGraph {
+  void operator()(cudaGraph_t g) const noexcept {
+    log_if_failed(cudaGraphDestroy(g), "cudaGraphDestroy");
+  }
+};
+struct DestroyGraphExec {
+  void operator()(cudaGraphExec_t g) const noexcept {
+    log_if_failed(cudaGraphExecDestroy(g), "cudaGraphExecDestroy");
+  }
+};
+
+using Stream = UniqueHandle<cudaStream_t, DestroyStream>;
+using Graph = UniqueHandle<cudaGraph_t, DestroyGraph>;
+using GraphExec = UniqueHandle<cudaGraphExec_t, DestroyGraphExec>;
+
+/// A stream that does not synchronize with the legacy default stream.
+inline Stream make_non_blocking_stream() {
+  cudaStream_t stream = nullptr;
+  LOWBIT_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  return Stream(stream);
+}
+
+/// The executable form of `graph` (the graph itself may be destroyed after).
+inline GraphExec instantiate(const Graph& graph) {
+  cudaGraphExec_t exec = nullptr;
+  LOWBIT_CUDA_TRY(cudaGraphInstantiate(&exec, graph.get(), 0));
+  return GraphExec(exec);
+}
+
+}  // namespace lowbit::gpu
