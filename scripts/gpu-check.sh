@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call on a rented H100/H200 (Ubuntu 24.04,
 # CUDA 13.0, no network): a Release build for sm_90, all tests, the kernel
-# benchmarks at n = 2^26 against a device copy, and compute-sanitizer
-# memcheck, racecheck and initcheck on the GPU tests.
+# benchmarks at n = 2^26 against a device copy, compute-sanitizer memcheck,
+# racecheck and initcheck on the GPU tests, and LeNet-5 training: the 8-epoch
+# accuracy protocol and images/s by batch, bits and graph/eager mode.
 #
 # Every step runs even after one fails; each writes its full output to
 # $OUT/<step>.log and prints its tail only on failure. A table of the 2^26
@@ -12,10 +13,10 @@
 # Environment:
 #   OUT             logs and bench_kernels.json (default build-gpu/out)
 #   STEPS           steps to run, space separated (default: all of
-#                   configure build gpu ctest bench memcheck racecheck initcheck train)
+#                   configure build gpu ctest bench memcheck racecheck initcheck train speed)
 #   STEP_TIMEOUT    seconds per step (default 300); BUILD_TIMEOUT for the build (900)
 #   BENCH_MIN_TIME  seconds of timed calls per benchmark (default 0.25)
-#   TRAIN_ARGS      arguments of the training run (see the train step)
+#   DATA            Fashion-MNIST directory (default data/fashion-mnist)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,14 +26,18 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 export PATH="$PATH:/usr/local/cuda/bin"
 
-STEPS="${STEPS:-configure build gpu ctest bench memcheck racecheck initcheck train}"
+DATA="${DATA:-data/fashion-mnist}"
+# Tests that train on Fashion-MNIST read it from here.
+[ -d "$DATA" ] && export LOWBIT_DATA_DIR="$(cd "$DATA" && pwd)"
+STEPS="${STEPS:-configure build gpu ctest bench memcheck racecheck initcheck train speed}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-900}"
 BENCH_MIN_TIME="${BENCH_MIN_TIME:-0.25}"
 TESTS="$BUILD/tests/lowbit_tests"
 BENCH="$BUILD/bench/lowbit_bench_kernels"
-# The 2^31-element test is left out of the sanitizer runs: it would take hours there.
-GPU_TESTS='Gpu*:*Gpu*:-GpuLargeTensor.*'
+# The 2^31-element test and whole training runs are left out of the sanitizer
+# runs: they would take hours there.
+GPU_TESTS='Gpu*:*Gpu*:-GpuLargeTensor.*:GpuTrainer.*'
 BENCH_JSON="$OUT/bench_kernels.json"
 
 names=()
@@ -42,10 +47,11 @@ failed=0
 
 # run_step NAME LIMIT COMMAND...: runs COMMAND under `timeout LIMIT` if NAME
 # is in $STEPS, and records its status and seconds.
+# A name's group is the part before its first "_" (train_w4a4 is in train).
 run_step() {
   local name=$1 limit=$2
   shift 2
-  [[ " $STEPS " == *" $name "* ]] || return 0
+  [[ " $STEPS " == *" ${name%%_*} "* ]] || return 0
   local log="$OUT/$name.log" start=$SECONDS rc=0 status=pass
   echo "== $name: $*"
   timeout --kill-after=30 "$limit" "$@" >"$log" 2>&1 || rc=$?
@@ -91,11 +97,52 @@ run_step bench "$STEP_TIMEOUT" "$BENCH" --benchmark_filter='/n:67108864/' \
 sanitize memcheck --leak-check full
 sanitize racecheck
 sanitize initcheck
-# The training run (issue 3) joins once the lowbit CLI is built.
-if [ -x "$BUILD/host/lowbit" ]; then
-  read -r -a train_args <<<"${TRAIN_ARGS:-train --device auto --metrics-json $OUT/train_metrics.json}"
-  run_step train "$STEP_TIMEOUT" "$BUILD/host/lowbit" "${train_args[@]}"
-fi
+# Training (DESIGN.md §4): the accuracy protocol, 8 epochs at fp32 and at 8,
+# 4 and 2 bits, then one-epoch throughput runs at batch 64, 256 and 1024,
+# replayed as a CUDA graph and eager. The dataset comes in $DATA (copy
+# /usr/share/datasets/fashion-mnist into the git-ignored data/ and carry it).
+LOWBIT="$BUILD/host/lowbit"
+for bits in 0 8 4 2; do
+  run_step "train_w${bits}a${bits}" "$STEP_TIMEOUT" "$LOWBIT" train --data "$DATA" --device cuda \
+    --weight-bits "$bits" --act-bits "$bits" --metrics-json "$OUT/protocol_${bits}bit.json"
+done
+for batch in 64 256 1024; do
+  for mode in graph eager; do
+    for bits in 0 8 4 2; do
+      run_step "speed_b${batch}_${mode}_${bits}bit" "$STEP_TIMEOUT" "$LOWBIT" train --data "$DATA" \
+        --device cuda --epochs 1 --limit-test 1000 --batch "$batch" "--$mode" \
+        --weight-bits "$bits" --act-bits "$bits" \
+        --metrics-json "$OUT/speed_b${batch}_${mode}_${bits}bit.json"
+    done
+  done
+done
+python3 - "$OUT" <<'PY' || echo "(could not read the training metrics)"
+import glob, json, os, sys
+
+out = sys.argv[1]
+def load(name):
+    path = os.path.join(out, name)
+    return json.load(open(path)) if os.path.exists(path) else None
+
+print("\ntraining protocol (8 epochs, batch 128):")
+print(f"{'bits':<6} {'test acc':>9} {'img/s':>10}")
+for bits in (0, 8, 4, 2):
+    m = load(f"protocol_{bits}bit.json")
+    label = "fp32" if bits == 0 else f"{bits}-bit"
+    if m is None:
+        print(f"{label:<6} {'failed':>9}")
+        continue
+    print(f"{label:<6} {100 * m['test_accuracy']:8.2f}% {m['train_images_per_second']:10.0f}")
+print("\ntraining throughput, img/s (one epoch):")
+print(f"{'batch':<6} {'mode':<6} " + " ".join(f"{b:>10}" for b in ("fp32", "8-bit", "4-bit", "2-bit")))
+for batch in (64, 256, 1024):
+    for mode in ("graph", "eager"):
+        cells = []
+        for bits in (0, 8, 4, 2):
+            m = load(f"speed_b{batch}_{mode}_{bits}bit.json")
+            cells.append(f"{m['train_images_per_second']:10.0f}" if m else f"{'-':>10}")
+        print(f"{batch:<6} {mode:<6} " + " ".join(cells))
+PY
 
 if [ -f "$BENCH_JSON" ]; then
   python3 - "$BENCH_JSON" <<'PY' || echo "(could not read $BENCH_JSON)"

@@ -21,6 +21,7 @@ std::string temp_path(const std::string& name) {
 
 TrainOptions tiny_run(RangeMode mode) {
   TrainOptions o;
+  o.data_dir = test::fashion_mnist_dir();
   o.quantize.range = mode;
   o.quantize.quant_delay = 3;
   o.limit_train = 384;

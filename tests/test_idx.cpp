@@ -19,6 +19,7 @@
 
 #include "lowbit/data.hpp"
 #include "lowbit/error.hpp"
+#include "test_util.hpp"
 
 namespace lowbit {
 namespace {
@@ -347,10 +348,8 @@ std::uint64_t pixel_sum(const Bytes& images) {
 
 // Facts about Fashion-MNIST, counted independently (Python's gzip module).
 TEST(IdxFashionMnist, LoadsTheInstalledDataset) {
-  if (!fs::is_directory(kDefaultDataDirectory))
-    GTEST_SKIP() << kDefaultDataDirectory
-                 << " is absent (apt-get install dataset-fashion-mnist; CI installs it)";
-  const DatasetSplits splits = load_mnist_directory(kDefaultDataDirectory);
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const DatasetSplits splits = load_mnist_directory(test::fashion_mnist_dir());
   const Dataset& train = splits.train;
   const Dataset& test = splits.test;
   EXPECT_EQ(train.count, 60000);
@@ -376,7 +375,7 @@ TEST(IdxFashionMnist, LoadsTheInstalledDataset) {
   EXPECT_EQ(pixel_sum(test.images), 573469082u);
   EXPECT_EQ(pixel_sum(Bytes(train.images.begin(), train.images.begin() + 784)), 76247u);
 
-  const DatasetSplits limited = load_mnist_directory(kDefaultDataDirectory, 100, 10);
+  const DatasetSplits limited = load_mnist_directory(test::fashion_mnist_dir(), 100, 10);
   EXPECT_EQ(limited.train.count, 100);
   EXPECT_EQ(limited.test.count, 10);
   ASSERT_EQ(limited.train.images.size(), 100u * 784u);

@@ -17,6 +17,7 @@ namespace fs = std::filesystem;
 /// A run small enough for CI: real images, a few epochs of a few steps.
 TrainOptions small_run(int bits, std::int64_t limit_train = 512) {
   TrainOptions o;
+  o.data_dir = test::fashion_mnist_dir();
   o.quantize.weight_bits = bits;
   o.quantize.activation_bits = bits;
   o.quantize.quant_delay = 4;
@@ -123,7 +124,7 @@ TEST(Trainer, RejectsBadOptionsAndData) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("no_such_directory"), std::string::npos) << e.what();
   }
-  if (!fs::exists(std::string(kDefaultDataDirectory))) return;
+  if (!fs::exists(test::fashion_mnist_dir())) return;
   o = small_run(4);
   o.batch = 1000;  // more than the 512 training examples
   EXPECT_THROW(train(o, *cpu, nullptr), Error);

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -76,12 +77,18 @@ inline Workspace host_workspace(std::vector<float>& storage, const ChannelLayout
 #define LOWBIT_REQUIRE_GPU() \
   if (!::lowbit::cuda::device_available()) GTEST_SKIP() << "no CUDA device"
 
-/// Skips a test that needs Fashion-MNIST where the dataset is not installed
-/// (CI installs it: apt-get install dataset-fashion-mnist).
+/// Fashion-MNIST for the tests: $LOWBIT_DATA_DIR, else the Debian package's
+/// directory (CI installs it: apt-get install dataset-fashion-mnist).
+inline std::string fashion_mnist_dir() {
+  const char* dir = std::getenv("LOWBIT_DATA_DIR");
+  return dir != nullptr && *dir != '\0' ? dir : kDefaultDataDirectory;
+}
+
+/// Skips a test that needs Fashion-MNIST where the dataset is missing.
 #define LOWBIT_REQUIRE_FASHION_MNIST()                                                      \
-  if (!std::filesystem::exists(std::string(::lowbit::kDefaultDataDirectory) +              \
-                               "/train-labels-idx1-ubyte.gz"))                             \
-  GTEST_SKIP() << "Fashion-MNIST is not installed at " << ::lowbit::kDefaultDataDirectory
+  if (!std::filesystem::exists(::lowbit::test::fashion_mnist_dir() + "/t10k-labels-idx1-ubyte") && \
+      !std::filesystem::exists(::lowbit::test::fashion_mnist_dir() + "/t10k-labels-idx1-ubyte.gz")) \
+  GTEST_SKIP() << "Fashion-MNIST is not installed at " << ::lowbit::test::fashion_mnist_dir()
 
 using cuda::DeviceBuffer;
 
