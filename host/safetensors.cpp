@@ -396,25 +396,48 @@ void check_tiling(std::vector<Entry>& entries, std::uint64_t data_bytes,
                                            " trailing bytes after the last tensor");
 }
 
+/// The data bytes that the header's tensors claim, or 0 when the header does
+/// not say; only used to tell a file cut short from one otherwise corrupted.
+std::uint64_t claimed_data_bytes(const std::string& header) {
+  const Json json = Json::parse(header, nullptr, /*allow_exceptions=*/false);
+  std::uint64_t end = 0;
+  if (!json.is_object()) return end;
+  for (const auto& item : json.items()) {
+    const Json& entry = item.value();
+    if (!entry.is_object() || !entry.contains("data_offsets")) continue;
+    const Json& offsets = entry["data_offsets"];
+    if (offsets.is_array() && offsets.size() == 2 && offsets[1].is_number_unsigned())
+      end = std::max(end, offsets[1].get<std::uint64_t>());
+  }
+  return end;
+}
+
+/// Checked before the header is interpreted, so that a corrupted file is
+/// reported as such rather than as whatever its damaged header says.
 void check_checksum(const std::vector<std::uint8_t>& bytes, const std::string& header,
-                    const std::map<std::string, std::string>& metadata,
-                    const std::string& where) {
-  const auto stored = metadata.find(kChecksumKey);
-  LOWBIT_EXPECTS(stored != metadata.end(), where + "no \"" + kChecksumKey +
-                                               "\" checksum in the metadata (not written by "
-                                               "lowbit, or the metadata was edited)");
-  const std::string& digits = stored->second;
-  LOWBIT_EXPECTS(digits.size() == kChecksumDigits &&
-                     digits.find_first_not_of("0123456789abcdef") == std::string::npos,
-                 where + "checksum \"" + digits + "\" is not 8 lowercase hex digits");
+                    std::uint64_t data_bytes, const std::string& where) {
   const std::string prefix = checksum_prefix();
-  LOWBIT_EXPECTS(header.compare(0, prefix.size(), prefix) == 0 &&
-                     header.compare(prefix.size(), kChecksumDigits, digits) == 0,
-                 where + "the checksum is not the first metadata entry, where save() writes it");
+  LOWBIT_EXPECTS(header.compare(0, prefix.size(), prefix) == 0,
+                 where + "no \"" + kChecksumKey + "\" checksum first in \"" + kMetadataKey +
+                     "\", where save() writes it (not a lowbit checkpoint, or rewritten by "
+                     "another tool)");
+  const std::string digits = header.substr(prefix.size(), kChecksumDigits);
+  LOWBIT_EXPECTS(digits.size() == kChecksumDigits &&
+                     digits.find_first_not_of("0123456789abcdef") == std::string::npos &&
+                     header.size() > prefix.size() + kChecksumDigits &&
+                     header[prefix.size() + kChecksumDigits] == '"',
+                 where + "checksum \"" + digits + "...\" is not 8 lowercase hex digits");
   const std::string computed =
       hex8(file_checksum({{bytes.data(), bytes.size()}}, kLengthBytes + prefix.size()));
-  LOWBIT_EXPECTS(computed == digits, where + "checksum mismatch (file is corrupted): stored " +
-                                         digits + ", computed " + computed);
+  if (computed == digits) return;
+  const std::uint64_t claimed = claimed_data_bytes(header);
+  LOWBIT_EXPECTS(claimed <= data_bytes, where + "checksum mismatch (file is truncated: the "
+                                            "tensors need " + std::to_string(claimed) +
+                                            " data bytes, file has " +
+                                            std::to_string(data_bytes) + ")");
+  throw Error(where + "checksum mismatch (file is corrupted): stored " + digits + ", computed " +
+                  computed,
+              __FILE__, __LINE__);
 }
 
 }  // namespace
@@ -474,6 +497,8 @@ File load(const std::string& path) {
                            header_bytes);
   LOWBIT_EXPECTS(!header.empty() && header[0] == '{',
                  where + "header does not start with '{' (not a safetensors file)");
+  const std::uint64_t data_bytes = after_length - header_bytes;
+  check_checksum(bytes, header, data_bytes, where);
 
   const Json json = parse_header(header, where);
   File file;
@@ -484,8 +509,7 @@ File load(const std::string& path) {
     else
       entries.push_back(parse_entry(item.key(), item.value(), where));
   }
-  check_tiling(entries, after_length - header_bytes, where);
-  check_checksum(bytes, header, file.metadata, where);
+  check_tiling(entries, data_bytes, where);
 
   const std::uint8_t* data = bytes.data() + kLengthBytes + header_bytes;
   for (Entry& entry : entries) {
