@@ -84,7 +84,8 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
   return text + "]";
 }
 
-/// CRC-32 of `bytes` with the checksum digits at `digits_at` read as '0's.
+/// CRC-32 of the concatenated `parts`, with the checksum digits at byte
+/// `digits_at` read as '0's.
 std::uint32_t file_checksum(const std::vector<std::pair<const std::uint8_t*, std::size_t>>& parts,
                             std::size_t digits_at) {
   static const std::string zeros(kChecksumDigits, '0');

@@ -57,12 +57,13 @@ std::size_t dtype_size(DType dtype);
 /// is created.
 void save(const std::string& path, const File& file);
 
-/// Reads the whole file and verifies it: header length and structure, dtypes,
-/// shapes, offsets that tile the data section exactly with no trailing bytes,
-/// no repeated keys, and the checksum, which must be present where save()
-/// writes it. Any problem throws lowbit::Error naming the file and what is
-/// wrong. Safetensors files from other writers lack the checksum and are
-/// rejected.
+/// Reads the whole file and verifies it: the header length, then the
+/// checksum (which must be where save() writes it, so a damaged file reads as
+/// "truncated" or "corrupted" rather than as whatever its header now says),
+/// then the header: JSON with no repeated keys, known dtypes, shapes, and
+/// offsets that tile the data section exactly with no trailing bytes. Any
+/// problem throws lowbit::Error naming the file and what is wrong.
+/// Safetensors files from other writers lack the checksum and are rejected.
 File load(const std::string& path);
 
 }  // namespace lowbit::safetensors
