@@ -1,0 +1,61 @@
+// Console output of the `lowbit` command line: the per-epoch progress bar,
+// one line per finished epoch, and the summary after training.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+
+#include "lowbit/graph.hpp"
+#include "lowbit/trainer.hpp"
+
+namespace lowbit::cli {
+
+/// A count rounded to an integer, with thousands separators: "41,234".
+std::string group_thousands(double value);
+
+/// A fraction in [0, 1] as a percentage with two decimals: "86.40%".
+std::string percent(double fraction);
+
+/// "12.3 s", "4m05s" or "1h02m".
+std::string duration(double seconds);
+
+/// "weights 4-bit, activations 8-bit" (0 bits reads "fp32"), or "fp32" when
+/// neither is quantized.
+std::string describe_bits(int weight_bits, int activation_bits);
+
+/// Shows training progress. On a terminal, a bar with images/s, loss and ETA
+/// is redrawn in place; otherwise (a log file, a pipe) every update is one
+/// plain line, so that logs stay readable. Each finished epoch gets a line
+/// "epoch 3/8  loss 0.4123  train 85.12%  test 86.40%  41,234 img/s  12.3 s".
+class ProgressPrinter final : public TrainObserver {
+ public:
+  /// `interactive`: redraw the bar in place (only for a terminal).
+  ProgressPrinter(std::ostream& out, bool interactive);
+  /// Ends a bar left on the line (training threw), so that the error that
+  /// follows starts on a line of its own.
+  ~ProgressPrinter() override;
+  ProgressPrinter(const ProgressPrinter&) = delete;
+  ProgressPrinter& operator=(const ProgressPrinter&) = delete;
+
+  void epoch_started(std::int64_t epoch, std::int64_t epochs, std::int64_t steps) override;
+  void progress(std::int64_t step, std::int64_t steps, double loss,
+                double images_per_second) override;
+  void epoch_finished(const EpochReport& report) override;
+
+ private:
+  std::ostream& out_;
+  bool interactive_;
+  std::int64_t epoch_ = 0;
+  std::int64_t epochs_ = 0;
+  std::chrono::steady_clock::time_point epoch_start_{};
+  bool bar_shown_ = false;  ///< a bar is on the current terminal line
+};
+
+/// The block printed after training: device, widths, range mode, final test
+/// accuracy, throughput, skipped EMA batches and the checkpoint, if any.
+void print_summary(std::ostream& out, const TrainReport& report, RangeMode range,
+                   const std::string& checkpoint_path);
+
+}  // namespace lowbit::cli
