@@ -1,9 +1,11 @@
 #include "checks.hpp"
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "lowbit/element.hpp"
+#include "lowbit/nn_element.hpp"
 #include "lowbit/error.hpp"
 #include "reduction_order.hpp"
 
@@ -181,6 +183,96 @@ void check_packing(const std::uint8_t* codes, const std::uint8_t* packed, std::i
                  "codes pack at 2, 4 or 8 bits, got " + std::to_string(bits));
   check_pointer(codes, n, "codes");
   check_pointer(packed, n, "packed");
+}
+
+void check_bias_activation(const float* x, const ChannelLayout& layout, const float* y) {
+  check_tensor_pair(x, "x", y, "y", layout);
+}
+
+void check_bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
+                                    const float* dx, const float* d_bias, Workspace workspace) {
+  check_tensor_pair(dy, "dy", dx, "dx", layout);
+  check_pointer(y, layout.size(), "y");
+  if (d_bias != nullptr) check_workspace(workspace, layout);
+}
+
+void check_add(const float* a, const float* b, std::int64_t n, const float* y) {
+  check_pointer(a, n, "a");
+  check_pointer(b, n, "b");
+  check_pointer(y, n, "y");
+}
+
+void check_softmax_cross_entropy(const float* logits, const std::int32_t* labels,
+                                 std::int64_t batch, int classes, const LossTotals* totals) {
+  LOWBIT_EXPECTS(classes >= 1 && classes <= kMaxSoftmaxClasses,
+                 "classes must be in 1.." + std::to_string(kMaxSoftmaxClasses) + ", got " +
+                     std::to_string(classes));
+  LOWBIT_EXPECTS(batch >= 0, "batch must not be negative, got " + std::to_string(batch));
+  check_pointer(logits, batch * classes, "logits");
+  check_pointer(labels, batch, "labels");
+  check_pointer(totals, batch > 0 ? 1 : 0, "totals");
+}
+
+void check_sgd_step(const float* params, const float* grads, const float* velocity,
+                    std::int64_t n, std::int64_t decay_count, const SgdConfig& config) {
+  // torch.optim.SGD rejects the same values.
+  LOWBIT_EXPECTS(is_finite(config.learning_rate) && config.learning_rate >= 0.0f,
+                 "learning rate must be finite and >= 0, got " +
+                     std::to_string(config.learning_rate));
+  LOWBIT_EXPECTS(is_finite(config.momentum) && config.momentum >= 0.0f,
+                 "momentum must be finite and >= 0, got " + std::to_string(config.momentum));
+  LOWBIT_EXPECTS(is_finite(config.weight_decay) && config.weight_decay >= 0.0f,
+                 "weight decay must be finite and >= 0, got " +
+                     std::to_string(config.weight_decay));
+  check_pointer(params, n, "params");
+  check_pointer(grads, n, "grads");
+  check_pointer(velocity, n, "velocity");
+  LOWBIT_EXPECTS(decay_count >= 0 && decay_count <= n,
+                 "decay_count (" + std::to_string(decay_count) + ") must be in [0, n = " +
+                     std::to_string(n) + "]");
+}
+
+void check_shuffle_count(std::int64_t n) {
+  LOWBIT_EXPECTS(n >= 0 && n <= std::numeric_limits<std::int32_t>::max(),
+                 "shuffle takes 0..2^31-1 indices, got " + std::to_string(n));
+}
+
+void check_shuffle_indices(std::int64_t n, const std::int32_t* perm, Workspace workspace,
+                           std::size_t needed) {
+  check_shuffle_count(n);
+  check_pointer(perm, n, "perm");
+  LOWBIT_EXPECTS(workspace.bytes >= needed && (workspace.data != nullptr || needed == 0),
+                 "workspace holds " + std::to_string(workspace.bytes) + " bytes, the op needs " +
+                     std::to_string(needed) + " (shuffle_workspace_bytes)");
+}
+
+void check_gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
+                        std::int64_t example_size, const std::int64_t* cursor,
+                        std::int64_t batch, const Normalization& norm, const float* x,
+                        const std::int32_t* labels_out) {
+  LOWBIT_EXPECTS(example_size >= 1,
+                 "example_size must be positive, got " + std::to_string(example_size));
+  LOWBIT_EXPECTS(batch >= 0, "batch must not be negative, got " + std::to_string(batch));
+  LOWBIT_EXPECTS(is_finite(norm.mean) && is_finite(norm.std) && norm.std != 0.0f,
+                 "normalization needs a finite mean and a finite, non-zero std, got mean " +
+                     std::to_string(norm.mean) + " std " + std::to_string(norm.std));
+  check_pointer(images, n * example_size, "images");
+  check_pointer(labels, n, "labels");
+  check_pointer(cursor, batch > 0 ? 1 : 0, "cursor");
+  check_pointer(x, batch * example_size, "x");
+  check_pointer(labels_out, batch, "labels_out");
+}
+
+void check_advance_cursor(const std::int64_t* cursor) { check_pointer(cursor, 1, "cursor"); }
+
+void check_affine_params_from_range(const float* min, const float* max, std::int64_t channels,
+                                    AffineQuant quant, const float* scale,
+                                    const std::int32_t* zero_point) {
+  check_affine_quant(quant);
+  check_pointer(min, channels, "min");
+  check_pointer(max, channels, "max");
+  check_pointer(scale, channels, "scale");
+  check_pointer(zero_point, channels, "zero_point");
 }
 
 float lsq_gradient_scale(const ChannelLayout& layout, LsqQuant quant) {

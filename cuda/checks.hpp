@@ -4,6 +4,7 @@
 // are the CPU reference's alone.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "lowbit/types.hpp"
@@ -35,6 +36,29 @@ void check_lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant 
                           const float* scale, Workspace workspace);
 void check_packing(const std::uint8_t* codes, const std::uint8_t* packed, std::int64_t n,
                    int bits);
+
+// Training building blocks (nn_element.hpp).
+void check_bias_activation(const float* x, const ChannelLayout& layout, const float* y);
+void check_bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
+                                    const float* dx, const float* d_bias, Workspace workspace);
+void check_add(const float* a, const float* b, std::int64_t n, const float* y);
+void check_softmax_cross_entropy(const float* logits, const std::int32_t* labels,
+                                 std::int64_t batch, int classes, const LossTotals* totals);
+void check_sgd_step(const float* params, const float* grads, const float* velocity,
+                    std::int64_t n, std::int64_t decay_count, const SgdConfig& config);
+/// n in [0, 2^31).
+void check_shuffle_count(std::int64_t n);
+/// `needed`: the shuffle_workspace_bytes(n) of the calling namespace.
+void check_shuffle_indices(std::int64_t n, const std::int32_t* perm, Workspace workspace,
+                           std::size_t needed);
+void check_gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
+                        std::int64_t example_size, const std::int64_t* cursor,
+                        std::int64_t batch, const Normalization& norm, const float* x,
+                        const std::int32_t* labels_out);
+void check_advance_cursor(const std::int64_t* cursor);
+void check_affine_params_from_range(const float* min, const float* max, std::int64_t channels,
+                                    AffineQuant quant, const float* scale,
+                                    const std::int32_t* zero_point);
 
 /// LSQ's gradient scale g = 1/sqrt(N·qmax), N = elements per channel.
 float lsq_gradient_scale(const ChannelLayout& layout, LsqQuant quant);

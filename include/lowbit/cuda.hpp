@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "lowbit/element.hpp"
+#include "lowbit/nn_element.hpp"
 #include "lowbit/types.hpp"
 
 namespace lowbit::cuda {
@@ -93,7 +94,8 @@ void bias_activation_backward(const float* dy, const float* y, const ChannelLayo
 /// See ref::add.
 void add(const float* a, const float* b, std::int64_t n, float* y, cudaStream_t stream);
 
-/// See ref::softmax_cross_entropy (totals in device memory).
+/// See ref::softmax_cross_entropy (totals in device memory). One block; a
+/// label outside [-1, classes) makes its row padding.
 void softmax_cross_entropy(const float* logits, const std::int32_t* labels, std::int64_t batch,
                            int classes, float* d_logits, LossTotals* totals,
                            cudaStream_t stream);
@@ -102,14 +104,21 @@ void softmax_cross_entropy(const float* logits, const std::int32_t* labels, std:
 void sgd_step(float* params, const float* grads, float* velocity, std::int64_t n,
               std::int64_t decay_count, SgdConfig config, cudaStream_t stream);
 
-/// Device workspace bytes shuffle_indices needs for n indices.
+/// Device workspace bytes shuffle_indices needs for n indices: two key
+/// buffers, a value buffer and CUB's radix-sort storage. For n > 0 it asks
+/// CUB, which needs the current CUDA device (its storage depends on the
+/// architecture); without one it throws lowbit::Error. The result holds for
+/// that device only.
 std::size_t shuffle_workspace_bytes(std::int64_t n);
 
-/// See ref::shuffle_indices: the same permutation, sorted on the device.
+/// See ref::shuffle_indices: the same permutation, sorted on the device
+/// (cub::DeviceRadixSort, stable). Any workspace alignment works.
 void shuffle_indices(std::uint64_t seed, std::int64_t epoch, std::int64_t n, std::int32_t* perm,
                      Workspace workspace, cudaStream_t stream);
 
-/// See ref::gather_batch (cursor in device memory).
+/// See ref::gather_batch (cursor in device memory, read by the kernel, so a
+/// captured graph gathers the next batch on every replay). A negative cursor
+/// or a permutation entry outside [0, n) gives padding rows.
 void gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
                   std::int64_t example_size, const std::int32_t* perm,
                   const std::int64_t* cursor, std::int64_t batch, Normalization norm, float* x,
@@ -118,7 +127,8 @@ void gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::i
 /// See ref::advance_cursor.
 void advance_cursor(std::int64_t* cursor, cudaStream_t stream);
 
-/// See ref::affine_params_from_range.
+/// See ref::affine_params_from_range. A non-finite range or min > max gives
+/// scale 1 and zero point clamp(0, qmin, qmax) (PyTorch's defaults).
 void affine_params_from_range(const float* min, const float* max, std::int64_t channels,
                               AffineQuant quant, bool symmetric, float* scale,
                               std::int32_t* zero_point, cudaStream_t stream);

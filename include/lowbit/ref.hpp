@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "lowbit/element.hpp"
+#include "lowbit/nn_element.hpp"
 #include "lowbit/types.hpp"
 
 namespace lowbit::ref {
@@ -93,46 +94,64 @@ void pack_codes(const std::uint8_t* codes, std::int64_t n, int bits, std::uint8_
 void unpack_codes(const std::uint8_t* packed, std::int64_t n, int bits, std::uint8_t* codes);
 
 // ---- Training building blocks (the CPU backend of host/ runs these) ----
+// Element math: nn_element.hpp. Layouts: a conv output is {batch, K, H·W}, a
+// linear output {batch, out, 1}, a bias-free activation per_tensor(n).
 
-/// y = x + bias[c] over `layout` (bias may be null: no bias), then ReLU
-/// (max(v, 0), NaN stays NaN) if `relu`. x and y may alias.
+/// y = x + bias[c] over `layout` (bias may be null: no bias, y = act(x)),
+/// then ReLU if `relu` (relu(): max(v, 0), NaN stays NaN, -0 becomes +0).
+/// x and y may alias.
 void bias_activation(const float* x, const float* bias, const ChannelLayout& layout, bool relu,
                      float* y);
 
 /// Backward of bias_activation from its output y: dx = dy where !relu or
-/// y > 0, else 0; d_bias[c] = Σ dx over channel c (fixed-order sums, like
-/// ste_backward_range). dx may alias dy; d_bias may be null (no reduction).
+/// y > 0, else 0 (a NaN output passes nothing); d_bias[c] = Σ dx over
+/// channel c in reduction_order.hpp's fixed order (as ste_backward_range), so
+/// both namespaces give the same bits. dx may alias dy. d_bias may be null:
+/// no reduction, and the workspace is not needed; otherwise it takes
+/// reduction_workspace_bytes(layout).
 void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
                               bool relu, float* dx, float* d_bias, Workspace workspace);
 
 /// y = a + b over n elements; y may alias a or b.
 void add(const float* a, const float* b, std::int64_t n, float* y);
 
-/// Softmax cross-entropy of `batch` rows of `classes` logits against labels
-/// in [0, classes), or -1 for a padding row. Writes d_logits =
-/// (softmax - onehot) / labelled_rows (0 on padding rows), and adds the
-/// batch's loss sum, correct count (first maximum wins) and labelled rows to
-/// `totals`. One fixed summation order.
+/// Softmax cross-entropy of `batch` rows of `classes` (1..kMaxSoftmaxClasses)
+/// logits against labels in [0, classes), or -1 for a padding row (the
+/// reference throws for any other label; the CUDA op treats it as padding).
+/// Numerically stable (max-subtracted log-sum-exp). Writes d_logits =
+/// (softmax - onehot) / labelled_rows (0 on padding rows; d_logits may be
+/// null for evaluation), and adds to `totals` the batch's loss sum (double),
+/// the rows whose first maximum is the label, and the labelled rows. Sums
+/// follow one fixed order (cuda/softmax_order.hpp) on both sides; the CUDA
+/// op's expf/logf differ from the host's in the last ulps, so results agree
+/// to rounding, counts exactly.
 void softmax_cross_entropy(const float* logits, const std::int32_t* labels, std::int64_t batch,
                            int classes, float* d_logits, LossTotals* totals);
 
-/// One SGD step over a flat buffer of n parameters (SgdConfig's rule).
-/// Weight decay applies to the first `decay_count` entries only.
+/// One SGD step over a flat buffer of n parameters (SgdConfig's rule,
+/// sgd_update in nn_element.hpp). Weight decay applies to the first
+/// `decay_count` (<= n) entries only. Learning rate, momentum and weight
+/// decay must be finite and >= 0.
 void sgd_step(float* params, const float* grads, float* velocity, std::int64_t n,
               std::int64_t decay_count, SgdConfig config);
 
-/// Bytes of workspace shuffle_indices needs for n indices.
+/// Bytes of workspace shuffle_indices needs for n indices: 0 (the reference
+/// sorts in host memory of its own).
 std::size_t shuffle_workspace_bytes(std::int64_t n);
 
-/// A permutation of [0, n) that depends only on (seed, epoch): indices
-/// stably sorted by a counter-based 64-bit hash key.
+/// A permutation of [0, n), n < 2^31, that depends only on (seed, epoch):
+/// the indices stably sorted by shuffle_key(seed, epoch, i) (nn_element.hpp).
+/// lowbit::cuda gives the same permutation.
 void shuffle_indices(std::uint64_t seed, std::int64_t epoch, std::int64_t n, std::int32_t* perm,
                      Workspace workspace);
 
 /// Gathers batch rows into a network input: row r takes example
-/// e = perm[*cursor·batch + r] (or e = *cursor·batch + r when perm is null):
-/// x[r] = normalised images[e] (example_size pixels), labels_out[r] =
-/// labels[e]. Rows with *cursor·batch + r >= n become zeros labelled -1.
+/// e = perm[*cursor·batch + r] (or e = *cursor·batch + r when perm is null,
+/// e.g. for evaluation): x[r] = normalize_pixel(images[e]) (example_size > 0
+/// pixels, x = (p/255 - mean)/std), labels_out[r] = labels[e]. Rows with
+/// *cursor·batch + r >= n become zeros labelled -1. The reference throws for
+/// a negative cursor or a permutation entry outside [0, n) (the CUDA op makes
+/// those rows padding). batch == 0 reads nothing.
 void gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
                   std::int64_t example_size, const std::int32_t* perm,
                   const std::int64_t* cursor, std::int64_t batch, Normalization norm, float* x,
@@ -141,11 +160,18 @@ void gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::i
 /// *cursor += 1 (the batch index gather_batch reads; a graph replays it).
 void advance_cursor(std::int64_t* cursor);
 
-/// PyTorch's qparams (torch.ao.quantization observers) per channel from a
-/// range: the range is widened to contain 0; affine: scale = (max-min)/
-/// (qmax-qmin), zero_point = qmin - round(min/scale) clamped; symmetric:
-/// scale = max(|min|, max)/((qmax-qmin)/2), zero_point = (qmin+qmax+1)/2
-/// (0 for a signed grid). scale >= FLT_EPSILON.
+/// PyTorch 1.13's qparams (torch.ao.quantization observers'
+/// _calculate_qparams) per channel from a range, in float32: the range is
+/// widened to contain 0 (min⁻ = min(min, 0), max⁺ = max(max, 0));
+/// affine: scale = (max⁺ - min⁻)/(qmax - qmin), zero_point =
+/// clamp(qmin - round_half_even(min⁻/scale), qmin, qmax);
+/// symmetric: scale = max(-min⁻, max⁺)/((qmax - qmin)/2), zero_point = 0 for
+/// a signed grid (qmin < 0), else (qmin + qmax)/2 rounded down (torch's
+/// quint8 observer with an explicit quant_min/quant_max, as FakeQuantize
+/// builds it; only its default 8-bit range without them uses 128). Always
+/// scale >= FLT_EPSILON. Matches PyTorch bit for bit (tests/data). The
+/// reference throws for a non-finite range or min > max; the CUDA op gives
+/// such a channel scale 1 and zero point 0 clamped into the grid.
 void affine_params_from_range(const float* min, const float* max, std::int64_t channels,
                               AffineQuant quant, bool symmetric, float* scale,
                               std::int32_t* zero_point);
