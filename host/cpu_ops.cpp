@@ -1,0 +1,456 @@
+// Convolution as im2col + GEMM (col2im for dx), fully connected layers as
+// GEMMs, and max pooling, on host pointers with OpenMP.
+#include "cpu_ops.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <initializer_list>
+#include <new>
+#include <string>
+
+#include "lowbit/error.hpp"
+
+namespace lowbit::cpu {
+namespace {
+
+using std::int64_t;
+
+// Columns of C one pass of gemm_nn keeps in L1 while it runs over k.
+constexpr int64_t kColumnBlock = 256;
+// Lanes of the dot products in gemm_nt (two SSE registers); each lane sums
+// every kLanes-th term, so the order does not depend on how outputs are blocked.
+constexpr int kLanes = 8;
+// Outputs of gemm_nt that share one pass over a row of A.
+constexpr int kDotColumns = 4;
+// Batch sums of weight gradients go through at most this many partials. The
+// count depends only on the batch, so the order of the sum does not depend
+// on the thread count.
+constexpr int64_t kMaxPartials = 64;
+
+// Calls f(begin, end) on one contiguous share of [0, rows) per thread.
+template <class F>
+void parallel_rows(int64_t rows, const F& f) {
+#pragma omp parallel
+  {
+    const int64_t thread = omp_get_thread_num();
+    const int64_t threads = omp_get_num_threads();
+    const int64_t begin = rows * thread / threads;
+    const int64_t end = rows * (thread + 1) / threads;
+    if (begin < end) f(begin, end);
+  }
+}
+
+// Lanes summed pairwise: (l, l+4), then (l, l+2), then (0, 1).
+inline float fold_lanes(float (&acc)[kLanes]) {
+  for (int width = kLanes / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
+  return acc[0];
+}
+
+// out[j] = Σ_p a[p]·b[j·ldb + p] for j < Columns, in lanes.
+template <int Columns>
+void dots(const float* a, const float* b, int64_t ldb, int64_t k, float* out) {
+  float acc[Columns][kLanes] = {};
+  int64_t p = 0;
+  for (; p + kLanes <= k; p += kLanes)
+    for (int j = 0; j < Columns; ++j)
+      for (int l = 0; l < kLanes; ++l) acc[j][l] += a[p + l] * b[j * ldb + p + l];
+  for (int l = 0; p + l < k; ++l)
+    for (int j = 0; j < Columns; ++j) acc[j][l] += a[p + l] * b[j * ldb + p + l];
+  for (int j = 0; j < Columns; ++j) out[j] = fold_lanes(acc[j]);
+}
+
+std::string describe(const Conv2dShape& s) {
+  return "conv2d [N=" + std::to_string(s.batch) + " C=" + std::to_string(s.in_channels) +
+         " H=" + std::to_string(s.height) + " W=" + std::to_string(s.width) +
+         "] K=" + std::to_string(s.out_channels) + " kernel=" + std::to_string(s.kernel) +
+         " stride=" + std::to_string(s.stride) + " padding=" + std::to_string(s.padding);
+}
+
+void check_shape(const Conv2dShape& s) {
+  LOWBIT_EXPECTS(s.batch >= 0 && s.in_channels > 0 && s.height > 0 && s.width > 0 &&
+                     s.out_channels > 0 && s.kernel > 0 && s.stride > 0 && s.padding >= 0,
+                 describe(s) + ": sizes must be positive (batch and padding >= 0)");
+  LOWBIT_EXPECTS(s.height + 2 * s.padding >= s.kernel && s.width + 2 * s.padding >= s.kernel,
+                 describe(s) + ": the kernel is larger than the padded input");
+}
+
+void check_shape(const Pool2dShape& s) {
+  LOWBIT_EXPECTS(s.batch >= 0 && s.channels > 0 && s.kernel > 0 && s.stride > 0 &&
+                     s.height >= s.kernel && s.width >= s.kernel,
+                 "max_pool [N=" + std::to_string(s.batch) + " C=" + std::to_string(s.channels) +
+                     " H=" + std::to_string(s.height) + " W=" + std::to_string(s.width) +
+                     "] kernel=" + std::to_string(s.kernel) +
+                     " stride=" + std::to_string(s.stride) + ": bad shape");
+}
+
+void check_shape(const LinearShape& s) {
+  LOWBIT_EXPECTS(s.batch >= 0 && s.in_features > 0 && s.out_features > 0,
+                 "linear [" + std::to_string(s.batch) + ", " + std::to_string(s.in_features) +
+                     "] -> " + std::to_string(s.out_features) + ": bad shape");
+}
+
+void check_pointers(const char* op, std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers) LOWBIT_EXPECTS(p != nullptr, std::string(op) + ": null pointer");
+}
+
+// Output columns [begin, end) of kernel column q whose input column
+// ox·stride + q - padding lies inside [0, width).
+struct ValidColumns {
+  int64_t begin, end;
+};
+
+ValidColumns valid_columns(const Conv2dShape& s, int64_t q) {
+  const int64_t ow = s.out_width();
+  const int64_t first = s.padding - q;  // ox·stride must reach it
+  int64_t begin = first <= 0 ? 0 : (first + s.stride - 1) / s.stride;
+  const int64_t last = s.width - 1 + s.padding - q;  // ox·stride must not pass it
+  int64_t end = last < 0 ? 0 : last / s.stride + 1;
+  begin = std::min(begin, ow);
+  end = std::clamp(end, begin, ow);
+  return {begin, end};
+}
+
+// col[(c·R + r)·S + q, oy·OW + ox] = x[c, oy·stride + r - pad, ox·stride + q - pad]
+// for one image, 0 in the padding.
+void im2col(const Conv2dShape& s, const float* x, float* col) {
+  const int64_t oh = s.out_height(), ow = s.out_width(), k = s.kernel;
+  for (int64_t c = 0; c < s.in_channels; ++c)
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t q = 0; q < k; ++q) {
+        float* row = col + ((c * k + r) * k + q) * oh * ow;
+        const ValidColumns v = valid_columns(s, q);
+        const int64_t shift = q - s.padding;
+        for (int64_t oy = 0; oy < oh; ++oy) {
+          float* dst = row + oy * ow;
+          const int64_t iy = oy * s.stride + r - s.padding;
+          if (iy < 0 || iy >= s.height) {
+            std::fill(dst, dst + ow, 0.0f);
+            continue;
+          }
+          const float* src = x + (c * s.height + iy) * s.width;
+          std::fill(dst, dst + v.begin, 0.0f);
+          if (s.stride == 1)
+            std::copy(src + v.begin + shift, src + v.end + shift, dst + v.begin);
+          else
+            for (int64_t ox = v.begin; ox < v.end; ++ox) dst[ox] = src[ox * s.stride + shift];
+          std::fill(dst + v.end, dst + ow, 0.0f);
+        }
+      }
+}
+
+// The adjoint of im2col for one image: dx = Σ of the columns over the input
+// elements they read (summed over (r, q) in row-major order).
+void col2im(const Conv2dShape& s, const float* col, float* dx) {
+  const int64_t oh = s.out_height(), ow = s.out_width(), k = s.kernel;
+  std::fill(dx, dx + s.in_channels * s.height * s.width, 0.0f);
+  for (int64_t c = 0; c < s.in_channels; ++c)
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t q = 0; q < k; ++q) {
+        const float* row = col + ((c * k + r) * k + q) * oh * ow;
+        const ValidColumns v = valid_columns(s, q);
+        const int64_t shift = q - s.padding;
+        for (int64_t oy = 0; oy < oh; ++oy) {
+          const int64_t iy = oy * s.stride + r - s.padding;
+          if (iy < 0 || iy >= s.height) continue;
+          float* dst = dx + (c * s.height + iy) * s.width;
+          const float* src = row + oy * ow;
+          for (int64_t ox = v.begin; ox < v.end; ++ox) dst[ox * s.stride + shift] += src[ox];
+        }
+      }
+}
+
+// A 1×1 kernel with stride 1 and no padding reads each image as its own
+// column matrix [C, H·W].
+bool columns_are_input(const Conv2dShape& s) {
+  return s.kernel == 1 && s.stride == 1 && s.padding == 0;
+}
+
+// Whether v replaces `best` as a window's maximum when it comes later in
+// row-major order: the first maximum stays, and the first NaN wins over
+// numbers. Callers select with it rather than branch on it: a branch on
+// random data mispredicts half of the time.
+inline bool replaces_max(float v, float best) { return !(v <= best) && !std::isnan(best); }
+
+// The maximum of one window. Kernel and Stride > 0 fix the window at compile
+// time (0 reads s.kernel, s.stride): the compiler unrolls it then.
+template <int Kernel>
+float window_max(const Pool2dShape& s, const float* window) {
+  const int64_t k = Kernel > 0 ? Kernel : s.kernel, width = s.width;
+  float best = window[0];
+  for (int64_t r = 0; r < k; ++r)
+    for (int64_t q = 0; q < k; ++q) {
+      const float v = window[r * width + q];
+      best = replaces_max(v, best) ? v : best;
+    }
+  return best;
+}
+
+// Maxima of the windows [first, first + count) of output row oy (best[j]) and
+// the offset of each one's first occurrence from the window's corner (at[j]).
+// The loops over the window run outside the one over outputs, so that the
+// index selects become vector masks.
+template <int Kernel, int Stride>
+void window_maxima(const Pool2dShape& s, const float* plane, int64_t oy, int64_t first,
+                   int64_t count, float* __restrict__ best, std::int32_t* __restrict__ at) {
+  const int64_t k = Kernel > 0 ? Kernel : s.kernel;
+  const int64_t stride = Stride > 0 ? Stride : s.stride, width = s.width;
+  const float* corner = plane + (oy * width + first) * stride;
+  for (int64_t j = 0; j < count; ++j) {
+    best[j] = corner[j * stride];
+    at[j] = 0;
+  }
+  for (int64_t r = 0; r < k; ++r)
+    for (int64_t q = 0; q < k; ++q) {
+      const auto offset = static_cast<std::int32_t>(r * width + q);
+      const float* src = corner + offset;
+      for (int64_t j = 0; j < count; ++j) {
+        const float v = src[j * stride];
+        const bool take = replaces_max(v, best[j]);
+        best[j] = take ? v : best[j];
+        at[j] = take ? offset : at[j];
+      }
+    }
+}
+
+// Outputs of a row that window_maxima handles at once (its arrays live on
+// the stack).
+constexpr int64_t kPoolChunk = 64;
+
+template <int Kernel, int Stride>
+struct MaxPoolForward {
+  static void run(const Pool2dShape& s, const float* x, float* y) {
+    const int64_t oh = s.out_height(), ow = s.out_width();
+    const int64_t stride = Stride > 0 ? Stride : s.stride;
+    const int64_t planes = s.batch * s.channels;
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      const float* in = x + plane * s.height * s.width;
+      float* out = y + plane * oh * ow;
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t ox = 0; ox < ow; ++ox)
+          out[oy * ow + ox] = window_max<Kernel>(s, in + (oy * s.width + ox) * stride);
+    }
+  }
+};
+
+// dx gets dy at each window's first maximum; elements of several windows
+// add their gradients in output order.
+template <int Kernel, int Stride>
+struct MaxPoolBackward {
+  static void run(const Pool2dShape& s, const float* x, const float* dy, float* dx) {
+    const int64_t oh = s.out_height(), ow = s.out_width();
+    const int64_t planes = s.batch * s.channels;
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      const float* in = x + plane * s.height * s.width;
+      const float* grad = dy + plane * oh * ow;
+      float* out = dx + plane * s.height * s.width;
+      std::fill(out, out + s.height * s.width, 0.0f);
+      float best[kPoolChunk];
+      std::int32_t at[kPoolChunk];
+      for (int64_t oy = 0; oy < oh; ++oy)
+        for (int64_t first = 0; first < ow; first += kPoolChunk) {
+          const int64_t count = std::min(kPoolChunk, ow - first);
+          window_maxima<Kernel, Stride>(s, in, oy, first, count, best, at);
+          float* corner = out + (oy * s.width + first) * s.stride;
+          for (int64_t j = 0; j < count; ++j)
+            corner[j * s.stride + at[j]] += grad[oy * ow + first + j];
+        }
+    }
+  }
+};
+
+// Runs op<Kernel, Stride> with LeNet's 2x2/2 window (and 3x3/2) known at
+// compile time.
+template <template <int, int> class Op, class... Args>
+void dispatch_window(const Pool2dShape& s, Args... args) {
+  if (s.kernel == 2 && s.stride == 2) return Op<2, 2>::run(s, args...);
+  if (s.kernel == 3 && s.stride == 2) return Op<3, 2>::run(s, args...);
+  Op<0, 0>::run(s, args...);
+}
+
+}  // namespace
+
+float* Scratch::reserve(Slot slot, std::size_t floats) {
+  std::vector<float>& buffer = buffers_[slot];
+  if (buffer.size() < floats) {
+    try {
+      buffer.clear();
+      buffer.resize(floats);
+    } catch (const std::bad_alloc&) {
+      LOWBIT_EXPECTS(false, "cpu scratch: cannot allocate " +
+                                std::to_string(floats * sizeof(float)) + " bytes");
+    }
+  }
+  return buffer.data();
+}
+
+void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_stride_m,
+             int64_t a_stride_k, const float* b, int64_t ldb, float* c, int64_t ldc,
+             bool accumulate) {
+  for (int64_t j0 = 0; j0 < n; j0 += kColumnBlock) {
+    const int64_t width = std::min(kColumnBlock, n - j0);
+    for (int64_t i = 0; i < m; ++i) {
+      float* __restrict__ c_row = c + i * ldc + j0;
+      if (!accumulate) std::fill(c_row, c_row + width, 0.0f);
+      for (int64_t p = 0; p < k; ++p) {
+        const float a_ip = a[i * a_stride_m + p * a_stride_k];
+        const float* __restrict__ b_row = b + p * ldb + j0;
+        for (int64_t j = 0; j < width; ++j) c_row[j] += a_ip * b_row[j];
+      }
+    }
+  }
+}
+
+void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+             int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* a_row = a + i * lda;
+    float* c_row = c + i * ldc;
+    float out[kDotColumns];
+    int64_t j = 0;
+    for (; j + kDotColumns <= n; j += kDotColumns) {
+      dots<kDotColumns>(a_row, b + j * ldb, ldb, k, out);
+      for (int jj = 0; jj < kDotColumns; ++jj)
+        c_row[j + jj] = accumulate ? c_row[j + jj] + out[jj] : out[jj];
+    }
+    for (; j < n; ++j) {
+      dots<1>(a_row, b + j * ldb, ldb, k, out);
+      c_row[j] = accumulate ? c_row[j] + out[0] : out[0];
+    }
+  }
+}
+
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, float* y,
+                    Scratch& scratch) {
+  check_shape(s);
+  if (s.batch == 0) return;
+  check_pointers("conv2d_forward", {x, w, y});
+  const int64_t crs = s.in_channels * s.kernel * s.kernel;
+  const int64_t pixels = s.out_height() * s.out_width();
+  const int64_t image = s.in_channels * s.height * s.width;
+  const bool direct = columns_are_input(s);
+  float* columns =
+      direct ? nullptr
+             : scratch.reserve(Scratch::columns, static_cast<std::size_t>(omp_get_max_threads()) *
+                                                     static_cast<std::size_t>(crs * pixels));
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < s.batch; ++n) {
+    const float* col = x + n * image;
+    if (!direct) {
+      float* own = columns + omp_get_thread_num() * crs * pixels;
+      im2col(s, col, own);
+      col = own;
+    }
+    // y_n [K, P] = w [K, CRS] · col [CRS, P]
+    gemm_nn(s.out_channels, pixels, crs, w, crs, 1, col, pixels, y + n * s.out_channels * pixels,
+            pixels, false);
+  }
+}
+
+void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const float* dy,
+                     float* dx, float* dw, Scratch& scratch) {
+  check_shape(s);
+  const int64_t crs = s.in_channels * s.kernel * s.kernel;
+  const int64_t weights = s.out_channels * crs;
+  check_pointers("conv2d_backward", {dw});
+  if (s.batch == 0) {
+    std::fill(dw, dw + weights, 0.0f);
+    return;
+  }
+  check_pointers("conv2d_backward", {x, w, dy});
+  const int64_t pixels = s.out_height() * s.out_width();
+  const int64_t image = s.in_channels * s.height * s.width;
+  const bool direct = columns_are_input(s);
+  const auto per_thread = [&](Scratch::Slot slot) {
+    return scratch.reserve(slot, static_cast<std::size_t>(omp_get_max_threads()) *
+                                     static_cast<std::size_t>(crs * pixels));
+  };
+  float* columns = direct ? nullptr : per_thread(Scratch::columns);
+  float* column_grads = dx != nullptr && !direct ? per_thread(Scratch::column_grads) : nullptr;
+  const int64_t groups = std::min(s.batch, kMaxPartials);
+  float* partials = scratch.reserve(Scratch::partials, static_cast<std::size_t>(groups * weights));
+
+#pragma omp parallel for schedule(static)
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t first = s.batch * g / groups, last = s.batch * (g + 1) / groups;
+    float* dw_group = partials + g * weights;
+    const int64_t thread = omp_get_thread_num();
+    for (int64_t n = first; n < last; ++n) {
+      const float* dy_n = dy + n * s.out_channels * pixels;
+      const float* col = x + n * image;
+      if (!direct) {
+        float* own = columns + thread * crs * pixels;
+        im2col(s, col, own);
+        col = own;
+      }
+      // dw_group [K, CRS] (+)= dy_n [K, P] · col [CRS, P]ᵀ
+      gemm_nt(s.out_channels, crs, pixels, dy_n, pixels, col, pixels, dw_group, crs, n != first);
+      if (dx == nullptr) continue;
+      float* dx_n = dx + n * image;
+      // dcol [CRS, P] = w [K, CRS]ᵀ · dy_n [K, P], then summed back onto dx_n.
+      float* dcol = direct ? dx_n : column_grads + thread * crs * pixels;
+      gemm_nn(crs, pixels, s.out_channels, w, 1, crs, dy_n, pixels, dcol, pixels, false);
+      if (!direct) col2im(s, dcol, dx_n);
+    }
+  }
+  // dw = Σ_g partials[g], in group order.
+  parallel_rows(weights, [&](int64_t begin, int64_t end) {
+    std::copy(partials + begin, partials + end, dw + begin);
+    for (int64_t g = 1; g < groups; ++g) {
+      const float* part = partials + g * weights;
+      for (int64_t e = begin; e < end; ++e) dw[e] += part[e];
+    }
+  });
+}
+
+void linear_forward(const LinearShape& s, const float* x, const float* w, float* y) {
+  check_shape(s);
+  if (s.batch == 0) return;
+  check_pointers("linear_forward", {x, w, y});
+  const int64_t in = s.in_features, out = s.out_features;
+  parallel_rows(s.batch, [&](int64_t begin, int64_t end) {
+    // y [B, O] = x [B, I] · w [O, I]ᵀ
+    gemm_nt(end - begin, out, in, x + begin * in, in, w, in, y + begin * out, out, false);
+  });
+}
+
+void linear_backward(const LinearShape& s, const float* x, const float* w, const float* dy,
+                     float* dx, float* dw) {
+  check_shape(s);
+  const int64_t in = s.in_features, out = s.out_features;
+  check_pointers("linear_backward", {dw});
+  if (s.batch == 0) {
+    std::fill(dw, dw + out * in, 0.0f);
+    return;
+  }
+  check_pointers("linear_backward", {x, w, dy});
+  if (dx != nullptr)
+    parallel_rows(s.batch, [&](int64_t begin, int64_t end) {
+      // dx [B, I] = dy [B, O] · w [O, I]
+      gemm_nn(end - begin, in, out, dy + begin * out, out, 1, w, in, dx + begin * in, in, false);
+    });
+  parallel_rows(out, [&](int64_t begin, int64_t end) {
+    // dw [O, I] = dy [B, O]ᵀ · x [B, I], summed over the batch in order.
+    gemm_nn(end - begin, in, s.batch, dy + begin, 1, out, x, in, dw + begin * in, in, false);
+  });
+}
+
+void max_pool_forward(const Pool2dShape& s, const float* x, float* y) {
+  check_shape(s);
+  if (s.batch == 0) return;
+  check_pointers("max_pool_forward", {x, y});
+  dispatch_window<MaxPoolForward>(s, x, y);
+}
+
+void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx) {
+  check_shape(s);
+  if (s.batch == 0) return;
+  check_pointers("max_pool_backward", {x, dy, dx});
+  dispatch_window<MaxPoolBackward>(s, x, dy, dx);
+}
+
+}  // namespace lowbit::cpu
