@@ -60,7 +60,7 @@ void check_gradients(const Graph& graph, std::int64_t batch) {
     for (std::int64_t k = 0; k < slot.count; k += std::max<std::int64_t>(1, slot.count / 5)) {
       const std::size_t i = static_cast<std::size_t>(slot.offset + k);
       const float saved = params[i];
-      const float h = 1e-2f;
+      const float h = 1e-3f;
       params[i] = saved + h;
       backend->upload(net.parameters(), params.data(), bytes);
       const double plus = mean_loss(*backend, net);
@@ -164,7 +164,7 @@ TEST(Layers, EmaFakeQuantTracksTrainingAndFreezesInEvaluation) {
 
 TEST(Layers, BackwardNeedsATrainingForward) {
   const auto backend = make_cpu_backend();
-  Network net(quantize(lenet5(1, 8, 8, 3), {}), *backend, 2);
+  Network net(quantize(lenet5(1, 12, 12, 3), {}), *backend, 2);
   net.initialize_parameters(1);
   EXPECT_THROW(net.backward(), Error);
   net.forward(Pass::eval);

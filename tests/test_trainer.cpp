@@ -80,7 +80,7 @@ TEST(Trainer, EveryRangeModeAndWidthTrains) {
   const auto cpu = make_cpu_backend();
   for (const RangeMode mode : {RangeMode::ema, RangeMode::lagged, RangeMode::lsq}) {
     for (const int bits : {0, 2, 8}) {
-      TrainOptions o = small_run(bits, 1024);
+      TrainOptions o = small_run(bits, 2048);
       o.quantize.range = mode;
       const TrainReport r = train(o, *cpu, nullptr);
       EXPECT_GT(r.test_accuracy, 0.35) << to_string(mode) << " " << bits << " bits";
