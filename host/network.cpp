@@ -153,16 +153,16 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
         const auto& a = std::get<Conv2dAttrs>(node.attrs);
         const Conv2dShape s{batch, in_shape[0], in_shape[1], in_shape[2],
                             a.out_channels, a.kernel, a.stride, a.padding};
-        layer = std::make_unique<Conv2dLayer>(node.name, backend, s, input(i, 0), input(i, 1),
-                                              input(i, 2), output(i),
-                                              fusable_relu(graph, node) >= 0);
+        layer = std::make_unique<WeightedLayer>(node.name, backend, s, input(i, 0), input(i, 1),
+                                                input(i, 2), output(i),
+                                                fusable_relu(graph, node) >= 0);
         break;
       }
       case NodeKind::linear: {
         const LinearShape s{batch, in_shape[0], graph.tensor(node.outputs[0]).shape[0]};
-        layer = std::make_unique<LinearLayer>(node.name, backend, s, input(i, 0), input(i, 1),
-                                              input(i, 2), output(i),
-                                              fusable_relu(graph, node) >= 0);
+        layer = std::make_unique<WeightedLayer>(node.name, backend, s, input(i, 0), input(i, 1),
+                                                input(i, 2), output(i),
+                                                fusable_relu(graph, node) >= 0);
         break;
       }
       case NodeKind::relu:

@@ -25,7 +25,7 @@ FakeQuantLayer::FakeQuantLayer(std::string name, Backend& backend, const FakeQua
     : Layer(std::move(name), backend), attrs_(attrs),
       layout_(attrs.weights && attrs.per_channel ? ChannelLayout::per_channel(shape, 0)
                                                  : ChannelLayout::per_tensor(element_count(shape))),
-      x_(x), y_(y), scale_(scale), state_(state) {
+      x_(x), y_(y), scale_(scale) {
   expect(x.value && y.value && y.grad, "unbound tensor");
   const std::size_t channels = static_cast<std::size_t>(layout_.channels);
   const bool lsq = !attrs.weights && attrs.range == RangeMode::lsq;
@@ -34,10 +34,7 @@ FakeQuantLayer::FakeQuantLayer(std::string name, Backend& backend, const FakeQua
   } else {
     mask_ = backend.allocate(static_cast<std::size_t>(mask_words(layout_.size())) * 4);
   }
-  if (!attrs.weights && !lsq) {
-    expect(state != nullptr, "an EMA quantizer needs its observer state");
-    eval_state_ = backend.allocate(sizeof(EmaRangeState));
-  }
+  if (!attrs.weights && !lsq) ema_ = std::make_unique<EmaRange>(backend, attrs, state);
   if (attrs.weights) range_ = backend.allocate(2 * channels * sizeof(float));
   if (attrs.weights || lsq) workspace_ = backend.allocate(reduction_workspace_bytes(layout_));
   if (attrs.rounding == Rounding::pytorch)
@@ -73,31 +70,20 @@ void FakeQuantLayer::forward_weights() {
 }
 
 void FakeQuantLayer::forward_ema(Pass pass) {
-  EmaConfig config;
-  config.quant = {attrs_.bits, false};
-  config.decay = attrs_.ema_decay;
-  config.mode = attrs_.range == RangeMode::lagged ? EmaMode::lagged : EmaMode::exact;
-  config.quant_delay = attrs_.quant_delay;
-  config.freeze_step = attrs_.freeze_step;
-  EmaRangeState* state = state_;
-  if (pass == Pass::eval) {
-    // Evaluation quantizes exactly as training would now, on a frozen copy.
-    backend_.copy(eval_state_.data(), state_, sizeof(EmaRangeState));
-    state = eval_state_.as<EmaRangeState>();
-    config.freeze_step = 0;
-  }
+  const EmaRange::Use ema = ema_->for_pass(pass);
   auto* mask = mask_.as<std::uint32_t>();
   const std::int64_t n = layout_.size();
   if (attrs_.rounding == Rounding::tensorflow) {
-    backend_.ema_fake_quant(x_.value, y_.value, n, state, config, mask);
+    backend_.ema_fake_quant(x_.value, y_.value, n, ema.state, ema.config, mask);
     return;
   }
   // PyTorch's order: observe, then quantize with qparams of the updated range.
   const AffineQuant grid = affine_grid(attrs_);
   auto* scale = affine_.as<float>();
   auto* zero_point = reinterpret_cast<std::int32_t*>(scale + 1);
-  backend_.ema_fake_quant(x_.value, y_.value, n, state, config, nullptr);
-  backend_.affine_params_from_range(&state->min, &state->max, 1, grid, false, scale, zero_point);
+  backend_.ema_fake_quant(x_.value, y_.value, n, ema.state, ema.config, nullptr);
+  backend_.affine_params_from_range(&ema.state->min, &ema.state->max, 1, grid, false, scale,
+                                    zero_point);
   backend_.fake_quant_affine(x_.value, y_.value, layout_, scale, zero_point, grid, mask);
 }
 

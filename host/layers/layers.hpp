@@ -4,38 +4,29 @@
 #include <cstdint>
 #include <vector>
 
+#include <memory>
+#include <variant>
+
+#include "layers/ema_range.hpp"
 #include "layers/layer.hpp"
 
 namespace lowbit {
 
-/// y = relu?(conv(x, w) + b), with the following ReLU fused when the network
-/// finds one.
-class Conv2dLayer final : public Layer {
+/// Conv2d or Linear: y = relu?(op(x, w) + b), with the following ReLU fused
+/// when the network finds one.
+class WeightedLayer final : public Layer {
  public:
-  Conv2dLayer(std::string name, Backend& backend, const Conv2dShape& shape, Binding x, Binding w,
-              Binding b, Binding y, bool fused_relu);
+  using Shape = std::variant<Conv2dShape, LinearShape>;
+  WeightedLayer(std::string name, Backend& backend, const Shape& shape, Binding x, Binding w,
+                Binding b, Binding y, bool fused_relu);
 
  private:
   void forward_impl(Pass pass) override;
   void backward_impl() override;
+  /// The output as [batch, channels, positions]: the bias is per channel.
+  ChannelLayout output_layout() const;
 
-  Conv2dShape shape_;
-  Binding x_, w_, b_, y_;
-  bool fused_relu_;
-  Buffer workspace_;
-};
-
-/// y = relu?(x·wᵀ + b).
-class LinearLayer final : public Layer {
- public:
-  LinearLayer(std::string name, Backend& backend, const LinearShape& shape, Binding x, Binding w,
-              Binding b, Binding y, bool fused_relu);
-
- private:
-  void forward_impl(Pass pass) override;
-  void backward_impl() override;
-
-  LinearShape shape_;
+  Shape shape_;
   Binding x_, w_, b_, y_;
   bool fused_relu_;
   Buffer workspace_;
@@ -116,11 +107,10 @@ class FakeQuantLayer final : public Layer {
   FakeQuantAttrs attrs_;
   ChannelLayout layout_;  // per channel for weights, else the whole tensor
   Binding x_, y_, scale_;
-  EmaRangeState* state_;
+  std::unique_ptr<EmaRange> ema_;  // activations with EMA ranges
   Buffer mask_;
   Buffer range_;        // weights: min then max per channel
   Buffer affine_;       // pytorch rounding: scale per channel, then zero points
-  Buffer eval_state_;   // eval: a copy of the EMA state that the pass may touch
   Buffer workspace_;
 };
 
