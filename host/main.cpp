@@ -2,15 +2,12 @@
 // on an MNIST-format dataset; `lowbit eval` measures a checkpoint.
 // Exit codes: 0 success; 2 usage error, one line on stderr; 1 runtime error
 // (bad data, CUDA errors, out of memory), "error: ..." on stderr.
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <iostream>
@@ -21,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "atomic_file.hpp"
 #include "lowbit/data.hpp"
 #include "lowbit/graph.hpp"
 #include "lowbit/trainer.hpp"
@@ -282,34 +280,9 @@ void require_parent_directory(const std::string& path, const std::string& flag) 
     throw std::runtime_error(flag + " " + path + ": no directory " + parent.string());
 }
 
-/// Writes `text` to a temporary file beside `path`, syncs it and renames it
-/// over `path`, so that a reader sees the old file or the whole new one.
-void write_file_atomically(const std::string& path, const std::string& text) {
-  const std::string temp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::runtime_error("cannot create " + temp + ": " + std::strerror(errno));
-  std::size_t written = 0;
-  bool ok = true;
-  while (ok && written < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    ok = n > 0;
-    if (ok) written += static_cast<std::size_t>(n);
-  }
-  ok = ok && ::fsync(fd) == 0;
-  int failure = ok ? 0 : errno;
-  if (::close(fd) != 0 && ok) {
-    ok = false;
-    failure = errno;
-  }
-  if (ok && std::rename(temp.c_str(), path.c_str()) != 0) {
-    ok = false;
-    failure = errno;
-  }
-  if (!ok) {
-    ::unlink(temp.c_str());
-    throw std::runtime_error("cannot write " + path + ": " + std::strerror(failure));
-  }
+/// Writes `text` to `path`; a reader sees the old file or the whole new one.
+void write_text_atomically(const std::string& path, const std::string& text) {
+  write_file_atomically(path, {{text.data(), text.size()}});
 }
 
 DeviceSelection choose_device(const std::string& name) {
@@ -367,7 +340,7 @@ int run_train(const TrainCommand& command) {
   const TrainReport report = train(options, *device.backend, &progress);
   print_summary(std::cout, report, options.quantize.range, options.save_path);
   if (!command.metrics_json.empty())
-    write_file_atomically(command.metrics_json,
+    write_text_atomically(command.metrics_json,
                           train_metrics(report, options.quantize.range).dump(2) + "\n");
   return 0;
 }
@@ -392,7 +365,7 @@ int run_eval(const EvalCommand& command) {
         {"test_accuracy", report.test_accuracy}, {"loss", report.loss},
         {"examples", report.examples},           {"device", report.device},
         {"weight_bits", report.weight_bits},     {"act_bits", report.activation_bits}};
-    write_file_atomically(command.metrics_json, metrics.dump(2) + "\n");
+    write_text_atomically(command.metrics_json, metrics.dump(2) + "\n");
   }
   return 0;
 }

@@ -8,10 +8,8 @@
 #include <zlib.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -20,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "atomic_file.hpp"
 #include "lowbit/error.hpp"
 
 namespace lowbit::safetensors {
@@ -62,11 +61,6 @@ std::string checksum_prefix() {
   return std::string("{\"") + kMetadataKey + "\":{\"" + kChecksumKey + "\":\"";
 }
 
-std::string errno_text(int error) { return std::strerror(error); }
-
-/// errno when a system call failed, else 0; read before building any message.
-int errno_if(bool failed) { return failed ? errno : 0; }
-
 /// Bytes of a tensor of `shape`, or false when the count overflows 64 bits.
 /// Dimensions must already be known non-negative.
 bool tensor_bytes(const std::vector<std::int64_t>& shape, DType dtype, std::uint64_t* bytes) {
@@ -86,12 +80,12 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
 
 /// CRC-32 of the concatenated `parts`, with the checksum digits at byte
 /// `digits_at` read as '0's.
-std::uint32_t file_checksum(const std::vector<std::pair<const std::uint8_t*, std::size_t>>& parts,
-                            std::size_t digits_at) {
+std::uint32_t file_checksum(const ByteParts& parts, std::size_t digits_at) {
   static const std::string zeros(kChecksumDigits, '0');
   uLong crc = crc32_z(0, nullptr, 0);
   std::size_t position = 0;
-  for (const auto& [data, size] : parts) {
+  for (const auto& [bytes, size] : parts) {
+    const auto* data = static_cast<const Bytef*>(bytes);
     std::size_t done = 0;
     while (done < size) {
       const std::size_t at = position + done;
@@ -118,52 +112,6 @@ std::string hex8(std::uint32_t value) {
 }
 
 // ---------------------------------------------------------------- saving
-
-/// A file descriptor, closed on destruction; close() reports the error.
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  ~FileDescriptor() {
-    if (fd_ >= 0 && ::close(fd_) != 0)
-      std::fprintf(stderr, "lowbit: close failed: %s\n", std::strerror(errno));
-  }
-  int get() const { return fd_; }
-  /// Closes now; returns 0 or the errno of close().
-  int close() {
-    const int result = ::close(std::exchange(fd_, -1));
-    return result == 0 ? 0 : errno;
-  }
-
- private:
-  int fd_;
-};
-
-/// The temporary file of a save; removed on destruction unless it was renamed
-/// into place.
-class TempFile {
- public:
-  explicit TempFile(std::string path) : path_(std::move(path)) {}
-  TempFile(const TempFile&) = delete;
-  TempFile& operator=(const TempFile&) = delete;
-  ~TempFile() {
-    if (!renamed_ && ::unlink(path_.c_str()) != 0 && errno != ENOENT)
-      std::fprintf(stderr, "lowbit: cannot remove %s: %s\n", path_.c_str(), std::strerror(errno));
-  }
-  const std::string& path() const { return path_; }
-  void mark_renamed() { renamed_ = true; }
-
- private:
-  std::string path_;
-  bool renamed_ = false;
-};
-
-std::string directory_of(const std::string& path) {
-  const std::size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
 
 void check_for_save(const File& file, const std::string& where) {
   LOWBIT_EXPECTS(file.metadata.count(kChecksumKey) == 0,
@@ -214,43 +162,6 @@ std::string header_text(const File& file, const std::string& where) {
   }
   text.append((kAlignment - (kLengthBytes + text.size()) % kAlignment) % kAlignment, ' ');
   return text;
-}
-
-void write_all(int fd, const std::uint8_t* data, std::size_t size, const std::string& where,
-               const std::string& temp_path) {
-  while (size > 0) {
-    const ssize_t written = ::write(fd, data, size);
-    // write() returning 0 for a non-empty request means no space was made.
-    const int error = written < 0 ? errno : written == 0 ? ENOSPC : 0;
-    if (error == EINTR) continue;
-    LOWBIT_EXPECTS(error == 0, where + "writing " + temp_path + " failed: " + errno_text(error));
-    data += written;
-    size -= static_cast<std::size_t>(written);
-  }
-}
-
-/// Creates a new file beside `path`; the pid and a counter make the name
-/// unique, and O_EXCL skips names left over by a crashed process.
-int create_temp(const std::string& path, const std::string& where, std::string* temp_path) {
-  static std::atomic<unsigned long> counter{0};
-  for (;;) {
-    *temp_path = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
-    const int fd = ::open(temp_path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0) return fd;
-    const int error = errno;
-    LOWBIT_EXPECTS(error == EEXIST || error == EINTR, where + "cannot create " + *temp_path +
-                                                          ": " + errno_text(error));
-  }
-}
-
-void sync_directory(const std::string& directory, const std::string& where) {
-  FileDescriptor fd(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  int error = errno_if(fd.get() < 0);
-  if (error == 0) error = errno_if(::fsync(fd.get()) != 0);
-  if (error == 0) error = fd.close();
-  LOWBIT_EXPECTS(error == 0, where + "saved, but syncing directory " + directory +
-                                 " failed, so the rename may not survive a crash: " +
-                                 errno_text(error));
 }
 
 // ---------------------------------------------------------------- loading
@@ -453,28 +364,12 @@ void save(const std::string& path, const File& file) {
   std::uint8_t length[kLengthBytes];
   for (std::size_t i = 0; i < kLengthBytes; ++i)
     length[i] = static_cast<std::uint8_t>(static_cast<std::uint64_t>(header.size()) >> (8 * i));
-  std::vector<std::pair<const std::uint8_t*, std::size_t>> parts = {
-      {length, kLengthBytes},
-      {reinterpret_cast<const std::uint8_t*>(header.data()), header.size()}};
+  ByteParts parts = {{length, kLengthBytes}, {header.data(), header.size()}};
   for (const Tensor& tensor : file.tensors) parts.emplace_back(tensor.data.data(), tensor.data.size());
   const std::size_t digits_at = checksum_prefix().size();
   header.replace(digits_at, kChecksumDigits, hex8(file_checksum(parts, kLengthBytes + digits_at)));
 
-  std::string temp_path;
-  FileDescriptor fd(create_temp(path, where, &temp_path));
-  TempFile temp(temp_path);
-  for (const auto& [data, size] : parts) write_all(fd.get(), data, size, where, temp.path());
-  const int sync_error = errno_if(::fsync(fd.get()) != 0);
-  LOWBIT_EXPECTS(sync_error == 0,
-                 where + "fsync of " + temp.path() + " failed: " + errno_text(sync_error));
-  const int close_error = fd.close();
-  LOWBIT_EXPECTS(close_error == 0,
-                 where + "closing " + temp.path() + " failed: " + errno_text(close_error));
-  const int rename_error = errno_if(::rename(temp.path().c_str(), path.c_str()) != 0);
-  LOWBIT_EXPECTS(rename_error == 0, where + "cannot rename " + temp.path() +
-                                        " over it: " + errno_text(rename_error));
-  temp.mark_renamed();
-  sync_directory(directory_of(path), where);
+  write_file_atomically(path, parts);
 }
 
 File load(const std::string& path) {
