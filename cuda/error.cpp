@@ -6,6 +6,7 @@ namespace lowbit {
 
 Error::Error(const std::string& message, const char* file, int line)
     : std::runtime_error("lowbit: " + message + " (at " + file + ":" + std::to_string(line) + ")"),
+      message_(message),
       file_(file),
       line_(line) {}
 

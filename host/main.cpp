@@ -20,6 +20,7 @@
 
 #include "atomic_file.hpp"
 #include "lowbit/data.hpp"
+#include "lowbit/error.hpp"
 #include "lowbit/graph.hpp"
 #include "lowbit/trainer.hpp"
 #include "lowbit/types.hpp"
@@ -394,6 +395,8 @@ int main(int argc, char** argv) {
   // uncaught exception (abort, core dump) escapes.
   try {
     return lowbit::cli::run(argc, argv);
+  } catch (const lowbit::Error& error) {  // the message; the source line is for developers
+    std::cerr << "error: " << lowbit::cli::one_line(error.message()) << '\n';
   } catch (const std::bad_alloc&) {
     std::cerr << "error: out of host memory\n";
   } catch (const std::exception& error) {

@@ -11,10 +11,13 @@ namespace lowbit {
 class Error : public std::runtime_error {
  public:
   Error(const std::string& message, const char* file, int line);
+  /// The message alone, without the "lowbit: " prefix and the location.
+  const std::string& message() const noexcept { return message_; }
   const char* file() const noexcept { return file_; }
   int line() const noexcept { return line_; }
 
  private:
+  std::string message_;
   const char* file_;
   int line_;
 };
