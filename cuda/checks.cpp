@@ -141,6 +141,12 @@ void check_ema_fake_quant(const float* x, const float* y, std::int64_t n,
   check_pointer(state, 1, "state");
 }
 
+void check_bias_relu_ema_fake_quant(const float* x, const ChannelLayout& layout, const float* y,
+                                    const EmaRangeState* state, const EmaConfig& config) {
+  check_layout(layout);
+  check_ema_fake_quant(x, y, layout.size(), state, config);
+}
+
 void check_weight_range(const float* w, const ChannelLayout& layout, const float* min,
                         const float* max, Workspace workspace) {
   check_layout(layout);

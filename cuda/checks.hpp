@@ -25,6 +25,8 @@ void check_ste_backward_range(const float* dy, const std::uint32_t* mask,
                               const float* d_max, Workspace workspace);
 void check_ema_fake_quant(const float* x, const float* y, std::int64_t n,
                           const EmaRangeState* state, const EmaConfig& config);
+void check_bias_relu_ema_fake_quant(const float* x, const ChannelLayout& layout, const float* y,
+                                    const EmaRangeState* state, const EmaConfig& config);
 void check_weight_range(const float* w, const ChannelLayout& layout, const float* min,
                         const float* max, Workspace workspace);
 void check_lsq_forward(const float* x, const float* y, const ChannelLayout& layout,

@@ -10,6 +10,10 @@
 // finish applies the EMA step: no host sync, no second reduction launch.
 // exact:  observe launch (4 B/elem) + quantize launch (8 B/elem + mask)
 // lagged: one launch quantizing with the previous range (8 B/elem + mask)
+//
+// bias_relu_ema_fake_quant does the same to v = relu(x + bias[c]), computed
+// from x in each launch rather than stored, so the activation after a
+// Conv2d/Linear costs what ema_fake_quant of x costs.
 #include "checks.hpp"
 #include "lowbit/cuda.hpp"
 #include "lowbit/error.hpp"
@@ -79,7 +83,7 @@ struct EmaObserver {
 
 /// Range quantizer reading the EMA state; `call_offset` turns state->steps
 /// into this call's index (1 after exact mode's update, 0 in lagged mode).
-struct EmaQuantizer {
+struct EmaQuantizer : detail::PlainInput {
   static constexpr bool kHasSides = true;
   struct Params {
     RangeParams range;
@@ -107,18 +111,54 @@ struct EmaQuantizer {
   }
 };
 
+/// EmaQuantizer of v = relu(x + bias[c]) (bias null: relu(x)), whose pass bit
+/// is both backward steps at once: the STE's (or the identity phase's) and
+/// the ReLU's (v > 0).
+struct BiasReluEmaQuantizer {
+  static constexpr bool kHasSides = false;
+  struct Params {
+    EmaQuantizer::Params ema;
+    float bias;
+  };
+  EmaQuantizer ema;
+  const float* bias;
+
+  __device__ Params params(std::int64_t c) const {
+    return {ema.params(c), bias != nullptr ? bias[c] : 0.0f};
+  }
+  __device__ float input(float x, const Params& p) const {
+    return relu(bias != nullptr ? x + p.bias : x);
+  }
+  __device__ float apply(float v, const Params& p) const { return ema.apply(v, p.ema); }
+  __device__ bool plane0(float v, const Params& p) const {
+    return v > 0.0f && ema.plane0(v, p.ema);
+  }
+};
+
 // ---------------------------------------------------------------------------
-// Kernels
+// Kernels (the observe and quantize passes are tiles.cuh's kernel)
 
 __global__ void ema_state_init_kernel(EmaRangeState* state) { *state = EmaRangeState{}; }
 
-/// Exact mode's first pass: observe x only.
-__global__ void __launch_bounds__(256)
-    ema_observe_kernel(const float* x, std::int64_t n, EmaObserver observer) {
-  const std::int64_t stride = std::int64_t{gridDim.x} * blockDim.x;
-  for (std::int64_t i = std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
-    observer.observe(x[i]);
-  observer.commit();
+// ---------------------------------------------------------------------------
+// Launch plan shared by both ops
+
+/// exact: an observe-only pass, then a quantize pass with the updated range;
+/// lagged: one pass quantizing with the range from before this batch while
+/// observing it. quantizer(call_offset) gives the pass's quantizer.
+template <class MakeQuantizer>
+void launch_ema_passes(const float* x, float* y, std::uint32_t* mask, MaskFormat mask_format,
+                       const ChannelLayout& layout, EmaRangeState* state, const EmaConfig& config,
+                       MakeQuantizer quantizer, cudaStream_t stream) {
+  const EmaObserver observer{state, config};
+  if (config.mode == EmaMode::exact) {
+    detail::launch_quantize_tiles(x, nullptr, nullptr, MaskFormat::pass, layout, quantizer(0),
+                                  stream, observer);
+    detail::launch_quantize_tiles(x, y, mask, mask_format, layout, quantizer(1), stream);
+  } else {
+    detail::launch_quantize_tiles(x, y, mask, mask_format, layout, quantizer(0), stream,
+                                  observer);
+  }
 }
 
 }  // namespace
@@ -137,19 +177,28 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
                     cudaStream_t stream) {
   lowbit::detail::check_ema_fake_quant(x, y, n, state, config);
   if (n == 0) return;
-  const ChannelLayout layout = ChannelLayout::per_tensor(n);
   const bool pass_plane = mask_format == MaskFormat::pass;
-  if (config.mode == EmaMode::exact) {
-    const unsigned grid = detail::grid_for(n, detail::kBlockThreads * 16);
-    ema_observe_kernel<<<grid, detail::kBlockThreads, 0, stream>>>(x, n, EmaObserver{state, config});
-    LOWBIT_LAUNCH_CHECK();
-    detail::launch_quantize_tiles(x, y, mask, mask_format, layout,
-                                  EmaQuantizer{state, config, 1, pass_plane}, stream);
-  } else {
-    detail::launch_quantize_tiles(x, y, mask, mask_format, layout,
-                                  EmaQuantizer{state, config, 0, pass_plane}, stream,
-                                  EmaObserver{state, config});
-  }
+  launch_ema_passes(x, y, mask, mask_format, ChannelLayout::per_tensor(n), state, config,
+                    [&](std::int64_t call_offset) {
+                      return EmaQuantizer{{}, state, config, call_offset, pass_plane};
+                    },
+                    stream);
+}
+
+void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
+                              float* y, EmaRangeState* state, const EmaConfig& config,
+                              std::uint32_t* mask, cudaStream_t stream) {
+  lowbit::detail::check_bias_relu_ema_fake_quant(x, layout, y, state, config);
+  const std::int64_t n = layout.size();
+  if (n == 0) return;
+  // Without a bias there is no channel to track: the per-tensor kernel.
+  const ChannelLayout walk = bias != nullptr ? layout : ChannelLayout::per_tensor(n);
+  launch_ema_passes(x, y, mask, MaskFormat::pass, walk, state, config,
+                    [&](std::int64_t call_offset) {
+                      const EmaQuantizer ema{{}, state, config, call_offset, true};
+                      return BiasReluEmaQuantizer{ema, bias};
+                    },
+                    stream);
 }
 
 }  // namespace lowbit::cuda

@@ -1,4 +1,6 @@
 // CPU reference of ema_observer.cu.
+#include <vector>
+
 #include "checks.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
@@ -43,6 +45,21 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
       writer.set(i, ste_pass(xi, p));
     }
   }
+}
+
+// The composition that defines the op, with v stored (the CUDA op never does).
+void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
+                              float* y, EmaRangeState* state, const EmaConfig& config,
+                              std::uint32_t* mask) {
+  detail::check_bias_relu_ema_fake_quant(x, layout, y, state, config);
+  const std::int64_t n = layout.size();
+  if (n == 0) return;
+  std::vector<float> v(static_cast<std::size_t>(n));
+  bias_activation(x, bias, layout, true, v.data());
+  ema_fake_quant(v.data(), y, n, state, config, mask, MaskFormat::pass);
+  if (mask == nullptr) return;
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!(v[i] > 0.0f)) mask[i >> 5] &= ~(1u << (i & 31));
 }
 
 }  // namespace lowbit::ref

@@ -16,7 +16,7 @@ namespace {
 // ---------------------------------------------------------------------------
 // Quantizers (the kernel is tiles.cuh's quantize_tiles_kernel)
 
-struct RangeQuantizer {
+struct RangeQuantizer : detail::PlainInput {
   static constexpr bool kHasSides = true;
   using Params = RangeParams;
   const float* min;
@@ -35,7 +35,7 @@ struct RangePassQuantizer : RangeQuantizer {
   __device__ bool plane0(float x, const Params& p) const { return ste_pass(x, p); }
 };
 
-struct AffineQuantizer {
+struct AffineQuantizer : detail::PlainInput {
   static constexpr bool kHasSides = false;
   using Params = AffineParams;
   const float* scale;
@@ -61,7 +61,7 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
   lowbit::detail::check_fake_quant_range(x, y, layout, min, max, quant);
   const std::int64_t n = layout.size();
   if (n == 0) return;
-  const RangeQuantizer quantizer{min, max, quant.qmin(), quant.qmax()};
+  const RangeQuantizer quantizer{{}, min, max, quant.qmin(), quant.qmax()};
   if (mask_format == MaskFormat::sides)
     detail::launch_quantize_tiles(x, y, mask, mask_format, layout, quantizer, stream);
   else
@@ -76,7 +76,7 @@ void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, co
   const std::int64_t n = layout.size();
   if (n == 0) return;
   detail::launch_quantize_tiles(x, y, mask, MaskFormat::pass, layout,
-                                AffineQuantizer{scale, zero_point, quant.qmin, quant.qmax},
+                                AffineQuantizer{{}, scale, zero_point, quant.qmin, quant.qmax},
                                 stream);
 }
 

@@ -15,7 +15,7 @@
 namespace lowbit::cuda {
 namespace {
 
-struct LsqQuantizer {
+struct LsqQuantizer : detail::PlainInput {
   static constexpr bool kHasSides = false;
   using Params = LsqParams;
   const float* scale;
@@ -94,7 +94,7 @@ void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const fl
   const std::int64_t n = layout.size();
   if (n == 0) return;
   detail::launch_quantize_tiles(x, y, nullptr, MaskFormat::pass, layout,
-                                LsqQuantizer{scale, quant.qmin, quant.qmax}, stream);
+                                LsqQuantizer{{}, scale, quant.qmin, quant.qmax}, stream);
 }
 
 void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,

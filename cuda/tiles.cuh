@@ -1,8 +1,9 @@
-// The elementwise kernel behind every fake-quant forward: warp tiles of
-// 32 x kTileItems elements, lane l taking elements l, l+32, ... so each load
-// and store is one coalesced 128-byte transaction per warp. Any pointer
-// alignment and any n work without a separate tail path, and each group of 32
-// elements is one __ballot_sync, which is exactly one packed mask word.
+// The elementwise kernel behind every fake-quant forward and EMA observe
+// pass: warp tiles of 32 x kTileItems elements, lane l taking elements l,
+// l+32, ... so each load and store is one coalesced 128-byte transaction per
+// warp. Any pointer alignment and any n work without a separate tail path, and
+// each group of 32 elements is one __ballot_sync, which is exactly one packed
+// mask word.
 #pragma once
 
 #include <cstdint>
@@ -19,19 +20,29 @@ inline constexpr int kTileItems = 8;
 inline constexpr std::int64_t kTileElems = 32 * kTileItems;
 inline constexpr unsigned kFullWarp = 0xffffffffu;
 
+/// Base of the quantizers that quantize x itself: the input hook is the
+/// identity. (A fused quantizer computes v = f(x, params) there instead.)
+struct PlainInput {
+  template <class Params>
+  __device__ static float input(float x, const Params&) {
+    return x;
+  }
+};
+
 /// Per-thread min/max tracker of an observer that does nothing.
 struct NoObserver {
   __device__ void observe(float) {}
   __device__ void commit() {}
 };
 
-/// y = quantizer.apply(x) for n elements, writing the STE mask planes when
-/// `mask` is set, and feeding each element to `observer`.
+/// v = quantizer.input(x), y = quantizer.apply(v) for n elements, writing y
+/// when `y` is set (a null y makes an observe-only pass), the STE mask planes
+/// of v when `mask` is set, and feeding each v to `observer`.
 ///
-/// Quantizer: Params params(channel); float apply(x, p); bool plane0(x, p);
-/// bool plane1(x, p) (sides only). Per-channel params are recomputed only
-/// when a lane's channel changes, so per channel costs what per tensor does
-/// for any inner >= 32.
+/// Quantizer: Params params(channel); float input(x, p) (PlainInput: x);
+/// float apply(v, p); bool plane0(v, p); bool plane1(v, p) (sides only).
+/// Per-channel params are recomputed only when a lane's channel changes, so
+/// per channel costs what per tensor does for any inner >= 32.
 template <bool kPerChannel, MaskFormat kFormat, class Quantizer, class Observer>
 __global__ void __launch_bounds__(256)
     quantize_tiles_kernel(const float* x, float* y, std::uint32_t* mask, std::int64_t n,
@@ -67,16 +78,16 @@ __global__ void __launch_bounds__(256)
         cursor.advance(lane_step, layout.inner, layout.channels);
       }
       const bool valid = i < n;
+      const float v = quantizer.input(xs[k], p);
       if (valid) {
-        y[i] = quantizer.apply(xs[k], p);
-        observer.observe(xs[k]);
+        if (y != nullptr) y[i] = quantizer.apply(v, p);
+        observer.observe(v);
       }
       if (mask != nullptr) {
-        const std::uint32_t word0 = __ballot_sync(kFullWarp, valid && quantizer.plane0(xs[k], p));
+        const std::uint32_t word0 = __ballot_sync(kFullWarp, valid && quantizer.plane0(v, p));
         if (lane == k) my_word = word0;
         if constexpr (kFormat == MaskFormat::sides) {
-          const std::uint32_t word1 =
-              __ballot_sync(kFullWarp, valid && quantizer.plane1(xs[k], p));
+          const std::uint32_t word1 = __ballot_sync(kFullWarp, valid && quantizer.plane1(v, p));
           if (lane == kTileItems + k) my_word = word1;
         }
       }

@@ -109,6 +109,11 @@ class CpuBackend final : public Backend {
                                 bool relu, float* dx, float* d_bias, Workspace workspace) override {
     ref::bias_activation_backward(dy, y, layout, relu, dx, d_bias, workspace);
   }
+  void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
+                                float* y, EmaRangeState* state, const EmaConfig& config,
+                                std::uint32_t* mask) override {
+    ref::bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask);
+  }
   void add(const float* a, const float* b, std::int64_t n, float* y) override {
     ref::add(a, b, n, y);
   }

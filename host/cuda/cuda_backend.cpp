@@ -356,6 +356,11 @@ class CudaBackend final : public Backend {
                                 Workspace workspace) override {
     cuda::bias_activation_backward(dy, y, layout, relu, dx, d_bias, workspace, stream_.get());
   }
+  void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
+                                float* y, EmaRangeState* state, const EmaConfig& config,
+                                std::uint32_t* mask) override {
+    cuda::bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask, stream_.get());
+  }
   void add(const float* a, const float* b, std::int64_t n, float* y) override {
     cuda::add(a, b, n, y, stream_.get());
   }

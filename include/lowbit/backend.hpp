@@ -120,6 +120,10 @@ class Backend {
   virtual void bias_activation_backward(const float* dy, const float* y,
                                         const ChannelLayout& layout, bool relu, float* dx,
                                         float* d_bias, Workspace workspace) = 0;
+  virtual void bias_relu_ema_fake_quant(const float* x, const float* bias,
+                                        const ChannelLayout& layout, float* y,
+                                        EmaRangeState* state, const EmaConfig& config,
+                                        std::uint32_t* mask) = 0;
   virtual void add(const float* a, const float* b, std::int64_t n, float* y) = 0;
   virtual void softmax_cross_entropy(const float* logits, const std::int32_t* labels,
                                      std::int64_t batch, int classes, float* d_logits,

@@ -91,6 +91,14 @@ void bias_activation_backward(const float* dy, const float* y, const ChannelLayo
                               bool relu, float* dx, float* d_bias, Workspace workspace,
                               cudaStream_t stream);
 
+/// See ref::bias_relu_ema_fake_quant. v is recomputed from x in each launch,
+/// never stored. EmaMode::exact: two launches (observe v; quantize v with the
+/// updated range), 12 bytes + mask per element. EmaMode::lagged: one launch,
+/// 8 bytes + mask per element.
+void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
+                              float* y, EmaRangeState* state, const EmaConfig& config,
+                              std::uint32_t* mask, cudaStream_t stream);
+
 /// See ref::add.
 void add(const float* a, const float* b, std::int64_t n, float* y, cudaStream_t stream);
 

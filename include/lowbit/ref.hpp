@@ -112,6 +112,19 @@ void bias_activation(const float* x, const float* bias, const ChannelLayout& lay
 void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
                               bool relu, float* dx, float* d_bias, Workspace workspace);
 
+/// The activation after a Conv2d/Linear in one op: v = relu(x + bias[c]) over
+/// `layout` (bias may be null: no bias), then exactly ema_fake_quant of v
+/// (per tensor; EmaConfig as there, exact or lagged) into y. The
+/// MaskFormat::pass mask (mask_words(layout.size()) words, may be null)
+/// combines both backward steps: bit i = (v_i > 0) && (the STE passes v_i, or
+/// the op is in its identity phase), so ste_backward(dy, mask) is the gradient
+/// with respect to x, and its per-channel sum the bias gradient. y may alias
+/// x. Bit for bit: bias_activation(x, bias, layout, true, v), then
+/// ema_fake_quant(v, y, ..., mask, MaskFormat::pass), then mask &= (v > 0).
+void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
+                              float* y, EmaRangeState* state, const EmaConfig& config,
+                              std::uint32_t* mask);
+
 /// y = a + b over n elements; y may alias a or b.
 void add(const float* a, const float* b, std::int64_t n, float* y);
 
