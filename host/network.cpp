@@ -1,5 +1,6 @@
 #include "network.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
@@ -14,12 +15,23 @@ std::size_t float_bytes(std::int64_t n) { return static_cast<std::size_t>(n) * s
 
 const Node& node_at(const Graph& g, int index) { return g.nodes()[static_cast<std::size_t>(index)]; }
 
-/// The ReLU that a Conv2d/Linear output feeds alone (fused into the layer), or -1.
-int fusable_relu(const Graph& g, const Node& node) {
-  if (node.kind != NodeKind::conv2d && node.kind != NodeKind::linear) return -1;
+/// The single consumer of `node`'s output, or -1.
+int sole_consumer(const Graph& g, const Node& node) {
   const std::vector<int> consumers = g.consumers(node.outputs[0]);
-  if (consumers.size() != 1 || node_at(g, consumers[0]).kind != NodeKind::relu) return -1;
-  return consumers[0];
+  return consumers.size() == 1 ? consumers[0] : -1;
+}
+
+/// The nodes a Conv2d/Linear layer absorbs: the ReLU its output feeds alone,
+/// then the EMA activation quantizer (TensorFlow rounding) that ReLU feeds alone.
+std::vector<int> fused_chain(const Graph& g, const Node& node) {
+  if (node.kind != NodeKind::conv2d && node.kind != NodeKind::linear) return {};
+  const int relu = sole_consumer(g, node);
+  if (relu < 0 || node_at(g, relu).kind != NodeKind::relu) return {};
+  const int quant = sole_consumer(g, node_at(g, relu));
+  if (quant < 0 || node_at(g, quant).kind != NodeKind::fake_quant) return {relu};
+  const auto& a = std::get<FakeQuantAttrs>(node_at(g, quant).attrs);
+  if (a.range == RangeMode::lsq || a.rounding != Rounding::tensorflow) return {relu};
+  return {relu, quant};
 }
 
 bool is_lsq_scale(const Graph& g, TensorId id) {
@@ -31,7 +43,7 @@ bool is_lsq_scale(const Graph& g, TensorId id) {
 
 }  // namespace
 
-Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
+Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool fuse)
     : backend_(backend), batch_(batch) {
   LOWBIT_EXPECTS(batch > 0, "network: batch must be positive");
   const std::vector<Node>& nodes = graph.nodes();
@@ -63,13 +75,16 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
     tensors_.push_back(backend.allocate(float_bytes(n)));
     return tensors_.back().as<float>();
   };
+  const auto chain_of = [&](const Node& node) {
+    return fuse ? fused_chain(graph, node) : std::vector<int>{};
+  };
   const auto elements = [&](TensorId id) {
     const TensorInfo& t = graph.tensor(id);
     return t.role == TensorRole::activation ? batch * t.size() : t.size();
   };
   // Per (consumer, input) gradient where a tensor has several consumers.
   std::map<std::pair<int, TensorId>, float*> grad_part;
-  std::map<int, int> fused;  // ReLU node -> the layer that absorbed it
+  std::map<int, int> fused;  // a node absorbed by a layer -> that layer's node
 
   labels_ = backend.allocate(static_cast<std::size_t>(batch) * sizeof(std::int32_t));
   totals_ = backend.allocate(sizeof(LossTotals));
@@ -80,8 +95,8 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
       if (info.role == TensorRole::label || info.role == TensorRole::loss) continue;
       if (node.kind == NodeKind::flatten) {
         bind[static_cast<std::size_t>(out)] = bind[static_cast<std::size_t>(node.inputs[0])];
-      } else if (fused.count(static_cast<int>(i)) || fusable_relu(graph, node) >= 0) {
-        continue;  // a fused layer writes straight into its ReLU's output
+      } else if (fused.count(static_cast<int>(i)) || !chain_of(node).empty()) {
+        continue;  // a fused layer writes straight into the output of its chain
       } else {
         const std::int64_t n = elements(out);
         Binding& b = bind[static_cast<std::size_t>(out)];
@@ -89,11 +104,11 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
         if (node.kind != NodeKind::input) b.grad = allocate_floats(n);
       }
     }
-    if (const int relu = fusable_relu(graph, node); relu >= 0) {
-      fused[relu] = static_cast<int>(i);
-      const TensorId relu_out = node_at(graph, relu).outputs[0];
-      const std::int64_t n = elements(relu_out);
-      bind[static_cast<std::size_t>(relu_out)] = {allocate_floats(n), allocate_floats(n)};
+    if (const std::vector<int> chain = chain_of(node); !chain.empty()) {
+      for (const int c : chain) fused[c] = static_cast<int>(i);
+      const TensorId out = node_at(graph, chain.back()).outputs[0];
+      const std::int64_t n = elements(out);
+      bind[static_cast<std::size_t>(out)] = {allocate_floats(n), allocate_floats(n)};
     }
     // Several consumers: each writes its own part, summed before this node's backward.
     for (const TensorId out : node.outputs) {
@@ -119,8 +134,8 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
     return b;
   };
   const auto output = [&](int node_index) {
-    const int relu = fusable_relu(graph, node_at(graph, node_index));
-    const TensorId id = node_at(graph, relu >= 0 ? relu : node_index).outputs[0];
+    const std::vector<int> chain = chain_of(node_at(graph, node_index));
+    const TensorId id = node_at(graph, chain.empty() ? node_index : chain.back()).outputs[0];
     return bind[static_cast<std::size_t>(id)];
   };
   const auto with_batch = [&](const std::vector<std::int64_t>& shape) {
@@ -139,8 +154,23 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
   ema_states_ = backend.allocate(static_cast<std::size_t>(ema_count) * sizeof(EmaRangeState));
   for (std::int64_t k = 0; k < ema_count; ++k) backend.ema_state_init(ema_states() + k);
 
+  const auto ema_state_of = [&](const std::string& quantizer) {
+    const auto it = std::find(ema_names_.begin(), ema_names_.end(), quantizer);
+    return ema_states() + (it - ema_names_.begin());
+  };
+  const auto epilogue = [&](const Node& node) {
+    const std::vector<int> chain = chain_of(node);
+    Epilogue e;
+    e.relu = !chain.empty();
+    if (chain.size() == 2) {
+      const Node& quant = node_at(graph, chain[1]);
+      e.quant = &std::get<FakeQuantAttrs>(quant.attrs);
+      e.state = ema_state_of(quant.name);
+    }
+    return e;
+  };
+
   std::map<int, std::size_t> layer_of_node;
-  std::int64_t ema_index = 0;
   for (int i = 0; i < static_cast<int>(nodes.size()); ++i) {
     const Node& node = nodes[static_cast<std::size_t>(i)];
     const std::vector<std::int64_t>& in_shape = graph.tensor(node.inputs.empty() ? 0 : node.inputs[0]).shape;
@@ -154,15 +184,13 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
         const Conv2dShape s{batch, in_shape[0], in_shape[1], in_shape[2],
                             a.out_channels, a.kernel, a.stride, a.padding};
         layer = std::make_unique<WeightedLayer>(node.name, backend, s, input(i, 0), input(i, 1),
-                                                input(i, 2), output(i),
-                                                fusable_relu(graph, node) >= 0);
+                                                input(i, 2), output(i), epilogue(node));
         break;
       }
       case NodeKind::linear: {
         const LinearShape s{batch, in_shape[0], graph.tensor(node.outputs[0]).shape[0]};
         layer = std::make_unique<WeightedLayer>(node.name, backend, s, input(i, 0), input(i, 1),
-                                                input(i, 2), output(i),
-                                                fusable_relu(graph, node) >= 0);
+                                                input(i, 2), output(i), epilogue(node));
         break;
       }
       case NodeKind::relu:
@@ -186,12 +214,13 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
                                                            input(i, 0), labels(), totals());
         break;
       case NodeKind::fake_quant: {
+        if (fused.count(i)) break;
         const auto& a = std::get<FakeQuantAttrs>(node.attrs);
         const bool ema = !a.weights && a.range != RangeMode::lsq;
         layer = std::make_unique<FakeQuantLayer>(
             node.name, backend, a, a.weights ? in_shape : with_batch(in_shape), input(i, 0),
             output(i), node.inputs.size() > 1 ? input(i, 1) : Binding{},
-            ema ? ema_states() + ema_index++ : nullptr);
+            ema ? ema_state_of(node.name) : nullptr);
         break;
       }
     }
@@ -202,7 +231,7 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch)
   }
   LOWBIT_EXPECTS(classes_ > 0, "network: the graph has no SoftmaxCrossEntropy node");
   LOWBIT_EXPECTS(image_shape.size() == 3, "network: the input must be [C, H, W]");
-  for (const auto& [relu, layer] : fused) layer_of_node[relu] = layer_of_node.at(layer);
+  for (const auto& [absorbed, layer] : fused) layer_of_node[absorbed] = layer_of_node.at(layer);
   for (GradientSum& sum : gradient_sums_) {
     const auto it = layer_of_node.find(static_cast<int>(sum.before_layer));
     LOWBIT_EXPECTS(it != layer_of_node.end(),

@@ -24,7 +24,9 @@ struct ParameterSlot {
 
 class Network {
  public:
-  Network(const Graph& graph, Backend& backend, std::int64_t batch);
+  /// `fuse`: let Conv2d/Linear layers absorb the ReLU and EMA fake quant that
+  /// follow them (the default; false runs every node on its own, for tests).
+  Network(const Graph& graph, Backend& backend, std::int64_t batch, bool fuse = true);
 
   void forward(Pass pass);
   /// Gradients of every parameter (overwritten, not accumulated).

@@ -162,6 +162,42 @@ TEST(Layers, EmaFakeQuantTracksTrainingAndFreezesInEvaluation) {
   EXPECT_EQ(after.steps, 3);
 }
 
+/// Fused layers (Conv2d/Linear + ReLU + EMA fake quant in one kernel) give the
+/// same bits as running every node on its own: losses, gradients, ranges.
+TEST(Layers, FusedLayersEqualSeparateNodes) {
+  for (const RangeMode mode : {RangeMode::ema, RangeMode::lagged}) {
+    QuantizeOptions o;
+    o.range = mode;
+    o.quant_delay = 2;
+    const Graph graph = quantize(lenet5(1, 12, 12, 5), o);
+    const auto backend = make_cpu_backend();
+    Network fused(graph, *backend, 3, true), separate(graph, *backend, 3, false);
+    fused.initialize_parameters(9);
+    separate.initialize_parameters(9);
+    for (std::uint32_t step = 0; step < 4; ++step) {
+      for (Network* net : {&fused, &separate}) {
+        feed_random_batch(*backend, *net, 40 + step);
+        backend->fill_zero(net->totals(), sizeof(LossTotals));
+        net->forward(Pass::train);
+        net->backward();
+      }
+      EXPECT_TRUE(test::same_bits(
+          download_floats(*backend, separate.gradients(), separate.parameter_count()),
+          download_floats(*backend, fused.gradients(), fused.parameter_count())))
+          << to_string(mode) << " step " << step;
+      LossTotals a, b;
+      backend->download(&a, separate.totals(), sizeof(a));
+      backend->download(&b, fused.totals(), sizeof(b));
+      EXPECT_EQ(a.loss_sum, b.loss_sum);
+      const std::size_t states = fused.ema_state_names().size();
+      std::vector<EmaRangeState> sa(states), sb(states);
+      backend->download(sa.data(), separate.ema_states(), states * sizeof(EmaRangeState));
+      backend->download(sb.data(), fused.ema_states(), states * sizeof(EmaRangeState));
+      EXPECT_EQ(std::memcmp(sa.data(), sb.data(), states * sizeof(EmaRangeState)), 0);
+    }
+  }
+}
+
 TEST(Layers, BackwardNeedsATrainingForward) {
   const auto backend = make_cpu_backend();
   Network net(quantize(lenet5(1, 12, 12, 3), {}), *backend, 2);

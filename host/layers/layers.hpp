@@ -12,13 +12,21 @@
 
 namespace lowbit {
 
-/// Conv2d or Linear: y = relu?(op(x, w) + b), with the following ReLU fused
-/// when the network finds one.
+/// What follows a Conv2d/Linear inside the same layer: the network fuses the
+/// ReLU it feeds, and an EMA fake quant (TensorFlow rounding) after that ReLU,
+/// into one kernel (bias_relu_ema_fake_quant).
+struct Epilogue {
+  bool relu = false;
+  const FakeQuantAttrs* quant = nullptr;  ///< fused activation quantizer, or null
+  EmaRangeState* state = nullptr;         ///< its observer
+};
+
+/// Conv2d or Linear: y = epilogue(op(x, w) + b).
 class WeightedLayer final : public Layer {
  public:
   using Shape = std::variant<Conv2dShape, LinearShape>;
   WeightedLayer(std::string name, Backend& backend, const Shape& shape, Binding x, Binding w,
-                Binding b, Binding y, bool fused_relu);
+                Binding b, Binding y, const Epilogue& epilogue);
 
  private:
   void forward_impl(Pass pass) override;
@@ -28,7 +36,9 @@ class WeightedLayer final : public Layer {
 
   Shape shape_;
   Binding x_, w_, b_, y_;
-  bool fused_relu_;
+  bool relu_;
+  std::unique_ptr<EmaRange> ema_;  // the fused activation quantizer
+  Buffer mask_;                    // its mask: ReLU and STE in one bit
   Buffer workspace_;
 };
 

@@ -3,12 +3,18 @@
 namespace lowbit {
 
 WeightedLayer::WeightedLayer(std::string name, Backend& backend, const Shape& shape, Binding x,
-                             Binding w, Binding b, Binding y, bool fused_relu)
+                             Binding w, Binding b, Binding y, const Epilogue& epilogue)
     : Layer(std::move(name), backend), shape_(shape), x_(x), w_(w), b_(b), y_(y),
-      fused_relu_(fused_relu) {
+      relu_(epilogue.relu) {
   expect(x.value && w.value && b.value && y.value, "unbound tensor");
   expect(w.grad && b.grad && y.grad, "unbound gradient");
-  workspace_ = backend.allocate(reduction_workspace_bytes(output_layout()));
+  const ChannelLayout layout = output_layout();
+  workspace_ = backend.allocate(reduction_workspace_bytes(layout));
+  if (epilogue.quant != nullptr) {
+    expect(relu_, "a fused activation quantizer follows a fused ReLU");
+    ema_ = std::make_unique<EmaRange>(backend, *epilogue.quant, epilogue.state);
+    mask_ = backend.allocate(static_cast<std::size_t>(mask_words(layout.size())) * 4);
+  }
 }
 
 ChannelLayout WeightedLayer::output_layout() const {
@@ -18,18 +24,29 @@ ChannelLayout WeightedLayer::output_layout() const {
   return {linear.batch, linear.out_features, 1};
 }
 
-void WeightedLayer::forward_impl(Pass) {
+void WeightedLayer::forward_impl(Pass pass) {
   if (const auto* conv = std::get_if<Conv2dShape>(&shape_))
     backend_.conv2d_forward(*conv, x_.value, w_.value, y_.value);
   else
     backend_.linear_forward(std::get<LinearShape>(shape_), x_.value, w_.value, y_.value);
-  backend_.bias_activation(y_.value, b_.value, output_layout(), fused_relu_, y_.value);
+  if (ema_) {
+    const EmaRange::Use use = ema_->for_pass(pass);
+    backend_.bias_relu_ema_fake_quant(y_.value, b_.value, output_layout(), y_.value, use.state,
+                                      use.config, mask_.as<std::uint32_t>());
+  } else {
+    backend_.bias_activation(y_.value, b_.value, output_layout(), relu_, y_.value);
+  }
 }
 
 void WeightedLayer::backward_impl() {
-  // dy becomes the gradient before bias and ReLU, in place.
-  backend_.bias_activation_backward(y_.grad, y_.value, output_layout(), fused_relu_, y_.grad,
-                                    b_.grad, workspace_.as_workspace());
+  const ChannelLayout layout = output_layout();
+  // dy becomes the gradient before the epilogue, in place; then the bias sums.
+  if (ema_) {
+    backend_.ste_backward(y_.grad, mask_.as<std::uint32_t>(), MaskFormat::pass, layout.size(),
+                          y_.grad);
+  }
+  backend_.bias_activation_backward(y_.grad, y_.value, layout, relu_ && !ema_, y_.grad, b_.grad,
+                                    workspace_.as_workspace());
   if (const auto* conv = std::get_if<Conv2dShape>(&shape_))
     backend_.conv2d_backward(*conv, x_.value, w_.value, y_.grad, x_.grad, w_.grad);
   else
