@@ -30,6 +30,7 @@ json to_json(const TrainOptions& o) {
   return {{"model", "lenet5"},
           {"weight_bits", q.weight_bits},
           {"activation_bits", q.activation_bits},
+          {"output_bits", q.output_bits},
           {"ema_decay", q.ema_decay},
           {"quant_delay", q.quant_delay},
           {"freeze_ranges_step", q.freeze_ranges_step},
@@ -62,6 +63,7 @@ TrainOptions from_json(const json& j) {
   QuantizeOptions& q = o.quantize;
   q.weight_bits = j.at("weight_bits").get<int>();
   q.activation_bits = j.at("activation_bits").get<int>();
+  q.output_bits = j.at("output_bits").get<int>();
   q.ema_decay = j.at("ema_decay").get<float>();
   q.quant_delay = j.at("quant_delay").get<std::int64_t>();
   q.freeze_ranges_step = j.at("freeze_ranges_step").get<std::int64_t>();

@@ -331,7 +331,7 @@ int run_train(const TrainCommand& command) {
   DeviceSelection device = choose_device(command.device);
   require_directory(options.data_dir, "data directory");
   std::cout << "training LeNet-5 on " << options.data_dir << ": "
-            << describe_bits(options.quantize.weight_bits, options.quantize.activation_bits)
+            << describe_bits(options.quantize)
             << ", range " << to_string(options.quantize.range) << ", epochs " << options.epochs
             << ", batch " << options.batch
             << (options.resume_path.empty() ? "" : ", resuming from " + options.resume_path)
@@ -339,7 +339,7 @@ int run_train(const TrainCommand& command) {
 
   ProgressPrinter progress(std::cout, ::isatty(STDOUT_FILENO) == 1);
   const TrainReport report = train(options, *device.backend, &progress);
-  print_summary(std::cout, report, options.quantize.range, options.save_path);
+  print_summary(std::cout, report, options.quantize, options.save_path);
   if (!command.metrics_json.empty())
     write_text_atomically(command.metrics_json,
                           train_metrics(report, options.quantize.range).dump(2) + "\n");
@@ -348,16 +348,15 @@ int run_train(const TrainCommand& command) {
 
 int run_eval(const EvalCommand& command) {
   require_file(command.checkpoint, "checkpoint");
-  const std::string data = command.data_option->count() > 0
-                               ? command.data
-                               : checkpoint_options(command.checkpoint).data_dir;
+  const TrainOptions trained = checkpoint_options(command.checkpoint);
+  const std::string data = command.data_option->count() > 0 ? command.data : trained.data_dir;
   require_parent_directory(command.metrics_json, "--metrics-json");
 
   DeviceSelection device = choose_device(command.device);
   require_directory(data, "data directory");
   const EvalReport report = evaluate(command.checkpoint, data, command.limit_test, *device.backend);
   std::cout << "checkpoint: " << command.checkpoint << " ("
-            << describe_bits(report.weight_bits, report.activation_bits) << ")\n"
+            << describe_bits(trained.quantize) << ")\n"
             << "test accuracy " << percent(report.test_accuracy) << " on "
             << group_thousands(static_cast<double>(report.examples)) << " examples of " << data
             << ", loss " << report.loss << '\n';

@@ -46,9 +46,13 @@ std::string duration(double seconds) {
   return text;
 }
 
-std::string describe_bits(int weight_bits, int activation_bits) {
-  if (weight_bits == 0 && activation_bits == 0) return "fp32";
-  return "weights " + bits_name(weight_bits) + ", activations " + bits_name(activation_bits);
+std::string describe_bits(const QuantizeOptions& q) {
+  if (q.weight_bits == 0 && q.activation_bits == 0) return "fp32";
+  std::string text =
+      "weights " + bits_name(q.weight_bits) + ", activations " + bits_name(q.activation_bits);
+  if (q.activation_bits > 0 && q.output_bits != -1 && q.output_bits != q.activation_bits)
+    text += ", logits " + bits_name(q.output_bits);
+  return text;
 }
 
 ProgressPrinter::ProgressPrinter(std::ostream& out, bool interactive)
@@ -96,12 +100,13 @@ void ProgressPrinter::epoch_finished(const EpochReport& report) {
        << std::flush;
 }
 
-void print_summary(std::ostream& out, const TrainReport& report, RangeMode range,
+void print_summary(std::ostream& out, const TrainReport& report, const QuantizeOptions& quantize,
                    const std::string& checkpoint_path) {
+  const RangeMode range = quantize.range;
   const bool quantized = report.weight_bits != 0 || report.activation_bits != 0;
   out << "summary\n"
       << "  device              " << report.device << '\n'
-      << "  bits                " << describe_bits(report.weight_bits, report.activation_bits)
+      << "  bits                " << describe_bits(quantize)
       << '\n'
       << "  range               " << (quantized ? to_string(range) : "none (fp32)") << '\n'
       << "  test accuracy       " << percent(report.test_accuracy) << '\n'

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "lowbit/graph.hpp"
+#include "lowbit/quantize.hpp"
 #include "lowbit/trainer.hpp"
 
 namespace lowbit::cli {
@@ -21,9 +22,9 @@ std::string percent(double fraction);
 /// "12.3 s", "4m05s" or "1h02m".
 std::string duration(double seconds);
 
-/// "weights 4-bit, activations 8-bit" (0 bits reads "fp32"), or "fp32" when
-/// neither is quantized.
-std::string describe_bits(int weight_bits, int activation_bits);
+/// "weights 4-bit, activations 4-bit, logits 8-bit" (0 bits reads "fp32";
+/// logits only where their width differs), or "fp32" when nothing is quantized.
+std::string describe_bits(const QuantizeOptions& quantize);
 
 /// Shows training progress. On a terminal, a bar with images/s, loss and ETA
 /// is redrawn in place; otherwise (a log file, a pipe) every update is one
@@ -55,7 +56,7 @@ class ProgressPrinter final : public TrainObserver {
 
 /// The block printed after training: device, widths, range mode, final test
 /// accuracy, throughput, skipped EMA batches and the checkpoint, if any.
-void print_summary(std::ostream& out, const TrainReport& report, RangeMode range,
+void print_summary(std::ostream& out, const TrainReport& report, const QuantizeOptions& quantize,
                    const std::string& checkpoint_path);
 
 }  // namespace lowbit::cli

@@ -18,6 +18,7 @@ bool is_layer(NodeKind kind) { return kind == NodeKind::conv2d || kind == NodeKi
 void check_options(const Graph& graph, const QuantizeOptions& o) {
   check_bits(o.weight_bits, "weight_bits");
   check_bits(o.activation_bits, "activation_bits");
+  if (o.output_bits != -1) check_bits(o.output_bits, "output_bits");
   LOWBIT_EXPECTS(o.ema_decay >= 0.0f && o.ema_decay < 1.0f,
                  "quantize: ema_decay must be in [0, 1)");
   LOWBIT_EXPECTS(o.quant_delay >= 0, "quantize: quant_delay must be >= 0");
@@ -41,8 +42,16 @@ void check_options(const Graph& graph, const QuantizeOptions& o) {
                    "quantize: the graph is already quantized (node '" + node.name + "')");
 }
 
-LayerBits resolve_bits(const QuantizeOptions& o, const std::string& layer) {
+/// Whether `t` feeds the loss (it is the logits).
+bool feeds_loss(const Graph& g, TensorId t) {
+  for (const int c : g.consumers(t))
+    if (g.nodes()[static_cast<std::size_t>(c)].kind == NodeKind::softmax_cross_entropy) return true;
+  return false;
+}
+
+LayerBits resolve_bits(const QuantizeOptions& o, const std::string& layer, bool logits) {
   LayerBits bits{o.weight_bits, o.activation_bits};
+  if (logits && o.activation_bits > 0 && o.output_bits != -1) bits.activation_bits = o.output_bits;
   if (const auto it = o.layer_bits.find(layer); it != o.layer_bits.end()) {
     if (it->second.weight_bits != -1) bits.weight_bits = it->second.weight_bits;
     if (it->second.activation_bits != -1) bits.activation_bits = it->second.activation_bits;
@@ -107,7 +116,7 @@ Graph quantize(const Graph& graph, const QuantizeOptions& options) {
     const Node node = g.nodes()[static_cast<std::size_t>(g.find_node(name))];
     const TensorId out = node.outputs[0];
     if (is_layer(node.kind)) {
-      const LayerBits bits = resolve_bits(options, name);
+      const LayerBits bits = resolve_bits(options, name, feeds_loss(g, out));
       if (bits.weight_bits > 0)
         g.insert_fake_quant(name + "/weight_quant", node.inputs[1],
                             weight_attrs(options, bits.weight_bits), {g.find_node(name)});

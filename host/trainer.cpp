@@ -66,6 +66,7 @@ void check_resumable(const TrainOptions& now, const TrainOptions& saved, const s
   const QuantizeOptions& b = saved.quantize;
   same(a.weight_bits == b.weight_bits, "--weight-bits");
   same(a.activation_bits == b.activation_bits, "--act-bits");
+  same(a.output_bits == b.output_bits, "logit width");
   same(a.ema_decay == b.ema_decay, "--ema-decay");
   same(a.quant_delay == b.quant_delay, "--quant-delay");
   same(a.range == b.range, "--range");

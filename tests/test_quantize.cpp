@@ -74,6 +74,10 @@ TEST(Quantize, LeNet5NodeByNode) {
   EXPECT_EQ(a.quant_delay, 7);
   EXPECT_FLOAT_EQ(a.ema_decay, 0.999f);
   EXPECT_TRUE(quant_attrs(g, "fc3/act_quant").is_signed);
+  EXPECT_EQ(quant_attrs(g, "fc3/act_quant").bits, 8) << "logits keep output_bits";
+  EXPECT_EQ(quant_attrs(g, "relu4/act_quant").bits, 4);
+  o.output_bits = -1;
+  EXPECT_EQ(quant_attrs(quantize(lenet5(), o), "fc3/act_quant").bits, 4);
 }
 
 /// in -> c1 -> r1 -> p1 -> c2 -> add(p1, c2) -> r2 -> flatten -> fc -> loss
@@ -169,7 +173,7 @@ TEST(Quantize, PerLayerOverridesGiveMixedPrecision) {
   EXPECT_EQ(quant_attrs(g, "relu1/act_quant").bits, 8);  // through the ReLU
   EXPECT_EQ(quant_attrs(g, "conv2/weight_quant").bits, 2);
   EXPECT_EQ(quant_attrs(g, "fc3/weight_quant").bits, 8);
-  EXPECT_EQ(quant_attrs(g, "fc3/act_quant").bits, 2);  // -1 keeps the global width
+  EXPECT_EQ(quant_attrs(g, "fc3/act_quant").bits, 8);  // -1 keeps output_bits for logits
   EXPECT_LT(g.find_node("fc2/weight_quant"), 0);
   EXPECT_LT(g.find_node("relu4/act_quant"), 0);
 }
@@ -209,6 +213,9 @@ TEST(Quantize, RejectsBadOptions) {
   rejects(o);
   o = {};
   o.layer_bits["conv1"] = {1, 8};
+  rejects(o);
+  o = {};
+  o.output_bits = 17;
   rejects(o);
   o = {};
   o.rounding = Rounding::pytorch;

@@ -21,6 +21,11 @@ struct QuantizeOptions {
   /// 2..16, or 0 to leave weights (activations) in float.
   int weight_bits = 4;
   int activation_bits = 4;
+  /// Width of the quantizer on the logits (the tensor the loss reads) when
+  /// activations are quantized at all; -1 uses activation_bits. 8 by default,
+  /// as TensorFlow Lite keeps model outputs at 8 bits: 16 or 4 logit levels
+  /// would decide the argmax, and cost 4 points of accuracy at 4 bits.
+  int output_bits = 8;
   float ema_decay = 0.999f;
   /// Training steps during which activations pass through unquantized while
   /// their ranges already track (TensorFlow's quant_delay).
@@ -44,6 +49,7 @@ struct QuantizeOptions {
 ///    layer output where no ReLU follows;
 ///  - both inputs of an Add are fake-quantized (unless already) and so is its
 ///    output unless a ReLU follows.
+/// A per-layer override beats output_bits, which beats activation_bits.
 /// Layers whose width resolves to 0 stay float. Throws lowbit::Error for
 /// widths outside {0, 2..16}, an override naming no Conv2d/Linear layer, a
 /// decay outside [0, 1), a negative delay, or a graph that already holds
