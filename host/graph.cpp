@@ -156,8 +156,8 @@ TensorId Graph::insert_fake_quant(const std::string& name, TensorId x,
                  "graph: fake_quant '" + name + "' weights flag does not match its input");
   LOWBIT_EXPECTS(in.role == TensorRole::parameter || in.role == TensorRole::activation,
                  "graph: fake_quant '" + name + "' needs a weight or activation input");
-  LOWBIT_EXPECTS(!attrs.weights || attrs.range != RangeMode::lsq,
-                 "graph: fake_quant '" + name + "': weights use last-value ranges, not lsq");
+  LOWBIT_EXPECTS(!attrs.weights || attrs.range != RangeMode::lagged,
+                 "graph: fake_quant '" + name + "': weights use last-value or lsq ranges");
   LOWBIT_EXPECTS(!consumers.empty(), "graph: fake_quant '" + name + "' has no consumer");
   int position = static_cast<int>(nodes_.size());
   for (const int c : consumers) {
@@ -169,8 +169,10 @@ TensorId Graph::insert_fake_quant(const std::string& name, TensorId x,
     LOWBIT_EXPECTS(other.name != name, "graph: duplicate node name '" + name + "'");
 
   Node node{NodeKind::fake_quant, name, {x}, {}, attrs};
-  if (!attrs.weights && attrs.range == RangeMode::lsq)
-    node.inputs.push_back(add_tensor(name + ".scale", {1}, TensorRole::parameter));
+  if (attrs.range == RangeMode::lsq) {  // one step size per channel (weights) or tensor
+    const std::int64_t steps = attrs.weights && attrs.per_channel ? in.shape[0] : 1;
+    node.inputs.push_back(add_tensor(name + ".scale", {steps}, TensorRole::parameter));
+  }
   const TensorId y = add_tensor(name + ".out", in.shape,
                                 attrs.weights ? TensorRole::derived : TensorRole::activation);
   node.outputs.push_back(y);

@@ -65,8 +65,9 @@ FakeQuantAttrs weight_attrs(const QuantizeOptions& o, int bits) {
   a.bits = bits;
   a.per_channel = o.per_channel;
   a.symmetric = o.symmetric_weights;
-  a.narrow_range = o.symmetric_weights;
+  a.narrow_range = o.symmetric_weights && o.range != RangeMode::lsq;
   a.rounding = o.rounding;
+  if (o.range == RangeMode::lsq) a.range = RangeMode::lsq;  // LSQ learns weight steps too
   return a;
 }
 

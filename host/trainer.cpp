@@ -221,8 +221,7 @@ TrainReport train(const TrainOptions& options, Backend& backend, TrainObserver* 
   TrainProgress progress;
   if (options.resume_path.empty()) {
     session.network().initialize_parameters(options.seed);
-    if (options.quantize.range == RangeMode::lsq && options.quantize.activation_bits > 0)
-      session.calibrate();
+    if (options.quantize.range == RangeMode::lsq) session.calibrate();
   } else {
     restore_checkpoint(resumed, session.network(), backend, session.velocity());
     progress = resumed.progress;

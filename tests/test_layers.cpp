@@ -216,7 +216,8 @@ TEST(Layers, ParametersAreFlatWithScalesLast) {
   o.range = RangeMode::lsq;
   Network net(quantize(lenet5(), o), *backend, 1);
   EXPECT_EQ(net.decayed_count(), 61706);
-  EXPECT_EQ(net.parameter_count(), 61706 + 5);  // one step size per activation quantizer
+  // One step size per activation quantizer and per output channel of the weights.
+  EXPECT_EQ(net.parameter_count(), 61706 + 5 + (6 + 16 + 120 + 84 + 10));
   EXPECT_EQ(net.parameter_slots().back().name, "fc3/act_quant.scale");
   EXPECT_TRUE(net.ema_state_names().empty());
   Network ema(quantize(lenet5(), {}), *backend, 1);
@@ -247,6 +248,41 @@ TEST(Layers, InitializationFollowsPyTorchBounds) {
   Network again(lenet5(), *backend, 1);
   again.initialize_parameters(42);
   EXPECT_TRUE(test::same_bits(p, download_floats(*backend, again.parameters(), again.parameter_count())));
+}
+
+}  // namespace
+}  // namespace lowbit
+
+namespace lowbit {
+namespace {
+
+/// The whole float network on the GPU against the CPU: cuDNN and cuBLAS sum in
+/// other orders than the CPU's loops, so losses and gradients agree to a
+/// stated tolerance (1e-4 relative), not bit for bit.
+TEST(GpuLayers, FloatNetworkMatchesTheCpu) {
+  LOWBIT_REQUIRE_GPU();
+  const auto cpu = make_cpu_backend();
+  const auto gpu = make_cuda_backend();
+  const Graph graph = lenet5();
+  Network a(graph, *cpu, 16), b(graph, *gpu, 16);
+  a.initialize_parameters(5);
+  b.initialize_parameters(5);
+  for (auto [backend, net] : {std::pair{cpu.get(), &a}, std::pair{gpu.get(), &b}}) {
+    feed_random_batch(*backend, *net, 77);
+    backend->fill_zero(net->totals(), sizeof(LossTotals));
+    net->forward(Pass::train);
+    net->backward();
+  }
+  LossTotals ta, tb;
+  cpu->download(&ta, a.totals(), sizeof(ta));
+  gpu->download(&tb, b.totals(), sizeof(tb));
+  EXPECT_NEAR(ta.loss_sum, tb.loss_sum, 1e-4 * std::fabs(ta.loss_sum));
+  const std::vector<float> ga = download_floats(*cpu, a.gradients(), a.parameter_count());
+  const std::vector<float> gb = download_floats(*gpu, b.gradients(), b.parameter_count());
+  double scale = 0.0;
+  for (const float g : ga) scale = std::max(scale, static_cast<double>(std::fabs(g)));
+  for (std::size_t i = 0; i < ga.size(); ++i)
+    ASSERT_NEAR(ga[i], gb[i], 1e-4 * scale) << "gradient " << i;
 }
 
 }  // namespace

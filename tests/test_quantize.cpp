@@ -178,16 +178,22 @@ TEST(Quantize, PerLayerOverridesGiveMixedPrecision) {
   EXPECT_LT(g.find_node("relu4/act_quant"), 0);
 }
 
-TEST(Quantize, LsqAddsAScaleParameter) {
+TEST(Quantize, LsqAddsStepSizeParameters) {
   QuantizeOptions o;
   o.range = RangeMode::lsq;
   const Graph g = quantize(lenet5(), o);
-  const Node& node = g.nodes()[static_cast<std::size_t>(g.find_node("relu1/act_quant"))];
-  ASSERT_EQ(node.inputs.size(), 2u);
-  EXPECT_EQ(g.tensor(node.inputs[1]).name, "relu1/act_quant.scale");
-  EXPECT_EQ(g.tensor(node.inputs[1]).role, TensorRole::parameter);
-  EXPECT_EQ(quant_attrs(g, "conv1/weight_quant").range, RangeMode::ema)
-      << "weights keep last-value ranges";
+  const auto scale_of = [&](const char* quantizer) {
+    const Node& node = g.nodes()[static_cast<std::size_t>(g.find_node(quantizer))];
+    EXPECT_EQ(node.inputs.size(), 2u) << quantizer;
+    return g.tensor(node.inputs.back());
+  };
+  EXPECT_EQ(scale_of("relu1/act_quant").name, "relu1/act_quant.scale");
+  EXPECT_EQ(scale_of("relu1/act_quant").shape, std::vector<std::int64_t>{1});
+  EXPECT_EQ(scale_of("relu1/act_quant").role, TensorRole::parameter);
+  // Weights learn one step per output channel, on a full signed grid.
+  EXPECT_EQ(scale_of("conv2/weight_quant").shape, std::vector<std::int64_t>{16});
+  EXPECT_EQ(quant_attrs(g, "conv2/weight_quant").range, RangeMode::lsq);
+  EXPECT_FALSE(quant_attrs(g, "conv2/weight_quant").narrow_range);
 }
 
 TEST(Quantize, RejectsBadOptions) {

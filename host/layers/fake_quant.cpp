@@ -11,7 +11,9 @@ std::int64_t element_count(const std::vector<std::int64_t>& shape) {
 
 /// The integer grid of an affine (pytorch) or LSQ quantizer.
 AffineQuant affine_grid(const FakeQuantAttrs& a) {
-  if (a.weights ? !a.symmetric : !a.is_signed) return AffineQuant::unsigned_bits(a.bits);
+  // LSQ steps have no zero point, so LSQ weights are always on a signed grid.
+  const bool is_signed = a.weights ? a.symmetric || a.range == RangeMode::lsq : a.is_signed;
+  if (!is_signed) return AffineQuant::unsigned_bits(a.bits);
   AffineQuant q = AffineQuant::signed_bits(a.bits);
   if (a.narrow_range) q.qmin += 1;
   return q;
@@ -28,24 +30,24 @@ FakeQuantLayer::FakeQuantLayer(std::string name, Backend& backend, const FakeQua
       x_(x), y_(y), scale_(scale) {
   expect(x.value && y.value && y.grad, "unbound tensor");
   const std::size_t channels = static_cast<std::size_t>(layout_.channels);
-  const bool lsq = !attrs.weights && attrs.range == RangeMode::lsq;
+  const bool lsq = attrs.range == RangeMode::lsq;
   if (lsq) {
     expect(scale.value && scale.grad, "an lsq quantizer needs its scale parameter");
   } else {
     mask_ = backend.allocate(static_cast<std::size_t>(mask_words(layout_.size())) * 4);
   }
   if (!attrs.weights && !lsq) ema_ = std::make_unique<EmaRange>(backend, attrs, state);
-  if (attrs.weights) range_ = backend.allocate(2 * channels * sizeof(float));
+  if (attrs.weights && !lsq) range_ = backend.allocate(2 * channels * sizeof(float));
   if (attrs.weights || lsq) workspace_ = backend.allocate(reduction_workspace_bytes(layout_));
   if (attrs.rounding == Rounding::pytorch)
     affine_ = backend.allocate(channels * (sizeof(float) + sizeof(std::int32_t)));
 }
 
 void FakeQuantLayer::forward_impl(Pass pass) {
-  if (attrs_.weights) {
-    forward_weights();
-  } else if (attrs_.range == RangeMode::lsq) {
+  if (attrs_.range == RangeMode::lsq) {
     forward_lsq(pass);
+  } else if (attrs_.weights) {
+    forward_weights();
   } else {
     forward_ema(pass);
   }
@@ -95,7 +97,7 @@ void FakeQuantLayer::forward_lsq(Pass pass) {
 }
 
 void FakeQuantLayer::backward_impl() {
-  if (!attrs_.weights && attrs_.range == RangeMode::lsq) {
+  if (attrs_.range == RangeMode::lsq) {
     expect(x_.grad != nullptr, "an lsq quantizer needs its input gradient");
     backend_.lsq_backward(y_.grad, x_.value, layout_, scale_.value, affine_grid(attrs_), x_.grad,
                           scale_.grad, workspace_.as_workspace());

@@ -52,12 +52,13 @@ struct Pool2dAttrs {
   std::int64_t kernel = 2, stride = 2;
 };
 
-/// How a range is obtained for activations (weights always use the current
-/// min/max of the weights, TensorFlow's "last value").
+/// How a quantizer gets its range. Weights use the current min/max of the
+/// weights (TensorFlow's "last value") under ema and lagged, and learned
+/// step sizes under lsq.
 enum class RangeMode {
   ema,     ///< TensorFlow: EMA of batch min/max, updated then used (exact)
   lagged,  ///< EMA used before this batch's update: one pass over x
-  lsq,     ///< learned step size (LSQ), a trained parameter per quantizer
+  lsq,     ///< learned step size (LSQ, Esser et al.): a trained scale per channel or tensor
 };
 
 /// Which grid and rounding a quantizer uses.
