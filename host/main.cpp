@@ -90,6 +90,7 @@ struct TrainCommand {
   bool graph = false;
   bool eager = false;
   std::string metrics_json;
+  const CLI::Option* range_option = nullptr;
   std::vector<std::pair<const CLI::Option*, std::function<void(TrainOptions&)>>> overrides;
 };
 
@@ -173,11 +174,13 @@ void add_train_command(CLI::App& app, TrainCommand& command) {
       ->check(kNonNegative);
   CLI::Option* range =
       sub.add_option("--range", command.range,
-                     "activation ranges: ema (TensorFlow's EMA of min/max), lagged (the EMA "
-                     "from before the batch, one pass), lsq (learned step size)")
+                     "ranges: ema (TensorFlow's EMA of activation min/max, weight max), "
+                     "lagged (the EMA from before the batch, one pass), lsq (learned step "
+                     "sizes for weights and activations); default: ema at 4 bits and more, "
+                     "lsq below")
           ->type_name("MODE")
-          ->check(CLI::IsMember(range_names()))
-          ->capture_default_str();
+          ->check(CLI::IsMember(range_names()));
+  command.range_option = range;
   command.overrides.emplace_back(
       range, [&command](TrainOptions& o) { o.quantize.range = range_from_name(command.range); });
   add_train_option(command, "--seed", "N", "seed of the initialisation and the shuffling",
@@ -323,6 +326,9 @@ int run_train(const TrainCommand& command) {
       given.resume_path.empty() ? TrainOptions{} : checkpoint_options(given.resume_path);
   for (const auto& [option, apply] : command.overrides)
     if (option->count() > 0) apply(options);
+  if (given.resume_path.empty() && command.range_option->count() == 0)
+    options.quantize.range =
+        recommended_range(options.quantize.weight_bits, options.quantize.activation_bits);
   options.save_path = given.save_path;
   options.resume_path = given.resume_path;
   require_parent_directory(options.save_path, "--save");

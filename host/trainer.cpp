@@ -15,6 +15,11 @@ QuantizeOptions default_train_quantization() {
   return q;
 }
 
+RangeMode recommended_range(int weight_bits, int activation_bits) {
+  const auto low = [](int bits) { return bits > 0 && bits < 4; };
+  return low(weight_bits) || low(activation_bits) ? RangeMode::lsq : RangeMode::ema;
+}
+
 DeviceSelection select_device(DeviceChoice choice) {
   switch (choice) {
     case DeviceChoice::cpu: return {make_cpu_backend(), "requested with --device cpu"};

@@ -359,5 +359,23 @@ TEST_F(CliTrain, ResumeTakesTheOptionsNotGivenFromTheCheckpoint) {
   EXPECT_TRUE(one_error_line(conflicting));
 }
 
+TEST_F(CliTrain, RangeDefaultsToLsqBelowFourBits) {
+  LOWBIT_REQUIRE_DATASET();
+  const auto range_of = [&](std::vector<std::string> extra) {
+    const std::string metrics = path("range.json");
+    std::vector<std::string> args = {"train", "--device", "cpu", "--epochs", "1", "--limit-train",
+                                     "128", "--limit-test", "64", "--batch", "64",
+                                     "--metrics-json", metrics};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const CliResult result = run(args);
+    EXPECT_EQ(result.status, 0) << result.err;
+    return read_json(metrics).at("range").get<std::string>();
+  };
+  EXPECT_EQ(range_of({}), "ema");
+  EXPECT_EQ(range_of({"--weight-bits", "2", "--act-bits", "2"}), "lsq");
+  EXPECT_EQ(range_of({"--weight-bits", "8", "--act-bits", "3"}), "lsq");
+  EXPECT_EQ(range_of({"--weight-bits", "2", "--act-bits", "2", "--range", "ema"}), "ema");
+}
+
 }  // namespace
 }  // namespace lowbit

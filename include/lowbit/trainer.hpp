@@ -33,6 +33,13 @@ DeviceSelection select_device(DeviceChoice choice);
 /// activation ranges settle before they quantize.
 QuantizeOptions default_train_quantization();
 
+/// The range mode lowbit recommends for these widths: ema (TensorFlow's
+/// recipe) when every quantized width is 4 bits or more, lsq below: with
+/// max-based ranges ternary weights diverge at lr 0.05, and learned steps
+/// keep 2-bit LeNet-5 within a few points of fp32. `lowbit train` uses it
+/// unless --range is given.
+RangeMode recommended_range(int weight_bits, int activation_bits);
+
 struct TrainOptions {
   std::string data_dir = kDefaultDataDirectory;
   /// weight_bits = activation_bits = 0: plain fp32.
