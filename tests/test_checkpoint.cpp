@@ -15,10 +15,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string temp_path(const std::string& name) {
-  return (fs::path(::testing::TempDir()) / ("lowbit_checkpoint_" + name)).string();
-}
-
 TrainOptions tiny_run(RangeMode mode) {
   TrainOptions o;
   o.data_dir = test::fashion_mnist_dir();
@@ -60,11 +56,11 @@ TEST_P(CheckpointResume, ContinuesBitIdentically) {
   const auto cpu = make_cpu_backend();
   TrainOptions straight = tiny_run(GetParam());
   straight.epochs = 3;
-  straight.save_path = temp_path("straight");
+  straight.save_path = test::temp_path("straight");
   train(straight, *cpu, nullptr);
 
   TrainOptions first = tiny_run(GetParam());
-  first.save_path = temp_path("resumed");
+  first.save_path = test::temp_path("resumed");
   train(first, *cpu, nullptr);
   EXPECT_EQ(read_checkpoint(first.save_path).progress.epochs_done, 1);
   TrainOptions rest = tiny_run(GetParam());
@@ -87,7 +83,7 @@ TEST(Checkpoint, EvaluationReproducesTheTrainingRunsAccuracy) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   const auto cpu = make_cpu_backend();
   TrainOptions o = tiny_run(RangeMode::ema);
-  o.save_path = temp_path("eval");
+  o.save_path = test::temp_path("eval");
   const TrainReport trained = train(o, *cpu, nullptr);
   const EvalReport evaluated = evaluate(o.save_path, o.data_dir, o.limit_test, *cpu);
   EXPECT_EQ(evaluated.test_accuracy, trained.test_accuracy);
@@ -106,10 +102,10 @@ TEST(Checkpoint, CorruptionIsDetectedAndThePreviousFileSurvives) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   const auto cpu = make_cpu_backend();
   TrainOptions o = tiny_run(RangeMode::ema);
-  o.save_path = temp_path("good");
+  o.save_path = test::temp_path("good");
   train(o, *cpu, nullptr);
   const std::vector<std::uint8_t> good = file_bytes(o.save_path);
-  const std::string bad = temp_path("bad");
+  const std::string bad = test::temp_path("bad");
 
   std::vector<std::uint8_t> flipped = good;
   flipped[flipped.size() / 2] ^= 0x10;
@@ -125,7 +121,7 @@ TEST(Checkpoint, CorruptionIsDetectedAndThePreviousFileSurvives) {
 
   // A save that cannot complete leaves the last good checkpoint in place.
   TrainOptions failing = o;
-  failing.save_path = temp_path("no_such_dir") + "/checkpoint.safetensors";
+  failing.save_path = test::temp_path("no_such_dir") + "/checkpoint.safetensors";
   EXPECT_THROW(train(failing, *cpu, nullptr), Error);
   EXPECT_TRUE(file_bytes(o.save_path) == good);
   EXPECT_NO_THROW(evaluate(o.save_path, o.data_dir, 64, *cpu));
@@ -137,7 +133,7 @@ TEST(Checkpoint, ResumeRejectsDifferentTrainingOptions) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   const auto cpu = make_cpu_backend();
   TrainOptions o = tiny_run(RangeMode::ema);
-  o.save_path = temp_path("options");
+  o.save_path = test::temp_path("options");
   train(o, *cpu, nullptr);
   TrainOptions other = o;
   other.resume_path = o.save_path;

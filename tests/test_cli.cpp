@@ -20,6 +20,7 @@
 #include "lowbit/data.hpp"
 #include "lowbit/graph.hpp"
 #include "lowbit/trainer.hpp"
+#include "test_util.hpp"
 
 namespace lowbit {
 namespace {
@@ -74,9 +75,7 @@ bool dataset_present() {
 class Cli : public ::testing::Test {
  protected:
   void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           ("lowbit_cli_" + std::to_string(::getpid()) + "_" + info->name());
+    dir_ = test::temp_path("dir");
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }

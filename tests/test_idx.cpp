@@ -67,11 +67,7 @@ std::string error_of(F&& load) {
 class IdxTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::string name = std::string("lowbit_") + info->test_suite_name() + "_" + info->name() + "_" +
-                       std::to_string(getpid());
-    std::replace(name.begin(), name.end(), '/', '_');
-    dir_ = fs::path(::testing::TempDir()) / name;
+    dir_ = test::temp_path("dir");
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }

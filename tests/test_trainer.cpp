@@ -48,10 +48,6 @@ class Recorder : public TrainObserver {
   std::int64_t total_epochs = 0, steps_per_epoch = 0, last_step = 0;
 };
 
-std::string temp_path(const std::string& name) {
-  return (fs::path(::testing::TempDir()) / ("lowbit_trainer_" + name)).string();
-}
-
 TEST(Trainer, LearnsFashionMnistAt4BitsOnTheCpu) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   TrainOptions o = small_run(4, 3072);
@@ -80,7 +76,7 @@ TEST(Trainer, EveryRangeModeAndWidthTrains) {
   const auto cpu = make_cpu_backend();
   for (const RangeMode mode : {RangeMode::ema, RangeMode::lagged, RangeMode::lsq}) {
     for (const int bits : {0, 2, 8}) {
-      TrainOptions o = small_run(bits, 2048);
+      TrainOptions o = small_run(bits, 3072);
       o.quantize.range = mode;
       const TrainReport r = train(o, *cpu, nullptr);
       EXPECT_GT(r.test_accuracy, 0.35) << to_string(mode) << " " << bits << " bits";
@@ -95,7 +91,7 @@ TEST(Trainer, SameSeedGivesIdenticalWeights) {
   const auto weights = [&](std::uint64_t seed, const std::string& name) {
     TrainOptions o = small_run(4);
     o.seed = seed;
-    o.save_path = temp_path(name);
+    o.save_path = test::temp_path(name);
     train(o, *cpu, nullptr);
     std::vector<std::uint8_t> all;
     for (const auto& t : read_checkpoint(o.save_path).file.tensors)
@@ -117,7 +113,7 @@ TEST(Trainer, RejectsBadOptionsAndData) {
   o.sgd.momentum = 1.0f;
   EXPECT_THROW(train(o, *cpu, nullptr), Error);
   o = small_run(4);
-  o.data_dir = temp_path("no_such_directory");
+  o.data_dir = test::temp_path("no_such_directory");
   try {
     train(o, *cpu, nullptr);
     ADD_FAILURE() << "missing data must throw";
@@ -137,7 +133,7 @@ TEST(GpuTrainer, GraphAndEagerAreBitIdenticalAndDeterministic) {
   const auto run = [&](bool graph, const std::string& name) {
     TrainOptions o = small_run(4, 2048);
     o.use_graph = graph;
-    o.save_path = temp_path(name);
+    o.save_path = test::temp_path(name);
     const TrainReport r = train(o, *gpu, nullptr);
     std::vector<std::uint8_t> all;
     for (const auto& t : read_checkpoint(o.save_path).file.tensors)

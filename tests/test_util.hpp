@@ -4,6 +4,7 @@
 
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -89,6 +90,18 @@ inline std::string fashion_mnist_dir() {
   if (!std::filesystem::exists(::lowbit::test::fashion_mnist_dir() + "/t10k-labels-idx1-ubyte") && \
       !std::filesystem::exists(::lowbit::test::fashion_mnist_dir() + "/t10k-labels-idx1-ubyte.gz")) \
   GTEST_SKIP() << "Fashion-MNIST is not installed at " << ::lowbit::test::fashion_mnist_dir()
+
+/// A scratch path unique to this process and test, so that tests running in
+/// parallel (ctest -j) never share a file.
+inline std::string temp_path(const std::string& name) {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string test = std::string(info->test_suite_name()) + "_" + info->name();
+  for (char& c : test)
+    if (c == '/') c = '_';
+  return (std::filesystem::path(::testing::TempDir()) /
+          ("lowbit_" + std::to_string(::getpid()) + "_" + test + "_" + name))
+      .string();
+}
 
 using cuda::DeviceBuffer;
 
