@@ -74,15 +74,6 @@ bool dataset_present() {
 
 class Cli : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = test::temp_path("dir");
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
 
   CliResult run(const std::vector<std::string>& args) const {
     std::string command = quoted(LOWBIT_CLI_PATH);
@@ -100,7 +91,8 @@ class Cli : public ::testing::Test {
 
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
 
-  fs::path dir_;
+  test::ScratchDirectory scratch_;
+  fs::path dir_ = scratch_.path();
 };
 
 using CliHelp = Cli;

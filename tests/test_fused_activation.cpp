@@ -26,6 +26,7 @@ namespace {
 using test::DeviceBuffer;
 using test::random_values;
 using test::same_bits;
+using test::throws_mentioning;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -274,18 +275,6 @@ TEST(FusedActivation, EmptyTensorDoesNothing) {
   }
 }
 
-/// Runs f and checks that it throws lowbit::Error mentioning `needle`.
-template <class F>
-::testing::AssertionResult throws_mentioning(F&& f, const std::string& needle) {
-  try {
-    f();
-  } catch (const Error& e) {
-    if (std::string(e.what()).find(needle) != std::string::npos)
-      return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << "\"" << e.what() << "\" lacks \"" << needle << "\"";
-  }
-  return ::testing::AssertionFailure() << "no lowbit::Error";
-}
 
 // Both namespaces reject the same arguments before writing anything (the
 // CUDA checks run on the host, so host pointers stand in here).

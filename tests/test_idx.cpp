@@ -66,15 +66,6 @@ std::string error_of(F&& load) {
 // Each test gets its own directory: several builds may run the suite at once.
 class IdxTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = test::temp_path("dir");
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
 
   std::string write_raw(const std::string& name, const Bytes& bytes) const {
     const std::string path = (dir_ / name).string();
@@ -107,7 +98,8 @@ class IdxTest : public ::testing::Test {
     return Bytes(std::istreambuf_iterator<char>(in), {});
   }
 
-  fs::path dir_;
+  test::ScratchDirectory scratch_;
+  fs::path dir_ = scratch_.path();
 };
 
 void expect_valid_set(const Dataset& set) {

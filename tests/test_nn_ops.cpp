@@ -38,24 +38,12 @@ using test::DeviceBuffer;
 using test::host_workspace;
 using test::random_values;
 using test::same_bits;
+using test::throws_mentioning;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kSentinel = -12345.0f;
 
-/// Whether f throws a lowbit::Error whose message contains `needle`.
-template <class F>
-::testing::AssertionResult throws_mentioning(F&& f, const std::string& needle) {
-  try {
-    f();
-  } catch (const Error& e) {
-    if (std::string(e.what()).find(needle) != std::string::npos)
-      return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << "\"" << e.what() << "\" does not mention \"" << needle
-                                         << "\"";
-  }
-  return ::testing::AssertionFailure() << "no lowbit::Error";
-}
 
 // Variadic so that calls with commas can appear in it.
 #define EXPECT_ERROR_MENTIONS(needle, ...) \

@@ -103,6 +103,40 @@ inline std::string temp_path(const std::string& name) {
       .string();
 }
 
+/// A fresh directory at temp_path(name), removed with everything in it when
+/// the object goes (one per test fixture).
+class ScratchDirectory {
+ public:
+  explicit ScratchDirectory(const std::string& name = "dir") : path_(temp_path(name)) {
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ScratchDirectory(const ScratchDirectory&) = delete;
+  ScratchDirectory& operator=(const ScratchDirectory&) = delete;
+  ~ScratchDirectory() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+/// Whether f throws a lowbit::Error whose message contains `needle`.
+template <class F>
+::testing::AssertionResult throws_mentioning(F&& f, const std::string& needle) {
+  try {
+    f();
+  } catch (const Error& e) {
+    if (std::string(e.what()).find(needle) != std::string::npos)
+      return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure() << "\"" << e.what() << "\" does not mention \"" << needle
+                                         << "\"";
+  }
+  return ::testing::AssertionFailure() << "no lowbit::Error was thrown";
+}
+
 using cuda::DeviceBuffer;
 
 }  // namespace lowbit::test
