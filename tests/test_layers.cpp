@@ -123,6 +123,34 @@ TEST(Layers, WeightFakeQuantIsBitExactWithTheKernel) {
       test::same_bits(expected_dx, download_floats(*backend, dx.as<float>(), layout.size())));
 }
 
+TEST(Layers, PyTorchWeightFakeQuantIsBitExactWithTheKernels) {
+  const auto backend = make_cpu_backend();
+  const std::vector<std::int64_t> shape{4, 30};
+  const std::vector<float> w = test::random_values(120, 8, 0.3f);
+  Buffer x = backend->allocate(w.size() * 4), y = backend->allocate(w.size() * 4);
+  Buffer dy = backend->allocate(w.size() * 4);
+  backend->upload(x.data(), w.data(), w.size() * 4);
+  FakeQuantAttrs attrs;
+  attrs.weights = attrs.per_channel = attrs.symmetric = true;
+  attrs.bits = 4;
+  attrs.rounding = Rounding::pytorch;
+  FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), nullptr},
+                       {y.as<float>(), dy.as<float>()}, {}, nullptr);
+  layer.forward(Pass::train);
+
+  // PyTorch's per-channel symmetric qint4: scale from max|w|, zero point 0.
+  const ChannelLayout layout = ChannelLayout::per_channel(shape, 0);
+  std::vector<float> min(4), max(4), scale(4), expected(w.size()), ws;
+  std::vector<std::int32_t> zero_point(4);
+  ref::weight_range(w.data(), layout, true, min.data(), max.data(), test::host_workspace(ws, layout));
+  const AffineQuant grid = AffineQuant::signed_bits(4);
+  ref::affine_params_from_range(min.data(), max.data(), 4, grid, true, scale.data(),
+                                zero_point.data());
+  ref::fake_quant_affine(w.data(), expected.data(), layout, scale.data(), zero_point.data(), grid,
+                         nullptr);
+  EXPECT_TRUE(test::same_bits(expected, download_floats(*backend, y.as<float>(), 120)));
+}
+
 TEST(Layers, EmaFakeQuantTracksTrainingAndFreezesInEvaluation) {
   const auto backend = make_cpu_backend();
   const std::int64_t n = 4 * 37;

@@ -85,6 +85,16 @@ TEST(Trainer, EveryRangeModeAndWidthTrains) {
   }
 }
 
+TEST(Trainer, PyTorchRoundingTrains) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  TrainOptions o = small_run(4, 3072);
+  o.quantize.rounding = Rounding::pytorch;
+  o.quantize.quant_delay = 0;  // PyTorch's observers have no delay
+  const TrainReport r = train(o, *cpu, nullptr);
+  EXPECT_GT(r.test_accuracy, 0.35);
+}
+
 TEST(Trainer, SameSeedGivesIdenticalWeights) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   const auto cpu = make_cpu_backend();
