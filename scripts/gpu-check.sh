@@ -16,7 +16,10 @@
 #                   configure build gpu ctest bench memcheck racecheck initcheck train speed)
 #   STEP_TIMEOUT    seconds per step (default 300); BUILD_TIMEOUT for the build (900)
 #   BENCH_MIN_TIME  seconds of timed calls per benchmark (default 0.25)
-#   DATA            Fashion-MNIST directory (default data/fashion-mnist)
+#   DATA            Fashion-MNIST directory (default data/fashion-mnist; the
+#                   GPU machine has no datasets: before the run, here,
+#                   `mkdir -p data && cp -r /usr/share/datasets/fashion-mnist data/`
+#                   and pass carry=["data"])
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
