@@ -29,20 +29,10 @@ import os
 import numpy as np
 import torch
 
+from golden_common import bits_of, f32, grid
+
 SEED = 20240611
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "affine_golden.json")
-
-f32 = np.float32
-
-
-def bits_of(a):
-    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).ravel().tolist()
-
-
-def grid(bits, signed):
-    if signed:
-        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return 0, (1 << bits) - 1
 
 
 def edge_inputs(s, zp, qmin, qmax):

@@ -28,20 +28,10 @@ import numpy as np
 import torch
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
+from golden_common import bits_of, f32, grid
+
 SEED = 20240917
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "affine_params_golden.json")
-
-f32 = np.float32
-
-
-def bits_of(a):
-    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).ravel().tolist()
-
-
-def grid(bits, signed):
-    if signed:
-        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return 0, (1 << bits) - 1
 
 
 def dtype_for(bits, signed):
