@@ -95,7 +95,6 @@ class SoftmaxCrossEntropyLayer final : public Layer {
   Binding logits_;
   const std::int32_t* labels_;
   LossTotals* totals_;
-  Buffer eval_grad_;  // the logit gradient an eval pass computes and drops
 };
 
 /// Fake quantization of weights (last-value ranges) or activations (EMA,

@@ -9,12 +9,11 @@ SoftmaxCrossEntropyLayer::SoftmaxCrossEntropyLayer(std::string name, Backend& ba
     : Layer(std::move(name), backend), batch_(batch), classes_(classes), logits_(logits),
       labels_(labels), totals_(totals) {
   expect(logits.value && logits.grad && labels && totals, "unbound tensor");
-  eval_grad_ = backend.allocate(static_cast<std::size_t>(batch * classes) * sizeof(float));
 }
 
 void SoftmaxCrossEntropyLayer::forward_impl(Pass pass) {
-  // The logit gradient falls out of the same pass; evaluation drops it.
-  float* grad = pass == Pass::eval ? eval_grad_.as<float>() : logits_.grad;
+  // The logit gradient falls out of the same pass; evaluation skips it.
+  float* grad = pass == Pass::eval ? nullptr : logits_.grad;
   backend_.softmax_cross_entropy(logits_.value, labels_, batch_, classes_, grad, totals_);
 }
 
