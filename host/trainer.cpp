@@ -5,7 +5,7 @@
 
 #include "checkpoint.hpp"
 #include "lowbit/error.hpp"
-#include "network.hpp"
+#include "session.hpp"
 
 namespace lowbit {
 
@@ -37,18 +37,6 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
-
-/// A split of the dataset in backend memory.
-struct DeviceDataset {
-  DeviceDataset(Backend& backend, const Dataset& data) : count(data.count) {
-    images = backend.allocate(data.images.size());
-    labels = backend.allocate(data.labels.size());
-    backend.upload(images.data(), data.images.data(), data.images.size());
-    backend.upload(labels.data(), data.labels.data(), data.labels.size());
-  }
-  std::int64_t count;
-  Buffer images, labels;
-};
 
 void check_options(const TrainOptions& o) {
   LOWBIT_EXPECTS(o.epochs >= 1, "train: epochs must be >= 1");
@@ -94,114 +82,6 @@ void check_resumable(const TrainOptions& now, const TrainOptions& saved, const s
            now.normalization.std == saved.normalization.std,
        "input normalisation");
 }
-
-/// The quantized LeNet-5 bound to a backend, with its data and optimizer.
-class Session {
- public:
-  Session(const TrainOptions& options, Backend& backend, const DatasetSplits& data)
-      : options_(options), backend_(backend),
-        network_(quantize(lenet5(1, data.test.rows, data.test.cols, 10), options.quantize),
-                 backend, options.batch),
-        test_(backend, data.test), cursor_(backend.allocate(sizeof(std::int64_t))) {
-    if (data.train.count > 0) {
-      train_ = std::make_unique<DeviceDataset>(backend, data.train);
-      LOWBIT_EXPECTS(data.train.count >= options.batch,
-                     "train: --batch " + std::to_string(options.batch) +
-                         " is larger than the training set (" +
-                         std::to_string(data.train.count) + " examples)");
-      perm_ = backend.allocate(static_cast<std::size_t>(data.train.count) * sizeof(std::int32_t));
-      shuffle_workspace_ = backend.allocate(backend.shuffle_workspace_bytes(data.train.count));
-      velocity_ = backend.allocate(static_cast<std::size_t>(network_.parameter_count()) *
-                                   sizeof(float));
-    }
-  }
-
-  Network& network() { return network_; }
-  float* velocity() const { return velocity_.as<float>(); }
-  std::int64_t steps_per_epoch() const { return train_->count / options_.batch; }
-
-  /// Shuffles the training set for `epoch` and rewinds the batch cursor and totals.
-  void begin_epoch(std::int64_t epoch) {
-    backend_.shuffle_indices(options_.seed, epoch, train_->count, perm_.as<std::int32_t>(),
-                             shuffle_workspace_.as_workspace());
-    backend_.fill_zero(cursor_.data(), sizeof(std::int64_t));
-    backend_.fill_zero(network_.totals(), sizeof(LossTotals));
-  }
-
-  /// LSQ step sizes from the first batch of epoch 0 (before any training).
-  void calibrate() {
-    begin_epoch(0);
-    gather(*train_, perm_.as<std::int32_t>());
-    network_.forward(Pass::calibrate);
-  }
-
-  /// One SGD step on the next batch; all of it queued on the backend.
-  void train_step() {
-    gather(*train_, perm_.as<std::int32_t>());
-    backend_.advance_cursor(cursor_.as<std::int64_t>());
-    network_.forward(Pass::train);
-    network_.backward();
-    backend_.sgd_step(network_.parameters(), network_.gradients(), velocity(),
-                      network_.parameter_count(), network_.decayed_count(), options_.sgd);
-  }
-
-  void run_step() {
-    if (!options_.use_graph) return train_step();
-    if (graph_) return graph_->replay();
-    if (!warmed_up_) {  // the first call sets up what a capture must not allocate
-      warmed_up_ = true;
-      return train_step();
-    }
-    graph_ = backend_.capture([this] { train_step(); });
-    graph_->replay();
-  }
-
-  LossTotals totals() {
-    LossTotals t;
-    backend_.download(&t, network_.totals(), sizeof(t));
-    return t;
-  }
-
-  /// Test-set loss and accuracy; leaves every trained state as it was.
-  LossTotals evaluate() {
-    backend_.fill_zero(cursor_.data(), sizeof(std::int64_t));
-    backend_.fill_zero(network_.totals(), sizeof(LossTotals));
-    const std::int64_t batches = (test_.count + options_.batch - 1) / options_.batch;
-    for (std::int64_t b = 0; b < batches; ++b) {
-      gather(test_, nullptr);
-      backend_.advance_cursor(cursor_.as<std::int64_t>());
-      network_.forward(Pass::eval);
-    }
-    return totals();
-  }
-
-  std::uint64_t skipped_ema_batches() {
-    std::vector<EmaRangeState> states(network_.ema_state_names().size());
-    if (!states.empty())
-      backend_.download(states.data(), network_.ema_states(),
-                        states.size() * sizeof(EmaRangeState));
-    std::uint64_t skipped = 0;
-    for (const EmaRangeState& s : states) skipped += s.skipped;
-    return skipped;
-  }
-
- private:
-  void gather(const DeviceDataset& data, const std::int32_t* perm) {
-    backend_.gather_batch(data.images.as<std::uint8_t>(), data.labels.as<std::uint8_t>(),
-                          data.count, network_.example_size(), perm,
-                          cursor_.as<std::int64_t>(), options_.batch, options_.normalization,
-                          network_.images(), network_.labels());
-  }
-
-  TrainOptions options_;
-  Backend& backend_;
-  Network network_;
-  DeviceDataset test_;
-  std::unique_ptr<DeviceDataset> train_;
-  Buffer cursor_, perm_, shuffle_workspace_, velocity_;
-  std::unique_ptr<StepGraph> graph_;
-  bool warmed_up_ = false;
-};
 
 double accuracy(const LossTotals& t) {
   return t.examples > 0 ? static_cast<double>(t.correct) / static_cast<double>(t.examples) : 0.0;
