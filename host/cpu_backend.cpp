@@ -3,10 +3,12 @@
 // thread (with OpenMP inside), so synchronize() has nothing to wait for.
 #include <omp.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "cpu_ops.hpp"
 #include "lowbit/backend.hpp"
@@ -34,6 +36,31 @@ class CpuStepGraph final : public StepGraph {
 
  private:
   std::function<void()> step_;
+};
+
+class CpuTimeline final : public Timeline {
+ public:
+  explicit CpuTimeline(std::size_t capacity) : capacity_(capacity) { stamps_.reserve(capacity); }
+
+  void stamp() override {
+    LOWBIT_EXPECTS(stamps_.size() < capacity_, "cpu timeline: more than " +
+                                                   std::to_string(capacity_) + " stamps");
+    stamps_.push_back(Clock::now());
+  }
+
+  std::vector<double> take_intervals_ms() override {
+    std::vector<double> intervals;
+    for (std::size_t i = 1; i < stamps_.size(); ++i)
+      intervals.push_back(
+          std::chrono::duration<double, std::milli>(stamps_[i] - stamps_[i - 1]).count());
+    stamps_.clear();
+    return intervals;
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  std::size_t capacity_;
+  std::vector<Clock::time_point> stamps_;
 };
 
 class CpuBackend final : public Backend {
@@ -76,6 +103,10 @@ class CpuBackend final : public Backend {
   std::unique_ptr<StepGraph> capture(const std::function<void()>& step) override {
     LOWBIT_EXPECTS(static_cast<bool>(step), "cpu capture: empty step");
     return std::make_unique<CpuStepGraph>(step);
+  }
+
+  std::unique_ptr<Timeline> make_timeline(std::size_t capacity) override {
+    return std::make_unique<CpuTimeline>(capacity);
   }
 
   void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, float* y) override {

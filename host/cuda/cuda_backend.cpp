@@ -29,6 +29,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "cuda/cublas_handle.hpp"
 #include "cuda/cudnn_objects.hpp"
@@ -177,6 +178,39 @@ class CudaStepGraph final : public StepGraph {
   cudaStream_t stream_;
 };
 
+/// Events recorded on the backend's stream; created up front, so stamping
+/// costs one cudaEventRecord.
+class CudaTimeline final : public Timeline {
+ public:
+  CudaTimeline(std::size_t capacity, cudaStream_t stream) : stream_(stream) {
+    for (std::size_t i = 0; i < capacity; ++i) events_.push_back(gpu::make_timing_event());
+  }
+
+  void stamp() override {
+    LOWBIT_EXPECTS(used_ < events_.size(),
+                   "cuda timeline: more than " + std::to_string(events_.size()) + " stamps");
+    LOWBIT_CUDA_TRY(cudaEventRecord(events_[used_].get(), stream_));
+    ++used_;
+  }
+
+  std::vector<double> take_intervals_ms() override {
+    std::vector<double> intervals;
+    if (used_ > 0) LOWBIT_CUDA_TRY(cudaEventSynchronize(events_[used_ - 1].get()));
+    for (std::size_t i = 1; i < used_; ++i) {
+      float ms = 0.0f;
+      LOWBIT_CUDA_TRY(cudaEventElapsedTime(&ms, events_[i - 1].get(), events_[i].get()));
+      intervals.push_back(ms);
+    }
+    used_ = 0;
+    return intervals;
+  }
+
+ private:
+  cudaStream_t stream_;
+  std::vector<gpu::Event> events_;
+  std::size_t used_ = 0;
+};
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend()
@@ -265,6 +299,11 @@ class CudaBackend final : public Backend {
     LOWBIT_CUDA_TRY(cudaStreamEndCapture(stream_.get(), &raw));
     const gpu::Graph graph(raw);
     return std::make_unique<CudaStepGraph>(gpu::instantiate(graph), stream_.get());
+  }
+
+  std::unique_ptr<Timeline> make_timeline(std::size_t capacity) override {
+    expect_not_capturing("make_timeline()");
+    return std::make_unique<CudaTimeline>(capacity, stream_.get());
   }
 
   // ---- Convolution (cuDNN), NCHW float ----

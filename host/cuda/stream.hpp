@@ -1,5 +1,6 @@
-// CUDA runtime objects of the CUDA backend: its stream, and the graph and
-// executable graph that capture() records a training step into.
+// CUDA runtime objects of the CUDA backend: its stream, the graph and
+// executable graph that capture() records a training step into, and the
+// events of a Timeline.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -29,7 +30,14 @@ struct DestroyGraphExec {
   }
 };
 
+struct DestroyEvent {
+  void operator()(cudaEvent_t e) const noexcept {
+    log_if_failed(cudaEventDestroy(e), "cudaEventDestroy");
+  }
+};
+
 using Stream = UniqueHandle<cudaStream_t, DestroyStream>;
+using Event = UniqueHandle<cudaEvent_t, DestroyEvent>;
 using Graph = UniqueHandle<cudaGraph_t, DestroyGraph>;
 using GraphExec = UniqueHandle<cudaGraphExec_t, DestroyGraphExec>;
 
@@ -38,6 +46,12 @@ inline Stream make_non_blocking_stream() {
   cudaStream_t stream = nullptr;
   LOWBIT_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   return Stream(stream);
+}
+
+inline Event make_timing_event() {
+  cudaEvent_t event = nullptr;
+  LOWBIT_CUDA_TRY(cudaEventCreate(&event));
+  return Event(event);
 }
 
 /// The executable form of `graph` (the graph itself may be destroyed after).

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "lowbit/types.hpp"
 
@@ -51,6 +52,19 @@ class StepGraph {
  public:
   virtual ~StepGraph() = default;
   virtual void replay() = 0;
+};
+
+/// Timestamps taken in queue order, for benchmarks that split a step into
+/// stages: CUDA events on the GPU, the host clock on the CPU (whose calls are
+/// done when they return).
+class Timeline {
+ public:
+  virtual ~Timeline() = default;
+  /// Queues a timestamp; throws lowbit::Error beyond the capacity.
+  virtual void stamp() = 0;
+  /// Milliseconds from each stamp to the next, once the queued work is done;
+  /// then starts again with no stamps.
+  virtual std::vector<double> take_intervals_ms() = 0;
 };
 
 /// NCHW input, KCRS weights, square stride and symmetric zero padding.
@@ -97,6 +111,8 @@ class Backend {
   /// graph whose replay() runs it (a CUDA graph; on the CPU, `step` itself).
   /// Everything `step` touches must be set up by an earlier eager call.
   virtual std::unique_ptr<StepGraph> capture(const std::function<void()>& step) = 0;
+  /// A timeline of up to `capacity` stamps (not for use inside capture()).
+  virtual std::unique_ptr<Timeline> make_timeline(std::size_t capacity) = 0;
 
   // ---- Convolution, pooling, fully connected (no bias: bias_activation adds it) ----
   /// y[n,k] = Σ_{c,r,s} x[n,c,oy·stride+r-pad, ox·stride+s-pad]·w[k,c,r,s]
