@@ -1,5 +1,7 @@
-// Kernel benchmarks: lowbit's memory-bound ops against a device-to-device copy
-// measured in the same run (DESIGN.md §4).
+// Kernel benchmarks: lowbit's memory-bound ops against two baselines measured
+// in the same run (DESIGN.md §4): a device-to-device copy ("copy", the
+// roofline) and our fp32 path's bias + ReLU pass ("fp32_bias_relu"), which
+// is what a QAT step's fused fake quant replaces.
 //
 // With a CUDA device it times lowbit::cuda (names start "gpu/"): CUDA-event
 // time per call, after one untimed warm-up call, with L2 flushed before every
@@ -119,7 +121,7 @@ class CudaEventTimer {
 #define LOWBIT_BENCH_OPS(X)                                                     \
   X(fake_quant_range) X(fake_quant_affine) X(ste_backward) X(ste_backward_range) \
   X(ema_state_init) X(ema_fake_quant) X(fake_quant_weights) X(lsq_forward)       \
-  X(lsq_backward) X(pack_codes) X(unpack_codes)
+  X(lsq_backward) X(pack_codes) X(unpack_codes) X(bias_activation)
 #define LOWBIT_BENCH_GPU_OP(op) \
   template <class... A>         \
   static void op(A... a) { lowbit::cuda::op(a..., kStream); }
@@ -262,6 +264,17 @@ void bench_copy(benchmark::State& state, std::int64_t n) {
   Buf<B, float> y(n);
   const auto copy = [&] { B::copy(y.data(), x.data(), n); };
   measure<B>(state, n, 8.0, copy, true);
+}
+
+// Our fp32 path's pass where QAT fake-quantizes: bias + ReLU on NCHW
+// [64, 64, n/4096]. Read x, write y: 8 B/elem.
+template <class B>
+void bench_fp32_bias_relu(benchmark::State& state, std::int64_t n) {
+  const ChannelLayout layout = activation_layout(n, true);
+  const Buf<B, float> x(inputs(n)), bias(per_channel(layout.channels, -0.5f, 0.01f));
+  Buf<B, float> y(n);
+  measure<B>(state, n, 8.0,
+             [&] { B::bias_activation(x.data(), bias.data(), layout, true, y.data()); });
 }
 
 // Read x, write y, 1 mask bit: 8.125 B/elem.
@@ -412,6 +425,8 @@ void register_all(const std::vector<std::int64_t>& sizes, const std::vector<int>
   using State = benchmark::State;
   for (const std::int64_t n : sizes)
     add<B>("copy" + suffix(0, n), [n](State& s) { bench_copy<B>(s, n); });
+  for (const std::int64_t n : sizes)
+    add<B>("fp32_bias_relu" + suffix(0, n), [n](State& s) { bench_fp32_bias_relu<B>(s, n); });
   // The STE backward reads only the mask, not the width: one per size.
   for (const std::int64_t n : sizes) {
     add<B>("ste_backward/pass" + suffix(0, n),
@@ -475,10 +490,10 @@ int main(int argc, char** argv) {
     std::optional<DeviceBuffer<std::byte>> l2_flush;  // outlives every benchmark
     if (lowbit::cuda::device_available()) {
       Gpu::l2_flush = &l2_flush.emplace(2 * add_gpu_context());
-      register_all<Gpu>({1 << 16, 1 << 20, 1 << 24, 1 << 26}, {2, 4, 8, 16});
+      register_all<Gpu>({1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26}, {2, 4, 8, 16});
     } else {
       benchmark::AddCustomContext("backend", "cpu: lowbit::ref (no CUDA device)");
-      register_all<Cpu>({1 << 16, 1 << 20}, {4, 8});
+      register_all<Cpu>({1 << 16, 1 << 18, 1 << 20}, {2, 4, 8, 16});
     }
     const std::size_t matched = benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();

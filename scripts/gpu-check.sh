@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call on a rented H100/H200 (Ubuntu 24.04,
-# CUDA 13.0, no network): a Release build for sm_90, all tests, the kernel
-# benchmarks at n = 2^26 against a device copy, compute-sanitizer memcheck,
-# racecheck and initcheck on the GPU tests, and LeNet-5 training: the 8-epoch
-# accuracy protocol and images/s by batch, bits and graph/eager mode.
+# CUDA 13.0, no network): a Release build for sm_90, all tests, the benchmark
+# harness (scripts/bench.sh: kernels against the copy roofline, training steps
+# by bits, batch and graph/eager, PyTorch beside both), compute-sanitizer
+# memcheck, racecheck and initcheck on the GPU tests, and the 8-epoch LeNet-5
+# accuracy protocol at fp32, 8, 4 and 2 bits.
 #
 # Every step runs even after one fails; each writes its full output to
-# $OUT/<step>.log and prints its tail only on failure. A table of the 2^26
-# benchmarks and a step summary come last; the exit status is 1 if any step
-# failed.
+# $OUT/<step>.log and prints its tail only on failure. The benchmark targets,
+# the accuracy table and a step summary come last; the exit status is 1 if any
+# step failed.
 #
 # Environment:
-#   OUT             logs and bench_kernels.json (default build-gpu/out)
+#   OUT             logs, and the benchmark results in $OUT/bench (default build-gpu/out)
 #   STEPS           steps to run, space separated (default: all of
-#                   configure build gpu ctest bench memcheck racecheck initcheck train speed)
+#                   configure build gpu ctest bench memcheck racecheck initcheck train)
 #   STEP_TIMEOUT    seconds per step (default 300); BUILD_TIMEOUT for the build (900)
-#   BENCH_MIN_TIME  seconds of timed calls per benchmark (default 0.25)
+#   BENCH_MIN_TIME  seconds of timed calls per kernel benchmark (default 0.05)
 #   DATA            Fashion-MNIST directory (default data/fashion-mnist; the
 #                   GPU machine has no datasets: before the run, here,
 #                   `mkdir -p data && cp -r /usr/share/datasets/fashion-mnist data/`
@@ -32,16 +33,14 @@ export PATH="$PATH:/usr/local/cuda/bin"
 DATA="${DATA:-data/fashion-mnist}"
 # Tests that train on Fashion-MNIST read it from here.
 [ -d "$DATA" ] && export LOWBIT_DATA_DIR="$(cd "$DATA" && pwd)"
-STEPS="${STEPS:-configure build gpu ctest bench memcheck racecheck initcheck train speed}"
+STEPS="${STEPS:-configure build gpu ctest bench memcheck racecheck initcheck train}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-900}"
-BENCH_MIN_TIME="${BENCH_MIN_TIME:-0.25}"
+BENCH_MIN_TIME="${BENCH_MIN_TIME:-0.05}"
 TESTS="$BUILD/tests/lowbit_tests"
-BENCH="$BUILD/bench/lowbit_bench_kernels"
 # The 2^31-element test and whole training runs are left out of the sanitizer
 # runs: they would take hours there.
 GPU_TESTS='Gpu*:*Gpu*:-GpuLargeTensor.*:GpuTrainer.*'
-BENCH_JSON="$OUT/bench_kernels.json"
 
 names=()
 statuses=()
@@ -92,35 +91,21 @@ run_step gpu 60 nvidia-smi \
   --format=csv
 run_step ctest "$STEP_TIMEOUT" ctest --test-dir "$BUILD" --output-on-failure \
   --output-junit "$OUT/ctest-junit.xml"
-# The copies are in the filter: pct_of_copy divides by the copy of this run.
-rm -f "$BENCH_JSON"
-run_step bench "$STEP_TIMEOUT" "$BENCH" --benchmark_filter='/n:67108864/' \
-  --benchmark_min_time="$BENCH_MIN_TIME" --benchmark_out="$BENCH_JSON" \
-  --benchmark_out_format=json
+run_step bench "$STEP_TIMEOUT" scripts/bench.sh --no-build --build-dir "$BUILD" \
+  --out "$OUT/bench" --min-time "$BENCH_MIN_TIME"
 sanitize memcheck --leak-check full
 sanitize racecheck
 sanitize initcheck
-# Training (DESIGN.md §4): the accuracy protocol, 8 epochs at fp32 and at 8,
-# 4 and 2 bits, then one-epoch throughput runs at batch 64, 256 and 1024,
-# replayed as a CUDA graph and eager. The dataset comes in $DATA (copy
-# /usr/share/datasets/fashion-mnist into the git-ignored data/ and carry it).
+# The accuracy protocol of DESIGN.md §4: 8 epochs at fp32 and at 8, 4 and 2
+# bits. The dataset comes in $DATA (copy /usr/share/datasets/fashion-mnist
+# into the git-ignored data/ and carry it).
 LOWBIT="$BUILD/host/lowbit"
 for bits in 0 8 4 2; do
   run_step "train_w${bits}a${bits}" "$STEP_TIMEOUT" "$LOWBIT" train --data "$DATA" --device cuda \
     --weight-bits "$bits" --act-bits "$bits" --metrics-json "$OUT/protocol_${bits}bit.json"
 done
-for batch in 64 256 1024; do
-  for mode in graph eager; do
-    for bits in 0 8 4 2; do
-      run_step "speed_b${batch}_${mode}_${bits}bit" "$STEP_TIMEOUT" "$LOWBIT" train --data "$DATA" \
-        --device cuda --epochs 1 --limit-test 1000 --batch "$batch" "--$mode" \
-        --weight-bits "$bits" --act-bits "$bits" \
-        --metrics-json "$OUT/speed_b${batch}_${mode}_${bits}bit.json"
-    done
-  done
-done
 python3 - "$OUT" <<'PY' || echo "(could not read the training metrics)"
-import glob, json, os, sys
+import json, os, sys
 
 out = sys.argv[1]
 def load(name):
@@ -136,41 +121,13 @@ for bits in (0, 8, 4, 2):
         print(f"{label:<6} {'failed':>9}")
         continue
     print(f"{label:<6} {100 * m['test_accuracy']:8.2f}% {m['train_images_per_second']:10.0f}")
-print("\ntraining throughput, img/s (one epoch):")
-print(f"{'batch':<6} {'mode':<6} " + " ".join(f"{b:>10}" for b in ("fp32", "8-bit", "4-bit", "2-bit")))
-for batch in (64, 256, 1024):
-    for mode in ("graph", "eager"):
-        cells = []
-        for bits in (0, 8, 4, 2):
-            m = load(f"speed_b{batch}_{mode}_{bits}bit.json")
-            cells.append(f"{m['train_images_per_second']:10.0f}" if m else f"{'-':>10}")
-        print(f"{batch:<6} {mode:<6} " + " ".join(cells))
 PY
 
-if [ -f "$BENCH_JSON" ]; then
-  python3 - "$BENCH_JSON" <<'PY' || echo "(could not read $BENCH_JSON)"
-import json, re, sys
-
-data = json.load(open(sys.argv[1]))
-ctx = data["context"]
-runs = [b for b in data["benchmarks"] if "/n:67108864/" in b["name"]]
-# With --benchmark_repetitions, show the medians.
-if any(b.get("aggregate_name") == "median" for b in runs):
-    runs = [b for b in runs if b.get("aggregate_name") == "median"]
-else:
-    runs = [b for b in runs if b.get("run_type") == "iteration"]
-print(f"\nkernels at n = 2^26 on {ctx.get('gpu', '?')} "
-      f"(driver {ctx.get('cuda_driver', '?')}, runtime {ctx.get('cuda_runtime', '?')})")
-print(f"{'op':<44} {'time us':>9} {'B/elem':>7} {'GB/s':>8} {'% copy':>7}")
-for b in runs:
-    op = re.sub(r"^(gpu|cpu)/|/n:67108864/.*$", "", b["name"])
-    if b.get("error_occurred"):
-        print(f"{op:<44} error: {b.get('error_message', '')}")
-        continue
-    pct = b.get("pct_of_copy")
-    pct_text = f"{pct:7.1f}" if pct is not None else f"{'-':>7}"
-    print(f"{op:<44} {b['real_time']:9.1f} {b['bytes_per_elem']:7.3f} {b['GB/s']:8.1f} {pct_text}")
-PY
+# The benchmark targets and training table (the rest is in $OUT/bench/results.md).
+if [ -f "$OUT/bench/results.md" ]; then
+  echo
+  sed -n '/^## DESIGN/,/^## Kernels at/p;/^## LeNet-5 training step/,/^## Where/p' \
+    "$OUT/bench/results.md" | grep -v '^## Kernels at\|^## Where'
 fi
 
 echo

@@ -117,6 +117,9 @@ def parse_args(argv):
                    help="untimed steps before the timed ones (default: %(default)s)")
     p.add_argument("--skip-kernels", action="store_true", help="skip the kernel measurements")
     p.add_argument("--skip-training", action="store_true", help="skip the training measurements")
+    p.add_argument("--threads", type=_count(1), default=os.cpu_count() or 1,
+                   help="CPU threads for PyTorch (default: every core, as lowbit's CPU "
+                        "backend uses through OpenMP)")
     p.add_argument("--out", help="write the JSON to this file instead of stdout")
     return p.parse_args(argv)
 
@@ -441,6 +444,8 @@ def main(argv=None):
         return 2
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    if not use_cuda:
+        torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     device_name = (torch.cuda.get_device_name(device) if use_cuda
                    else f"cpu ({threads} threads)")

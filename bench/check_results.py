@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Checks the output of scripts/bench.sh: results.json against
+bench/results.schema.json; results.md, whose tables must have as many cells
+in every row as in the header and must each render to an HTML table; the
+charts it names; and that the JSON holds every benchmark of the raw Google Benchmark
+files. Exit 0 when all hold; otherwise each problem is printed and exit 1.
+
+Usage: check_results.py OUT_DIR  (the --out directory of scripts/bench.sh)
+"""
+
+import html.parser
+import json
+import os
+import sys
+
+import jsonschema
+import markdown
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class TableShapes(html.parser.HTMLParser):
+    """Cells per row of every <table> in an HTML document."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append(0)
+        elif tag in ("td", "th"):
+            self.tables[-1][-1] += 1
+
+
+def check(out_dir):
+    problems = []
+    with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    with open(os.path.join(HERE, "results.schema.json"), encoding="utf-8") as f:
+        schema = json.load(f)
+    validator = jsonschema.Draft202012Validator(schema)
+    for error in sorted(validator.iter_errors(results), key=str):
+        path = "/".join(str(p) for p in error.absolute_path)
+        problems.append(f"results.json: {path or '(top)'}: {error.message}")
+
+    # Every raw benchmark appears once in results.json.
+    for raw, key in (("kernels.json", ("kernels",)), ("train.json", ("training", "breakdown"))):
+        with open(os.path.join(out_dir, raw), encoding="utf-8") as f:
+            names = {b["name"] for b in json.load(f)["benchmarks"]}
+        reported = [r["name"] for k in key for r in results.get(k, [])]
+        if sorted(reported) != sorted(names):
+            problems.append(f"results.json: {'/'.join(key)} holds {len(reported)} rows for "
+                            f"the {len(names)} benchmarks of {raw}")
+    if not results.get("kernels") or not results.get("training"):
+        problems.append("results.json: no kernel or training figures")
+
+    with open(os.path.join(out_dir, "results.md"), encoding="utf-8") as f:
+        text = f.read()
+    # Cells per row as written: markdown would pad or cut a ragged row silently.
+    written = []  # cells per line, for each table
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("|") and not in_table:
+            written.append([])
+        in_table = line.startswith("|")
+        if in_table:
+            written[-1].append(line.strip().strip("|").count("|") + 1)
+    for i, counts in enumerate(written):
+        for r, cells in enumerate(counts[1:], start=2):
+            if cells != counts[0]:
+                problems.append(f"results.md: table {i + 1}, line {r}: {cells} cells under a "
+                                f"header of {counts[0]}")
+    markdown_tables = len(written)
+    parser = TableShapes()
+    parser.feed(markdown.markdown(text, extensions=["tables"]))
+    if len(parser.tables) != markdown_tables or not parser.tables:
+        problems.append(f"results.md: {markdown_tables} tables written, "
+                        f"{len(parser.tables)} rendered")
+    target_table = next((rows for rows in parser.tables if rows and rows[0] == 4), None)
+    if target_table is None or len(target_table) - 1 != len(results.get("targets", [])):
+        problems.append("results.md: the targets table does not list every target")
+    if results.get("backend") == "cpu" and "**CPU figures**" not in text:
+        problems.append("results.md: a CPU run is not labelled as CPU figures")
+
+    for chart in results.get("charts", []):
+        path = os.path.join(out_dir, chart["file"])
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(PNG_MAGIC)) != PNG_MAGIC:
+                    problems.append(f"{chart['file']}: not a PNG file")
+        except OSError as e:
+            problems.append(f"{chart['file']}: {e}")
+        if f"]({chart['file']})" not in text:
+            problems.append(f"results.md: does not show {chart['file']}")
+    return problems
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    problems = check(sys.argv[1])
+    for p in problems:
+        print(f"check_results: {p}", file=sys.stderr)
+    if not problems:
+        print(f"check_results: {sys.argv[1]}: results.json matches the schema, "
+              "results.md renders, charts are PNGs")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
