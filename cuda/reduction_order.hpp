@@ -110,14 +110,14 @@ void reduce_channels_ref(const ChannelLayout& layout, Op op, Bind bind, Finish f
       const std::int64_t len = std::min(kReducePiece, layout.inner - start);
       const std::int64_t base = row * layout.inner + start;
       for (int q = 0; q < kQuantities; ++q) {
+        // Thread t takes items t, t + kReduceThreads, ... of the piece; the
+        // loop stops at len so that short rows (a Linear bias has one item
+        // per row) cost their items, not a whole piece.
         std::array<float, kReduceThreads> acc;
-        for (int t = 0; t < kReduceThreads; ++t) {
-          acc[t] = Op::identity();
-          for (int k = 0; k < kReduceItemsPerThread; ++k) {
-            const std::int64_t j = t + std::int64_t{k} * kReduceThreads;
-            if (j < len) acc[t] = op(acc[t], value(base + j, q));
-          }
-        }
+        acc.fill(Op::identity());
+        for (int t = 0; t < kReduceThreads && t < len; ++t)
+          for (std::int64_t j = t; j < len; j += kReduceThreads)
+            acc[t] = op(acc[t], value(base + j, q));
         partials[partial_index(q, c, layout.channels, o * pieces + piece, per_channel)] =
             block_reduce_ref(acc, op);
       }
