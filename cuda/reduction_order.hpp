@@ -67,24 +67,35 @@ LOWBIT_HD void finish_weight_range(float q0, float q1, bool symmetric, float& mi
 // ---------------------------------------------------------------------------
 // Host mirror
 
-/// The 32-lane xor butterfly of warp_reduce: every round, lane l takes
-/// op(v[l], v[l ^ offset]). Returns lane 0.
+/// The 32-lane xor butterfly of warp_reduce, as lane 0 ends it: every round,
+/// lane l takes op(v[l], v[l ^ offset]). Lane 0's result depends only on
+/// lanes [0, offset) of each round, whose partners are l + offset, so only
+/// those are computed: the same operations on the same operands.
 template <class Op>
 float butterfly_ref(std::array<float, 32> v, Op op) {
-  for (int offset = 16; offset > 0; offset /= 2) {
-    std::array<float, 32> next;
-    for (int lane = 0; lane < 32; ++lane) next[lane] = op(v[lane], v[lane ^ offset]);
-    v = next;
-  }
+  for (int offset = 16; offset > 0; offset /= 2)
+    for (int lane = 0; lane < offset; ++lane) v[lane] = op(v[lane], v[lane + offset]);
   return v[0];
 }
 
 /// block_reduce: a butterfly per warp, then one over the 8 warp results.
+/// values[active..] hold Op::identity(): a warp of identities reduces to the
+/// same value every time, so it is computed once.
 template <class Op>
-float block_reduce_ref(const std::array<float, kReduceThreads>& values, Op op) {
+float block_reduce_ref(const std::array<float, kReduceThreads>& values, Op op,
+                       std::int64_t active = kReduceThreads) {
+  static const float idle_warp = [] {
+    std::array<float, 32> identities;
+    identities.fill(Op::identity());
+    return butterfly_ref(identities, Op{});
+  }();
   std::array<float, 32> warp_results;
   warp_results.fill(Op::identity());
   for (int w = 0; w < kReduceThreads / 32; ++w) {
+    if (w * 32 >= active) {
+      warp_results[w] = idle_warp;
+      continue;
+    }
     std::array<float, 32> lanes;
     for (int lane = 0; lane < 32; ++lane) lanes[lane] = values[w * 32 + lane];
     warp_results[w] = butterfly_ref(lanes, op);
@@ -119,7 +130,7 @@ void reduce_channels_ref(const ChannelLayout& layout, Op op, Bind bind, Finish f
           for (std::int64_t j = t; j < len; j += kReduceThreads)
             acc[t] = op(acc[t], value(base + j, q));
         partials[partial_index(q, c, layout.channels, o * pieces + piece, per_channel)] =
-            block_reduce_ref(acc, op);
+            block_reduce_ref(acc, op, len);
       }
     }
   }
@@ -132,7 +143,7 @@ void reduce_channels_ref(const ChannelLayout& layout, Op op, Bind bind, Finish f
         for (std::int64_t m = t; m < per_channel; m += kReduceThreads)
           acc[t] = op(acc[t], partials[partial_index(q, c, layout.channels, m, per_channel)]);
       }
-      totals[q] = block_reduce_ref(acc, op);
+      totals[q] = block_reduce_ref(acc, op, per_channel);
     }
     finish(c, totals);
   }
