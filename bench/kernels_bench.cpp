@@ -18,8 +18,7 @@
 //                   100 is copy speed for the bytes the op must move; DESIGN.md
 //                   §4 asks ≥ 90 for fake quant. Absent if the copy at that n
 //                   was filtered out.
-// The binary exits 1 if any benchmark failed, so the CTest smoke test catches
-// errors that Google Benchmark itself only prints.
+// The binary exits 1 if any benchmark failed (harness.hpp).
 #include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
 
@@ -28,8 +27,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <exception>
-#include <list>
 #include <map>
 #include <optional>
 #include <string>
@@ -37,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "harness.hpp"
 #include "lowbit/cuda.hpp"
 #include "lowbit/device_buffer.hpp"
 #include "lowbit/error.hpp"
@@ -49,6 +47,7 @@ using lowbit::ChannelLayout;
 using lowbit::EmaMode;
 using lowbit::MaskFormat;
 
+using lowbit::bench::fail;
 using lowbit::cuda::DeviceBuffer;
 
 class CudaEvent {
@@ -65,18 +64,6 @@ class CudaEvent {
  private:
   cudaEvent_t event_ = nullptr;
 };
-
-// Kept for main's exit status, and alive for the run because SkipWithError
-// may keep only the pointer.
-std::list<std::string>& failures() {
-  static std::list<std::string> messages;
-  return messages;
-}
-
-void fail(benchmark::State& state, std::string message) {
-  failures().push_back(std::move(message));
-  state.SkipWithError(failures().back().c_str());
-}
 
 /// Times one iteration, rmm style: the constructor flushes L2 (untimed) and
 /// records the start; the destructor records the stop, waits and reports the
@@ -401,14 +388,7 @@ void bench_pack(benchmark::State& state, std::int64_t n, int bits, bool unpack) 
 
 template <class B, class Body>
 void add(const std::string& name, Body body) {
-  auto* bench = benchmark::RegisterBenchmark((std::string(B::kLabel) + "/" + name).c_str(),
-                                             [body](benchmark::State& state) {
-                                               try {
-                                                 body(state);
-                                               } catch (const std::exception& e) {
-                                                 fail(state, e.what());
-                                               }
-                                             });
+  auto* bench = lowbit::bench::add_guarded(std::string(B::kLabel) + "/" + name, body);
   bench->Unit(benchmark::kMicrosecond);
   if constexpr (std::is_same_v<B, Gpu>)
     bench->UseManualTime();
@@ -484,10 +464,8 @@ std::size_t add_gpu_context() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  try {
-    std::optional<DeviceBuffer<std::byte>> l2_flush;  // outlives every benchmark
+  std::optional<DeviceBuffer<std::byte>> l2_flush;  // outlives every benchmark
+  return lowbit::bench::run_benchmarks(argc, argv, [&] {
     if (lowbit::cuda::device_available()) {
       Gpu::l2_flush = &l2_flush.emplace(2 * add_gpu_context());
       register_all<Gpu>({1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26}, {2, 4, 8, 16});
@@ -495,16 +473,5 @@ int main(int argc, char** argv) {
       benchmark::AddCustomContext("backend", "cpu: lowbit::ref (no CUDA device)");
       register_all<Cpu>({1 << 16, 1 << 18, 1 << 20}, {2, 4, 8, 16});
     }
-    const std::size_t matched = benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    // A filter that matches nothing would otherwise pass the smoke test.
-    if (matched == 0) failures().push_back("no benchmark matched the filter");
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  if (failures().empty()) return 0;
-  std::fprintf(stderr, "error: %zu failure(s), first: %s\n", failures().size(),
-               failures().front().c_str());
-  return 1;
+  });
 }

@@ -22,15 +22,12 @@
 //       after every backend call (stage_timed_backend.hpp)
 //       ms_<stage>       milliseconds per step in each stage
 //       ms_step          their sum
-// The binary exits 1 if any benchmark failed.
+// The binary exits 1 if any benchmark failed (harness.hpp).
 #include <benchmark/benchmark.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <exception>
-#include <list>
 #include <map>
 #include <memory>
 #include <random>
@@ -38,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "harness.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/trainer.hpp"
 #include "session.hpp"
@@ -48,24 +46,12 @@ namespace {
 using lowbit::Backend;
 using lowbit::Session;
 using lowbit::TrainOptions;
-using lowbit::bench::Stage;
+using lowbit::bench::fail;
 using lowbit::bench::StageTimedBackend;
 
 constexpr std::int64_t kExamples = 60000;  // Fashion-MNIST's training split
 constexpr std::int64_t kSide = 28;
 constexpr int kGpuStepsPerIteration = 20;
-
-// Kept for main's exit status, and alive for the run because SkipWithError
-// may keep only the pointer.
-std::list<std::string>& failures() {
-  static std::list<std::string> messages;
-  return messages;
-}
-
-void fail(benchmark::State& state, std::string message) {
-  failures().push_back(std::move(message));
-  state.SkipWithError(failures().back().c_str());
-}
 
 /// 0 bits: fp32.
 std::string config_name(int bits) { return bits == 0 ? "fp32" : "bits:" + std::to_string(bits); }
@@ -231,16 +217,7 @@ void bench_breakdown(benchmark::State& state, Backend& backend, int bits, std::i
 
 template <class Body>
 void add(const std::string& name, Body body) {
-  benchmark::RegisterBenchmark(name.c_str(),
-                               [body](benchmark::State& state) {
-                                 try {
-                                   body(state);
-                                 } catch (const std::exception& e) {
-                                   fail(state, e.what());
-                                 }
-                               })
-      ->Unit(benchmark::kMillisecond)
-      ->UseManualTime();
+  lowbit::bench::add_guarded(name, body)->Unit(benchmark::kMillisecond)->UseManualTime();
 }
 
 void register_all(Backend& backend, const std::string& prefix) {
@@ -262,24 +239,11 @@ void register_all(Backend& backend, const std::string& prefix) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
-  try {
+  std::unique_ptr<Backend> backend;  // outlives every benchmark
+  return lowbit::bench::run_benchmarks(argc, argv, [&] {
     const bool gpu = lowbit::cuda_device_present();
-    const std::unique_ptr<Backend> backend =
-        gpu ? lowbit::make_cuda_backend() : lowbit::make_cpu_backend();
+    backend = gpu ? lowbit::make_cuda_backend() : lowbit::make_cpu_backend();
     benchmark::AddCustomContext("backend", backend->description());
     register_all(*backend, gpu ? "gpu" : "cpu");
-    const std::size_t matched = benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    // A filter that matches nothing would otherwise pass the smoke test.
-    if (matched == 0) failures().push_back("no benchmark matched the filter");
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  if (failures().empty()) return 0;
-  std::fprintf(stderr, "error: %zu failure(s), first: %s\n", failures().size(),
-               failures().front().c_str());
-  return 1;
+  });
 }
