@@ -304,10 +304,13 @@ def markdown(results):
         out += ["**CPU figures**: no CUDA device was present, so the suites ran on the CPU "
                 "backend (kernels: the lowbit::ref reference, at small sizes). DESIGN.md §4's "
                 "GPU targets are not judged.", ""]
+    peers = results["peers"]
+    cpu = m.get("cpu") and m["cpu"] + (f" ({m['cpus']} cores)" if m.get("cpus") else "")
+    torch = peers.get("torch_version") and f"{peers['torch_version']} on {peers['device_name']}"
     facts = [("date", m.get("date")), ("card", m.get("gpu")), ("driver", m.get("driver")),
              ("CUDA runtime", m.get("cuda_runtime")), ("cuDNN", m.get("cudnn")),
-             ("backend", m.get("description")), ("host", m.get("host")),
-             ("CPU", m.get("cpu")), ("PyTorch", results["peers"].get("torch_version"))]
+             ("backend", m.get("description")), ("host", m.get("host")), ("CPU", cpu),
+             ("PyTorch", torch)]
     out += [table(["", ""], [(k, v) for k, v in facts if v]), ""]
 
     out += ["## DESIGN.md §4 targets", ""]
@@ -394,7 +397,6 @@ def markdown(results):
                            for s in used])
         out += [table(["config", "batch", "step ms"] + used, rows), ""]
 
-    peers = results["peers"]
     if peers["status"] != "ran":
         out += [f"PyTorch peers: {peers['status']} ({peers.get('reason') or 'no reason given'}).",
                 ""]

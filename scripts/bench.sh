@@ -10,7 +10,8 @@
 #                              (schema: bench/results.schema.json)
 #   results.md                 the tables, and kernels_roofline.png and
 #                              training.png (matplotlib)
-# About 3 minutes on an H100/H200; about 2 minutes on 2 CPU cores.
+# Meant to finish in under 5 minutes on an H100/H200 (no GPU run has timed
+# it yet); 80 s on this project's 2-core CPU machine, PyTorch included.
 #
 # Usage: scripts/bench.sh [options]
 #   --out DIR        where the results go (default bench-results/)
