@@ -80,7 +80,7 @@ def check(out_dir):
     if len(parser.tables) != markdown_tables or not parser.tables:
         problems.append(f"results.md: {markdown_tables} tables written, "
                         f"{len(parser.tables)} rendered")
-    target_table = next((rows for rows in parser.tables if rows and rows[0] == 4), None)
+    target_table = next((rows for rows in parser.tables if rows and rows[0] == 5), None)
     if target_table is None or len(target_table) - 1 != len(results.get("targets", [])):
         problems.append("results.md: the targets table does not list every target")
     if results.get("backend") == "cpu" and "**CPU figures**" not in text:

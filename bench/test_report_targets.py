@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Unit tests of bench/report.py's parsing and DESIGN.md §4 verdicts, on
+hand-made rows: a GPU run at n = 2^26 is judged, anything else is not, and
+PyTorch's ratio is PyTorch's time over lowbit's."""
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import report  # noqa: E402
+
+N = report.TARGET_N
+
+
+def kernel(op, bits, time_ms, pct, bytes_per_elem=8.125, n=N):
+    return {"name": f"gpu/{op}", "device": "gpu", "op": op, "bits": bits, "n": n,
+            "error": None, "time_ms": time_ms, "bytes_per_elem": bytes_per_elem,
+            "gbps": 1.0, "pct_of_copy": pct}
+
+
+def step(bits, batch, rate, overhead, torch_rate=None, mode="graph"):
+    return {"name": "x", "device": "gpu", "config": str(bits) if bits else "fp32",
+            "bits": bits or None, "batch": batch, "range": None, "error": None, "mode": mode,
+            "images_per_s": rate, "step_ms": 1.0, "loss": 2.0,
+            "qat_overhead_pct": overhead, "torch_images_per_s": torch_rate}
+
+
+def gpu_kernels(n=N, fq_pct=95.0, ema_pct=80.0):
+    return [
+        kernel("fake_quant_range/per_tensor", 4, 0.15, fq_pct, n=n),
+        kernel("fake_quant_affine/per_tensor", 4, 0.08, fq_pct + 1, n=n),
+        kernel("fake_quant_range/per_channel", 4, 0.15, fq_pct, n=n),
+        kernel("fake_quant_affine/per_channel", 4, 0.09, fq_pct, n=n),
+        kernel("ste_backward/pass", None, 0.10, 96.0, n=n),
+        kernel("ema_fake_quant/exact", 4, 0.25, ema_pct, 12.125, n=n),
+        kernel("ema_fake_quant/lagged", 4, 0.17, 90.0, n=n),
+        kernel("lsq_forward", 4, 0.2, 90.0, 8.0, n=n),
+        kernel("lsq_backward", 4, 0.3, 90.0, 12.0, n=n),
+    ]
+
+
+def verdicts(rows):
+    return {r["target"]: r["met"] for r in rows}
+
+
+class ParseName(unittest.TestCase):
+    def test_kernel_name(self):
+        self.assertEqual(
+            report.parse_name("gpu/fake_quant_range/per_tensor/bits:4/n:65536/manual_time"),
+            ("gpu", "fake_quant_range/per_tensor", {"bits": 4, "n": 65536}, ["manual_time"]))
+
+    def test_training_name(self):
+        self.assertEqual(report.parse_name("cpu/train_step/fp32/batch:64/eager/manual_time"),
+                         ("cpu", "train_step/fp32", {"batch": 64}, ["eager", "manual_time"]))
+
+
+class Targets(unittest.TestCase):
+    def test_gpu_run_at_target_size_is_judged(self):
+        steps = [step(0, 256, 700e3, None), step(4, 256, 600e3, 16.7), step(2, 256, 650e3, 7.7)]
+        got = verdicts(report.targets(gpu_kernels(), steps, [], "gpu"))
+        self.assertIs(got["per-tensor fake quant forward"], True)
+        self.assertIs(got["EMA observer + fake quant, exact"], False)  # 80% < 85%
+        self.assertIs(got["EMA observer + fake quant, lagged"], True)
+        self.assertIs(got["forward + STE backward (4 bits)"], True)  # 0.18 ms, >= 90%
+        self.assertIs(got["per-channel fake quant forward"], False)  # 0.09 / 0.08 > 1.10
+        self.assertIs(got["LSQ forward + backward (4 bits)"], False)  # 0.5 ms > 0.45
+        self.assertIs(got["QAT 2/4/8-bit training at batch 256 (CUDA graph)"], True)
+        self.assertIs(got["QAT overhead over our fp32 step (CUDA graph)"], False)  # 16.7%
+        self.assertNotIn("CPU QAT training", got)
+
+    def test_below_target_size_or_on_cpu_nothing_gpu_is_judged(self):
+        small = report.targets(gpu_kernels(n=1 << 20), [], [], "gpu")
+        self.assertTrue(small and all(r["met"] is None for r in small))
+        steps = [step(0, 64, 3000.0, None), step(4, 64, 2500.0, 20.0)]
+        cpu = verdicts(report.targets(gpu_kernels(), steps, [], "cpu"))
+        self.assertIs(cpu["CPU QAT training"], True)
+        self.assertTrue(all(met is None for target, met in cpu.items()
+                            if target != "CPU QAT training"))
+
+    def test_pytorch_ratio_is_its_time_over_ours(self):
+        kernels = gpu_kernels()
+        peers = {"kernels": [{"op": "fake_quantize_per_tensor_affine", "pass": "forward",
+                              "bits": 4, "n": N, "time_ms": 0.16, "error": None}]}
+        comparisons = report.peer_comparisons(kernels, peers)
+        self.assertAlmostEqual(comparisons[0]["speedup"], 0.16 / 0.08)
+        rows = {r["target"]: r for r in report.targets(kernels, [], comparisons, "gpu")}
+        self.assertEqual(rows["per-tensor fake quant forward"]["torch"],
+                         "0.160 ms at 4 bits (lowbit 2.00×)")
+
+    def test_pytorch_error_is_shown(self):
+        peers = {"kernels": [{"op": "fake_quantize_per_tensor_affine", "pass": "forward",
+                              "bits": 4, "n": N, "time_ms": None, "error": "RuntimeError: no"}]}
+        comparisons = report.peer_comparisons(gpu_kernels(), peers)
+        rows = {r["target"]: r for r in report.targets(gpu_kernels(), [], comparisons, "gpu")}
+        self.assertEqual(rows["per-tensor fake quant forward"]["torch"], "error: RuntimeError: no")
+
+
+if __name__ == "__main__":
+    unittest.main()
