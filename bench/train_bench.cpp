@@ -16,7 +16,7 @@
 //       step_ms          milliseconds per step
 //       qat_overhead_pct 100·(fp32 img/s ÷ this img/s − 1), against fp32 at
 //                        the same batch and mode in this run
-//       loss             mean training loss of the timed steps (finite, or
+//       loss             mean training loss over every step run (finite, or
 //                        the benchmark fails)
 //   train_breakdown/<config>/batch:B     one eager step with a timeline stamp
 //       after every backend call (stage_timed_backend.hpp)
@@ -67,8 +67,8 @@ TrainOptions options_for(int bits, std::int64_t batch, bool graph) {
   return o;
 }
 
-/// Fixed-seed pixels and labels shaped like Fashion-MNIST; the test split is
-/// one batch, which the session needs but the benchmark never evaluates.
+/// Fixed-seed pixels and labels shaped like Fashion-MNIST; the small test
+/// split is there because a session needs one, and is never evaluated.
 const lowbit::DatasetSplits& synthetic_data() {
   static const lowbit::DatasetSplits splits = [] {
     const auto make = [](std::int64_t count, std::uint32_t seed) {
@@ -170,11 +170,11 @@ void bench_step(benchmark::State& state, Backend& backend, int bits, std::int64_
   }
   const double loss = stepper.mean_loss(batch);
   if (!std::isfinite(loss)) return fail(state, "the training loss is not finite");
-  const double images = static_cast<double>(state.iterations() * per_iteration * batch);
-  const double rate = images / seconds;
-  state.SetItemsProcessed(static_cast<std::int64_t>(images));
+  const double steps = static_cast<double>(state.iterations() * per_iteration);
+  const double rate = steps * static_cast<double>(batch) / seconds;
+  state.SetItemsProcessed(static_cast<std::int64_t>(steps) * batch);
   state.counters["images_per_s"] = rate;
-  state.counters["step_ms"] = 1e3 * seconds / static_cast<double>(state.iterations() * per_iteration);
+  state.counters["step_ms"] = 1e3 * seconds / steps;
   state.counters["loss"] = loss;
   set_config_counters(state, bits, batch, options);
   if (bits == 0)

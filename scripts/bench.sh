@@ -2,7 +2,7 @@
 # lowbit's benchmarks in one command. Builds (scripts/setup.sh), runs the
 # kernel and training-step suites (Google Benchmark: on the GPU when there is
 # one, else on the CPU backend, labelled as such), then PyTorch's equivalents
-# at the same sizes when a python3 can import torch, and writes into OUT:
+# at the same sizes when a python3 can import torch, and writes into --out:
 #   kernels.json, train.json   the suites' raw Google Benchmark JSON
 #   peers.json                 PyTorch's figures (bench/peers/torch_peers.py)
 #   machine.json               card, driver, CUDA, cuDNN, host and date

@@ -101,7 +101,8 @@ TEST(ReductionOrder, NegativeZeroMeetsTheIdentityAsOnTheGpu) {
   std::array<float, kReduceThreads> values;
   values.fill(SumOp::identity());
   values[0] = -0.0f;
-  EXPECT_TRUE(same_result(full_block_reduce(values, SumOp{}), block_reduce_ref(values, SumOp{}, 1)));
+  EXPECT_TRUE(
+      same_result(full_block_reduce(values, SumOp{}), block_reduce_ref(values, SumOp{}, 1)));
   EXPECT_FALSE(std::signbit(block_reduce_ref(values, SumOp{}, 1)));
 }
 
