@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Checks the output of scripts/bench.sh: results.json against
-bench/results.schema.json; results.md, whose tables must have as many cells
-in every row as in the header and must each render to an HTML table; the
-charts it names; and that the JSON holds every benchmark of the raw Google Benchmark
-files. Exit 0 when all hold; otherwise each problem is printed and exit 1.
+"""Checks the output of scripts/bench.sh:
+- results.json matches bench/results.schema.json, holds every benchmark of
+  the raw Google Benchmark files, and has step breakdowns that fit the step
+  (convolutions and GEMMs in every step, quantizers in QAT steps only);
+- every table of results.md has as many cells in each row as in its header,
+  and renders to an HTML table;
+- the charts it names are PNG files.
+Exit 0 when all hold; otherwise each problem is printed and exit 1.
 
 Usage: check_results.py OUT_DIR  (the --out directory of scripts/bench.sh)
 """
@@ -57,6 +60,14 @@ def check(out_dir):
                             f"the {len(names)} benchmarks of {raw}")
     if not results.get("kernels") or not results.get("training"):
         problems.append("results.json: no kernel or training figures")
+    # Every step convolves and multiplies; only QAT steps quantize.
+    for r in results.get("breakdown", []):
+        stages = r.get("stages_ms") or {}
+        if r.get("error") or not stages:
+            continue
+        quantized = stages.get("quantizers", 0) > 0
+        if stages.get("conv", 0) <= 0 or stages.get("gemm", 0) <= 0 or quantized != bool(r["bits"]):
+            problems.append(f"results.json: {r['name']}: stages do not fit the step: {stages}")
 
     with open(os.path.join(out_dir, "results.md"), encoding="utf-8") as f:
         text = f.read()
