@@ -64,7 +64,8 @@ for bin in "$kernels_bin" "$train_bin"; do
   [ -x "$bin" ] || { echo "bench.sh: $bin is missing (build first, or drop --no-build)" >&2; exit 1; }
 done
 mkdir -p "$out"
-rm -f "$out"/{kernels,train,peers,machine,results}.json "$out"/results.md "$out"/*.png
+rm -f "$out"/{kernels,train,peers,machine,results}.json "$out"/results.md \
+  "$out"/{kernels_roofline,training}.png
 
 py=$(scripts/python-with.sh json matplotlib || scripts/python-with.sh json) ||
   { echo "bench.sh: no python3 found" >&2; exit 1; }
