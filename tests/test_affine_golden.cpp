@@ -6,51 +6,25 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <sstream>
-#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
+#include "golden.hpp"
 #include "lowbit/cuda.hpp"
-#include "lowbit/device_buffer.hpp"
-#include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
 #include "lowbit/types.hpp"
 #include "test_util.hpp"
 
-#ifndef LOWBIT_TEST_DATA_DIR
-#error "LOWBIT_TEST_DATA_DIR must name the tests/data directory"
-#endif
-
 namespace {
 
-using lowbit::cuda::DeviceBuffer;
 using lowbit::test::bits_of;
-
-float to_float(std::uint32_t bits) {
-  float v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
-}
-
-// "0.100000001 (0x3dcccccd)": enough digits to tell neighbouring floats apart.
-std::string show(float v) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%.9g (0x%08x)", v, static_cast<unsigned>(bits_of(v)));
-  return buf;
-}
-
-std::vector<float> floats_from_bits(const nlohmann::json& j) {
-  std::vector<float> out;
-  for (const auto& b : j) out.push_back(to_float(b.get<std::uint32_t>()));
-  return out;
-}
+using lowbit::test::DeviceBuffer;
+using lowbit::test::float_from_bits;
+using lowbit::test::floats_from_bits;
+using lowbit::test::show;
+using lowbit::test::Stream;
 
 struct GoldenCase {
   std::string name;
@@ -65,10 +39,7 @@ struct GoldenCase {
 
 const std::vector<GoldenCase>& golden_cases() {
   static const std::vector<GoldenCase> cases = [] {
-    const std::string path = std::string(LOWBIT_TEST_DATA_DIR) + "/affine_golden.json";
-    std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot open " + path);
-    const auto doc = nlohmann::json::parse(in);
+    const auto doc = lowbit::test::load_golden("affine_golden.json");
     std::vector<GoldenCase> out;
     for (const auto& c : doc.at("cases")) {
       GoldenCase g;
@@ -103,7 +74,7 @@ const std::vector<GoldenCase>& golden_cases() {
     if (bits_of(y[i]) == g.y_bits[i] && got_pass == want_pass) continue;
     if (bad++ < 5) {
       msg << "\n  [" << i << "] x=" << show(g.x[i])
-          << " expected y=" << show(to_float(g.y_bits[i])) << " mask=" << want_pass
+          << " expected y=" << show(float_from_bits(g.y_bits[i])) << " mask=" << want_pass
           << ", got y=" << show(y[i]) << " mask=" << got_pass;
     }
   }
@@ -127,7 +98,7 @@ TEST(AffineGolden, DataLoaded) {
 TEST(AffineGolden, CpuReferenceMatchesPyTorch) {
   for (const auto& g : golden_cases()) {
     const std::int64_t n = g.layout.size();
-    std::vector<float> y(n, to_float(0x7fc0dead));  // NaN: catches unwritten outputs
+    std::vector<float> y(n, float_from_bits(0x7fc0dead));  // NaN: catches unwritten outputs
     std::vector<std::uint32_t> mask(lowbit::mask_words(n), 0xa5a5a5a5u);
     lowbit::ref::fake_quant_affine(g.x.data(), y.data(), g.layout, g.scale.data(),
                                    g.zero_point.data(), g.quant, mask.data());
@@ -135,27 +106,19 @@ TEST(AffineGolden, CpuReferenceMatchesPyTorch) {
   }
 }
 
-struct Stream {
-  cudaStream_t s = nullptr;
-  Stream() { LOWBIT_CUDA_TRY(cudaStreamCreate(&s)); }
-  ~Stream() { cudaStreamDestroy(s); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-};
-
 TEST(GpuAffineGolden, CudaMatchesPyTorch) {
   if (!lowbit::cuda::device_available()) GTEST_SKIP() << "no CUDA device";
   Stream stream;
   for (const auto& g : golden_cases()) {
     const std::int64_t n = g.layout.size();
-    std::vector<float> y(n, to_float(0x7fc0dead));
+    std::vector<float> y(n, float_from_bits(0x7fc0dead));
     std::vector<std::uint32_t> mask(lowbit::mask_words(n), 0xa5a5a5a5u);
     DeviceBuffer<float> d_x(g.x), d_scale(g.scale), d_y(y);
     DeviceBuffer<std::int32_t> d_zp(g.zero_point);
     DeviceBuffer<std::uint32_t> d_mask(mask);
     lowbit::cuda::fake_quant_affine(d_x.data(), d_y.data(), g.layout, d_scale.data(), d_zp.data(),
-                                    g.quant, d_mask.data(), stream.s);
-    LOWBIT_CUDA_TRY(cudaStreamSynchronize(stream.s));
+                                    g.quant, d_mask.data(), stream.get());
+    stream.sync();
     EXPECT_TRUE(matches_golden(g, d_y.download(), d_mask.download()));
   }
 }

@@ -21,22 +21,9 @@ namespace lowbit {
 namespace {
 
 using test::DeviceBuffer;
+using test::Stream;
 using test::random_values;
 using test::same_bits;
-
-/// A CUDA stream for one test.
-class Stream {
- public:
-  Stream() { LOWBIT_CUDA_TRY(cudaStreamCreate(&stream_)); }
-  ~Stream() { cudaStreamDestroy(stream_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return stream_; }
-  void sync() const { LOWBIT_CUDA_TRY(cudaStreamSynchronize(stream_)); }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
 
 /// The layouts the trainer uses: conv outputs {batch, K, H·W} and linear
 /// outputs {batch, out, 1}, of seeded random sizes (kept moderate: the GPU

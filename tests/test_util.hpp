@@ -139,4 +139,18 @@ template <class F>
 
 using cuda::DeviceBuffer;
 
+/// A CUDA stream for one test.
+class Stream {
+ public:
+  Stream() { LOWBIT_CUDA_TRY(cudaStreamCreate(&stream_)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+  void sync() const { LOWBIT_CUDA_TRY(cudaStreamSynchronize(stream_)); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
 }  // namespace lowbit::test

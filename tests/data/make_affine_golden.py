@@ -23,13 +23,12 @@ on x86 yields INT64_MIN, i.e. the *low* clamp even for huge positive x).
 so both unsigned [0, 65535] and signed [-32768, 32767] are included.
 """
 
-import json
 import os
 
 import numpy as np
 import torch
 
-from golden_common import bits_of, f32, grid
+from golden_common import bits_of, f32, grid, write_golden
 
 SEED = 20240611
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "affine_golden.json")
@@ -153,17 +152,8 @@ def main():
     cases = []
     per_tensor_cases(rng, cases)
     per_channel_cases(rng, cases)
-    doc = {
-        "generator": f"tests/data/make_affine_golden.py, torch {torch.__version__} (CPU), "
-                     f"numpy {np.__version__}, seed {SEED}",
-        "cases": cases,
-    }
-    with open(OUT, "w") as f:
-        json.dump(doc, f, separators=(",", ":"))
-        f.write("\n")
-    total = sum(len(c["x_bits"]) for c in cases)
-    print(f"wrote {OUT}: {len(cases)} cases, {total} elements")
-
+    write_golden(OUT, f"tests/data/make_affine_golden.py, torch {torch.__version__} (CPU), "
+                      f"numpy {np.__version__}, seed {SEED}", cases)
 
 if __name__ == "__main__":
     main()

@@ -21,14 +21,13 @@ torch.finfo(torch.float32).eps, exact rounding ties of min/scale, and ranges
 whose width overflows float32 (scale = inf).
 """
 
-import json
 import os
 
 import numpy as np
 import torch
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
-from golden_common import bits_of, f32, grid
+from golden_common import bits_of, f32, grid, write_golden
 
 SEED = 20240917
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "affine_params_golden.json")
@@ -108,15 +107,8 @@ def main():
                     "scale_bits": bits_of(scale.numpy()),
                     "zero_point": [int(z) for z in zero_point.tolist()],
                 })
-    doc = {
-        "generator": "tests/data/make_affine_params_golden.py, torch %s (CPU), numpy %s, seed %d"
-        % (torch.__version__, np.__version__, SEED),
-        "cases": cases,
-    }
-    with open(OUT, "w") as f:
-        json.dump(doc, f, separators=(",", ":"))
-        f.write("\n")
-
+    write_golden(OUT, "tests/data/make_affine_params_golden.py, torch %s (CPU), numpy %s, seed %d"
+                 % (torch.__version__, np.__version__, SEED), cases)
 
 if __name__ == "__main__":
     main()
