@@ -3,7 +3,8 @@
 //
 //   batch range: v = [min(min(x), 0), max(max(x), 0)]
 //   EMA:         ema_range_step (element.hpp), skipped for a non-finite v
-//   quantize:    fake_quant(x, nudge_range(ema)) or identity (quant_delay)
+//   quantize:    fake_quant(x, nudge_range(ema), divide) or identity (quant_delay);
+//                per tensor, so FakeQuantWithMinMaxVars's division
 //
 // Every block folds its min/max into the state with integer atomics (min and
 // max do not depend on order, so this is deterministic), and the last block to
@@ -100,7 +101,7 @@ struct EmaQuantizer : detail::PlainInput {
     return {nudge_range(s.min, s.max, config.quant.qmin(), config.quant.qmax()), !quantizes};
   }
   __device__ float apply(float x, const Params& p) const {
-    return p.identity ? x : fake_quant(x, p.range);
+    return p.identity ? x : fake_quant(x, p.range, RangeScaling::divide);
   }
   __device__ bool plane0(float x, const Params& p) const {
     if (p.identity) return x == x;

@@ -38,10 +38,10 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
       y[i] = xi;
       writer.set(i, xi == xi, xi == xi);
     } else if (mask_format == MaskFormat::sides) {
-      y[i] = fake_quant(xi, p);
+      y[i] = fake_quant(xi, p, RangeScaling::divide);
       writer.set(i, at_or_above_min(xi, p), at_or_below_max(xi, p));
     } else {
-      y[i] = fake_quant(xi, p);
+      y[i] = fake_quant(xi, p, RangeScaling::divide);
       writer.set(i, ste_pass(xi, p));
     }
   }

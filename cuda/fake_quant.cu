@@ -1,7 +1,9 @@
 // Fake-quant forward, range (TensorFlow) and affine (PyTorch) families, per
 // tensor or per channel, optionally saving the bit-packed STE mask.
 //
-//   range:  y = (floor((clamp(x, nmin, nmax) - nmin)·inv + 0.5) - q0)·scale
+//   range:  y = floor(cs / scale - q0 + 0.5)·scale     per tensor (one channel)
+//           y = floor(cs·inv - q0 + 0.5)·scale         per channel
+//           cs = clamp(x, nmin, nmax) - nmin
 //   affine: y = (clamp(nearbyint(x·inv) + zp, qmin, qmax) - zp)·scale
 //
 // Bytes per element: 4 read + 4 write + 1/8 (pass mask) or 2/8 (sides).
@@ -23,9 +25,10 @@ struct RangeQuantizer : detail::PlainInput {
   const float* max;
   int qmin;
   int qmax;
+  RangeScaling scaling;
 
   __device__ Params params(std::int64_t c) const { return nudge_range(min[c], max[c], qmin, qmax); }
-  __device__ float apply(float x, const Params& p) const { return fake_quant(x, p); }
+  __device__ float apply(float x, const Params& p) const { return fake_quant(x, p, scaling); }
   __device__ bool plane0(float x, const Params& p) const { return at_or_above_min(x, p); }
   __device__ bool plane1(float x, const Params& p) const { return at_or_below_max(x, p); }
 };
@@ -61,7 +64,7 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
   lowbit::detail::check_fake_quant_range(x, y, layout, min, max, quant);
   const std::int64_t n = layout.size();
   if (n == 0) return;
-  const RangeQuantizer quantizer{{}, min, max, quant.qmin(), quant.qmax()};
+  const RangeQuantizer quantizer{{}, min, max, quant.qmin(), quant.qmax(), range_scaling(layout)};
   if (mask_format == MaskFormat::sides)
     detail::launch_quantize_tiles(x, y, mask, mask_format, layout, quantizer, stream);
   else

@@ -13,11 +13,12 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
   if (n == 0) return;
   detail::check_ranges(min, max, layout.channels);
   detail::MaskWriter writer(mask, mask_format, n);
+  const RangeScaling scaling = range_scaling(layout);
   detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
     const RangeParams p = nudge_range(min[c], max[c], quant.qmin(), quant.qmax());
     for (std::int64_t i = begin; i < end; ++i) {
       const float xi = x[i];
-      y[i] = fake_quant(xi, p);
+      y[i] = fake_quant(xi, p, scaling);
       if (mask_format == MaskFormat::sides)
         writer.set(i, at_or_above_min(xi, p), at_or_below_max(xi, p));
       else

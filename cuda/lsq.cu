@@ -1,8 +1,9 @@
 // Learned step size quantization (LSQ, Esser et al. 2019), per tensor or per
 // channel, zero point 0:
 //   forward:  y = clamp(round(x/s), qmin, qmax)·s
-//   backward: dx = dy inside, d_s = g·Σ dy·{round(v)-v | qmin | qmax},
-//             g = 1/sqrt(N·qmax), N elements per channel
+//   backward: dx = dy strictly inside (qmin < v < qmax, v = x/s),
+//             d_s = g·Σ dy·{round(v)-v | qmin | qmax}, g = 1/sqrt(N·qmax),
+//             N elements per channel (Esser et al.'s definition)
 //   init:     s = 2·mean|x|/sqrt(qmax)
 #include <cmath>
 
@@ -24,7 +25,7 @@ struct LsqQuantizer : detail::PlainInput {
 
   __device__ Params params(std::int64_t c) const { return make_lsq(scale[c], qmin, qmax); }
   __device__ float apply(float x, const Params& p) const { return fake_quant(x, p); }
-  __device__ bool plane0(float x, const Params& p) const { return ste_pass(x, p); }
+  __device__ bool plane0(float x, const Params& p) const { return lsq_passes(x, p); }
 };
 
 struct LsqBackwardBody {
@@ -45,7 +46,7 @@ struct LsqBackwardBody {
     __device__ void operator()(std::int64_t i, float (&acc)[1], Op op) const {
       const float g = dy[i];
       const float xi = x[i];
-      dx[i] = ste_pass(xi, p) ? g : 0.0f;
+      dx[i] = ste_gradient(g, lsq_passes(xi, p));
       acc[0] = op(acc[0], lsq_scale_grad_term(xi, g, p));
     }
   };

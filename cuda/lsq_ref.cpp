@@ -23,7 +23,7 @@ void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
   if (layout.size() == 0) return;
   detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
     const LsqParams p = make_lsq(scale[c], quant.qmin, quant.qmax);
-    for (std::int64_t i = begin; i < end; ++i) dx[i] = ste_pass(x[i], p) ? dy[i] : 0.0f;
+    for (std::int64_t i = begin; i < end; ++i) dx[i] = ste_gradient(dy[i], lsq_passes(x[i], p));
   });
   const auto bind = [&](std::int64_t c) {
     const LsqParams p = make_lsq(scale[c], quant.qmin, quant.qmax);

@@ -53,15 +53,18 @@ struct MaxOp {
 LOWBIT_HD float weight_range_value(float v) { return is_finite(v) ? v : -INFINITY; }
 
 /// [min, max] from q0 = max(-w) and q1 = max(w) over the finite weights; a
-/// channel without a finite weight gets [0, 0].
+/// channel without a finite weight gets [0, 0]. A bound of zero is always +0:
+/// which zero a max of -0 and +0 keeps depends on the fold order.
 LOWBIT_HD void finish_weight_range(float q0, float q1, bool symmetric, float& min, float& max) {
   if (!is_finite(q0) || !is_finite(q1)) {
     min = max = 0.0f;
     return;
   }
   const float magnitude = q0 > q1 ? q0 : q1;
-  min = symmetric ? -magnitude : -q0;
-  max = symmetric ? magnitude : q1;
+  const float lo = symmetric ? -magnitude : -q0;
+  const float hi = symmetric ? magnitude : q1;
+  min = lo == 0.0f ? 0.0f : lo;
+  max = hi == 0.0f ? 0.0f : hi;
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // Straight-through-estimator backward from the saved bit-packed mask.
 //
-//   dx    = dy·pass                      (8 bytes + 1 bit per element)
+//   dx    = dy·pass                      (8 bytes + 1 bit per element; a
+//                                         blocked dy gives dy·0: ±0, or NaN)
 //   d_min = Σ dy where x < nudged_min    (sides mask: plane 1 and not plane 0)
 //   d_max = Σ dy where x > nudged_max    (plane 0 and not plane 1)
 #include "checks.hpp"
@@ -41,7 +42,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int k = 0; k < kTileItems; ++k) {
       const std::int64_t i = base + 32 * k;
-      if (i < n) dx[i] = (words[k] >> lane) & 1u ? g[k] : 0.0f;
+      if (i < n) dx[i] = ste_gradient(g[k], (words[k] >> lane) & 1u);
     }
   }
 }
@@ -64,9 +65,9 @@ struct RangeGradBody {
       const float g = dy[i];
       const bool ge_min = (mask[i >> 5] >> (i & 31)) & 1u;
       const bool le_max = (mask[plane_words + (i >> 5)] >> (i & 31)) & 1u;
-      dx[i] = ge_min && le_max ? g : 0.0f;
-      acc[0] = op(acc[0], le_max && !ge_min ? g : 0.0f);
-      acc[1] = op(acc[1], ge_min && !le_max ? g : 0.0f);
+      dx[i] = ste_gradient(g, ge_min && le_max);
+      acc[0] = op(acc[0], ste_gradient(g, le_max && !ge_min));
+      acc[1] = op(acc[1], ste_gradient(g, ge_min && !le_max));
     }
   };
   __device__ Element bind(std::int64_t) const { return Element{dy, mask, plane_words, dx}; }

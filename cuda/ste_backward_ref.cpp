@@ -12,7 +12,7 @@ void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_fo
   for (std::int64_t i = 0; i < n; ++i) {
     bool pass = detail::mask_bit(mask, n, 0, i);
     if (mask_format == MaskFormat::sides) pass = pass && detail::mask_bit(mask, n, 1, i);
-    dx[i] = pass ? dy[i] : 0.0f;
+    dx[i] = ste_gradient(dy[i], pass);
   }
 }
 
@@ -28,7 +28,7 @@ void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
       const bool ge_min = detail::mask_bit(sides_mask, n, 0, i);
       const bool le_max = detail::mask_bit(sides_mask, n, 1, i);
       const bool counted = q == 0 ? le_max && !ge_min : ge_min && !le_max;
-      return counted ? dy[i] : 0.0f;
+      return ste_gradient(dy[i], counted);
     };
   };
   const auto finish = [&](std::int64_t c, const std::array<float, 2>& totals) {

@@ -1,20 +1,37 @@
 // The element math of element.hpp, which the CPU reference and the CUDA
 // kernels share: TensorFlow's nudging cases, the 11-point probe, exact ties,
-// degenerate inputs, and the per-channel cursor's index arithmetic.
+// degenerate and subnormal inputs, and the per-channel cursor's index
+// arithmetic. Range-mode cases hold for both scalings (the values are
+// dyadic); where the two differ, tests/test_range_golden.cpp pins each
+// against TensorFlow.
 #include <gtest/gtest.h>
 
+#include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "channel_cursor.hpp"
 #include "lowbit/element.hpp"
+#include "test_util.hpp"
 
 namespace lowbit {
 namespace {
 
+using test::bits_of;
+
+float from_bits(std::uint32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr RangeScaling kScalings[] = {RangeScaling::divide, RangeScaling::multiply};
+
+const char* name(RangeScaling s) { return s == RangeScaling::divide ? "divide" : "multiply"; }
 
 struct NudgeCase {
   const char* name;
@@ -49,12 +66,15 @@ TEST_P(NudgeTest, MatchesTensorFlowCases) {
     EXPECT_EQ(p.nudged_min, c.nudged_min);
     EXPECT_EQ(p.nudged_max, c.nudged_max);
     // The nudged ends and 0 are fixed points; values quantize onto the grid.
-    EXPECT_EQ(fake_quant(c.nudged_min, p), c.nudged_min);
-    EXPECT_EQ(fake_quant(c.nudged_max, p), c.nudged_max);
-    EXPECT_EQ(fake_quant(0.0f, p), 0.0f);
-    EXPECT_EQ(fake_quant(c.nudged_min + 0.3f, p), c.nudged_min + 0.25f);
-    EXPECT_EQ(fake_quant(c.nudged_min - 1.0f, p), c.nudged_min);
-    EXPECT_EQ(fake_quant(c.nudged_max + 1.0f, p), c.nudged_max);
+    for (RangeScaling s : kScalings) {
+      SCOPED_TRACE(name(s));
+      EXPECT_EQ(fake_quant(c.nudged_min, p, s), c.nudged_min);
+      EXPECT_EQ(fake_quant(c.nudged_max, p, s), c.nudged_max);
+      EXPECT_EQ(fake_quant(0.0f, p, s), 0.0f);
+      EXPECT_EQ(fake_quant(c.nudged_min + 0.3f, p, s), c.nudged_min + 0.25f);
+      EXPECT_EQ(fake_quant(c.nudged_min - 1.0f, p, s), c.nudged_min);
+      EXPECT_EQ(fake_quant(c.nudged_max + 1.0f, p, s), c.nudged_max);
+    }
   }
 }
 
@@ -67,8 +87,10 @@ TEST(Nudge, SymmetricRangeKeepsZeroExact) {
   for (bool narrow : {false, true}) {
     const RangeQuant q{8, narrow};
     const RangeParams p = nudge_range(-10.0f, 10.0f, q.qmin(), q.qmax());
-    EXPECT_EQ(fake_quant(0.0f, p), 0.0f) << "narrow " << narrow;
-    EXPECT_EQ(fake_quant(-0.0f, p), 0.0f);
+    for (RangeScaling s : kScalings) {
+      EXPECT_EQ(fake_quant(0.0f, p, s), 0.0f) << "narrow " << narrow;
+      EXPECT_EQ(fake_quant(-0.0f, p, s), 0.0f);
+    }
     EXPECT_LE(p.nudged_min, 0.0f);
     EXPECT_GE(p.nudged_max, 0.0f);
   }
@@ -87,7 +109,7 @@ TEST(Probe, ForwardAndMask) {
   const std::vector<bool> pass = {false, false, true, true, true, true,
                                   true,  true,  true, false, false};
   for (std::size_t i = 0; i < x.size(); ++i) {
-    EXPECT_EQ(fake_quant(x[i], p), y[i]) << "probe point " << i;
+    for (RangeScaling s : kScalings) EXPECT_EQ(fake_quant(x[i], p, s), y[i]) << "probe point " << i;
     EXPECT_EQ(ste_pass(x[i], p), pass[i]) << "probe point " << i;
     // The sides planes tell below (plane 1 only) from above (plane 0 only).
     EXPECT_EQ(at_or_above_min(x[i], p), i >= 2) << i;
@@ -104,21 +126,73 @@ TEST(Ties, RangeRoundsUpAffineRoundsToEven) {
   const std::vector<float> up = {1.0f, 2.0f, 3.0f, 0.0f, -1.0f, -2.0f};
   const std::vector<float> even = {0.0f, 2.0f, 2.0f, -0.0f, -2.0f, -2.0f};
   for (std::size_t i = 0; i < x.size(); ++i) {
-    EXPECT_EQ(fake_quant(x[i], range), up[i]) << x[i];
+    for (RangeScaling s : kScalings) EXPECT_EQ(fake_quant(x[i], range, s), up[i]) << x[i];
     EXPECT_EQ(fake_quant(x[i], affine), even[i]) << x[i];
   }
 }
 
+// Near a tie, TensorFlow's per-tensor kernel (a division) and its per-channel
+// kernel (a multiplication by the recomputed inverse) give levels one apart.
+// Both values were read off TensorFlow 2.21 at 8 bits, range [-1, 1].
+TEST(TensorFlowKernels, DivisionAndMultiplicationDifferNearTies) {
+  const RangeParams p = nudge_range(-1.0f, 1.0f, 0, 255);
+  const float x = from_bits(0xbf1d9d9fu);  // -0.61568636
+  EXPECT_EQ(bits_of(fake_quant(x, p, RangeScaling::divide)), 0xbf1e9e9fu);    // -0.61960787
+  EXPECT_EQ(bits_of(fake_quant(x, p, RangeScaling::multiply)), 0xbf1c9c9du);  // -0.6117647
+}
+
+// TensorFlow subtracts quant_zero before the floor. Subtracting it after, as
+// (floor(cs·inv + 0.5) - quant_zero)·scale, lands a level lower here.
+TEST(TensorFlowKernels, QuantZeroIsSubtractedBeforeTheFloor) {
+  const RangeParams p = nudge_range(-1.0f, 1.0f, 0, 255);
+  const float x = from_bits(0xbf7bfbfdu);  // -0.9843138
+  for (RangeScaling s : kScalings)
+    EXPECT_EQ(bits_of(fake_quant(x, p, s)), 0xbf7afafcu) << name(s);  // -0.9803922
+  const float shifted = x - p.nudged_min;
+  const float after = (std::floor(shifted * p.inv_scale + 0.5f) - p.quant_zero) * p.scale;
+  EXPECT_EQ(bits_of(after), 0xbf7cfcfeu);  // -0.98823535, one level below TensorFlow
+}
+
+// TensorFlow's CPU kernels run with denormals-are-zero: a subnormal input or
+// bound is a zero of its sign.
+TEST(TensorFlowKernels, SubnormalsCountAsZero) {
+  const float tiny = std::numeric_limits<float>::denorm_min();
+  const RangeParams from_zero = nudge_range(0.0f, 1.0f, 0, 255);
+  for (float x : {tiny, -tiny, 1e-40f, -1e-40f}) {
+    EXPECT_TRUE(ste_pass(x, from_zero)) << x;  // -1e-40 is 0, not below the range
+    EXPECT_TRUE(at_or_above_min(x, from_zero)) << x;
+    for (RangeScaling s : kScalings) EXPECT_EQ(bits_of(fake_quant(x, from_zero, s)), 0u) << x;
+  }
+  EXPECT_EQ(nudge_range(-1e-40f, 1e-40f, 0, 255).scale, 0.0f);  // [0, 0]
+  const RangeParams flushed = nudge_range(-1.0f, 1e-40f, 0, 255);
+  const RangeParams exact = nudge_range(-1.0f, 0.0f, 0, 255);
+  EXPECT_EQ(flushed.nudged_min, exact.nudged_min);
+  EXPECT_EQ(flushed.nudged_max, exact.nudged_max);
+  EXPECT_EQ(flushed.scale, exact.scale);
+  EXPECT_EQ(bits_of(flush_subnormal(-1e-40f)), 0x80000000u);
+  EXPECT_EQ(flush_subnormal(FLT_MIN), FLT_MIN);
+  EXPECT_TRUE(std::isnan(flush_subnormal(kNaN)));
+}
+
+// A range narrower than FLT_MIN per step has no normal scale: zero-width.
+TEST(Degenerate, SubnormalScaleIsZeroWidth) {
+  const RangeParams p = nudge_range(0.0f, 1e-37f, 0, 65535);
+  EXPECT_EQ(p.scale, 0.0f);
+  EXPECT_GT(nudge_range(0.0f, 1e-37f, 0, 3).scale, 0.0f);
+}
+
+// TensorFlow's [0, 0]: every output +0 and every gradient passed, NaN
+// included. lowbit treats min == max != 0 the same way (TensorFlow divides by
+// a zero scale there).
 TEST(Degenerate, ZeroWidthRangeGivesZeroAndPassesGradient) {
-  for (float v : {0.0f, 3.0f, -2.0f}) {
+  for (float v : {0.0f, -0.0f, 3.0f, -2.0f}) {
     const RangeParams p = nudge_range(v, v, 0, 15);
     EXPECT_EQ(p.scale, 0.0f);
-    for (float x : {-5.0f, 0.0f, 7.0f, kInf}) {
-      EXPECT_EQ(fake_quant(x, p), 0.0f);
+    for (float x : {-5.0f, 0.0f, 7.0f, kInf, kNaN}) {
+      for (RangeScaling s : kScalings) EXPECT_EQ(bits_of(fake_quant(x, p, s)), 0u) << x;
       EXPECT_TRUE(ste_pass(x, p));
+      EXPECT_TRUE(at_or_above_min(x, p) && at_or_below_max(x, p));
     }
-    EXPECT_TRUE(std::isnan(fake_quant(kNaN, p)));
-    EXPECT_FALSE(ste_pass(kNaN, p));
   }
 }
 
@@ -127,7 +201,7 @@ TEST(Degenerate, InvalidRangesAreSanitisedToZeroWidth) {
   for (auto [lo, hi] : {std::pair{2.0f, 1.0f}, {kNaN, 1.0f}, {-1.0f, kInf}, {-kInf, 0.0f}}) {
     const RangeParams p = nudge_range(lo, hi, 0, 255);
     EXPECT_EQ(p.scale, 0.0f) << lo << " " << hi;
-    EXPECT_EQ(fake_quant(1.0f, p), 0.0f);
+    EXPECT_EQ(fake_quant(1.0f, p, RangeScaling::divide), 0.0f);
   }
   const AffineParams a = make_affine(0.5f, 300, 0, 255);  // zero point clamped to qmax
   EXPECT_EQ(a.zero_point, 255.0f);
@@ -137,14 +211,18 @@ TEST(NonFinite, NaNStaysNaNAndInfClampsToTheEnds) {
   const RangeParams range = nudge_range(-1.0f, 1.0f, 0, 255);
   const AffineParams affine = make_affine(0.1f, 3, -8, 7);
   const LsqParams lsq = make_lsq(0.1f, -8, 7);
-  EXPECT_TRUE(std::isnan(fake_quant(kNaN, range)));
+  for (RangeScaling s : kScalings) {
+    EXPECT_TRUE(std::isnan(fake_quant(kNaN, range, s)));
+    EXPECT_EQ(fake_quant(kInf, range, s), range.nudged_max);
+    EXPECT_EQ(fake_quant(-kInf, range, s), range.nudged_min);
+  }
   EXPECT_TRUE(std::isnan(fake_quant(kNaN, affine)));
   EXPECT_TRUE(std::isnan(fake_quant(kNaN, lsq)));
   EXPECT_FALSE(ste_pass(kNaN, range));
+  EXPECT_FALSE(at_or_above_min(kNaN, range) || at_or_below_max(kNaN, range));
   EXPECT_FALSE(ste_pass(kNaN, affine));
-  EXPECT_FALSE(ste_pass(kNaN, lsq));
-  EXPECT_EQ(fake_quant(kInf, range), range.nudged_max);
-  EXPECT_EQ(fake_quant(-kInf, range), range.nudged_min);
+  EXPECT_FALSE(lsq_passes(kNaN, lsq));
+  EXPECT_EQ(lsq_scale_grad_term(kNaN, 2.0f, lsq), 0.0f);
   EXPECT_EQ(fake_quant(kInf, affine), (7.0f - 3.0f) * 0.1f);
   EXPECT_EQ(fake_quant(-kInf, affine), (-8.0f - 3.0f) * 0.1f);
   EXPECT_FALSE(ste_pass(kInf, range));
@@ -157,7 +235,7 @@ TEST(Grid, OutputsAreGridPointsForAllWidths) {
     const RangeQuant q{bits, false};
     const RangeParams p = nudge_range(-1.3f, 2.7f, q.qmin(), q.qmax());
     for (float x = -2.0f; x <= 3.0f; x += 0.037f) {
-      const float y = fake_quant(x, p);
+      const float y = fake_quant(x, p, bits % 2 == 0 ? RangeScaling::divide : RangeScaling::multiply);
       ASSERT_GE(y, p.nudged_min);
       ASSERT_LE(y, p.nudged_max);
       const float k = y / p.scale;

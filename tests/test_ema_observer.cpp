@@ -127,7 +127,8 @@ TEST(Ema, QuantDelayIsIdentityButTracks) {
   const auto y = o.step(x);
   EXPECT_FALSE(same_bits(x, y));
   const RangeParams p = nudge_range(o.state.min, o.state.max, 0, 3);
-  for (std::size_t i = 0; i < x.size(); ++i) EXPECT_EQ(y[i], fake_quant(x[i], p));
+  for (std::size_t i = 0; i < x.size(); ++i)
+    EXPECT_EQ(y[i], fake_quant(x[i], p, RangeScaling::divide));
 }
 
 // exact quantizes with this step's range; lagged with the previous one (and
@@ -146,8 +147,8 @@ TEST(Ema, ExactAndLaggedOrder) {
   const RangeParams after = nudge_range(exact.state.min, exact.state.max, 0, 255);
   const RangeParams before = nudge_range(lagged_before.min, lagged_before.max, 0, 255);
   for (std::size_t i = 0; i < second.size(); ++i) {
-    EXPECT_EQ(y_exact[i], fake_quant(second[i], after));
-    EXPECT_EQ(y_lagged[i], fake_quant(second[i], before));
+    EXPECT_EQ(y_exact[i], fake_quant(second[i], after, RangeScaling::divide));
+    EXPECT_EQ(y_lagged[i], fake_quant(second[i], before, RangeScaling::divide));
   }
 }
 

@@ -63,7 +63,7 @@ TEST_P(RangeForward, PerChannelOnEveryAxisMatchesElementLoop) {
       for (std::int64_t i = 0; i < n; ++i) {
         const std::int64_t c = (i / layout.inner) % layout.channels;
         const RangeParams p = nudge_range(lo[c], hi[c], quant.qmin(), quant.qmax());
-        want[i] = fake_quant(x[i], p);
+        want[i] = fake_quant(x[i], p, range_scaling(layout));
         plane0[i] = format == MaskFormat::pass ? ste_pass(x[i], p) : at_or_above_min(x[i], p);
         if (format == MaskFormat::sides) plane1[i] = at_or_below_max(x[i], p);
       }

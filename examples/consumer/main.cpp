@@ -16,7 +16,7 @@ int main() {
   int wrong = 0;
   for (std::size_t i = 0; i < x.size(); ++i) {
     std::printf("%6.3f -> %6.3f\n", x[i], y[i]);
-    if (y[i] != lowbit::fake_quant(x[i], p)) ++wrong;
+    if (y[i] != lowbit::fake_quant(x[i], p, lowbit::RangeScaling::divide)) ++wrong;
   }
   if (y[2] != 0.0f) ++wrong;  // zero stays exactly zero
   std::printf("%s\n", wrong == 0 ? "consumer: ok" : "consumer: WRONG");

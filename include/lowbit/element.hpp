@@ -21,31 +21,51 @@ LOWBIT_HD float round_half_away(float v) { return roundf(v); }
 /// Round half to even (nearbyint in the default rounding mode).
 LOWBIT_HD float round_half_even(float v) { return rintf(v); }
 
+/// v limited to [lo, hi] by explicit compares (lo <= hi): NaN stays NaN, and
+/// a zero keeps its sign unless a bound replaces it. fminf/fmaxf are not used
+/// anywhere in the element math: IEEE lets them return either zero for
+/// (-0, +0), and the host and the device choose differently.
+LOWBIT_HD float clamp_to(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+/// A subnormal v as a zero of its sign. TensorFlow's CPU kernels run with
+/// denormals-are-zero and flush-to-zero set, so the range family does this to
+/// its inputs, its range and its one intermediate that can be subnormal.
+LOWBIT_HD float flush_subnormal(float v) { return fabsf(v) < FLT_MIN ? copysignf(0.0f, v) : v; }
+
+/// The straight-through estimator's gradient: dy where the element passed,
+/// otherwise dy·0, as TensorFlow's and PyTorch's dy·mask give it. A blocked
+/// negative dy gives -0, and a blocked non-finite dy gives NaN.
+LOWBIT_HD float ste_gradient(float dy, bool pass) { return pass ? dy : dy * 0.0f; }
+
 // ---------------------------------------------------------------------------
 // Range mode (TensorFlow)
 
 /// A nudged range. scale == 0 marks a zero-width (or invalid) range, which
-/// maps every input to 0 and passes every gradient.
+/// maps every input to +0 and passes every gradient.
 struct RangeParams {
   float nudged_min = 0.0f;
   float nudged_max = 0.0f;
   float scale = 0.0f;
-  float inv_scale = 0.0f;
+  float inv_scale = 0.0f;   ///< (qmax - qmin)/(max - min), recomputed as TensorFlow does
   float quant_zero = 0.0f;  ///< floor(-nudged_min·inv_scale + 0.5)
 };
 
-/// Nudges [min, max] so that 0 falls on the integer grid [qmin, qmax].
-/// min == max, a non-finite bound, or min > max give the zero-width range
-/// (device-side sanitising; the host API rejects the last two).
+/// Nudges [min, max] so that 0 falls on the integer grid [qmin, qmax], as
+/// TensorFlow's Nudge() does (subnormal bounds count as 0). min == max (0 or
+/// not), a non-finite bound, min > max, or a scale that is not a normal float
+/// give the zero-width range: device-side sanitising, since the host API
+/// rejects the non-finite and reversed ones. (TensorFlow returns NaN for
+/// min == max != 0; docs/numerics.md lists these differences.)
 LOWBIT_HD RangeParams nudge_range(float min, float max, int qmin, int qmax) {
   RangeParams p;
+  min = flush_subnormal(min);
+  max = flush_subnormal(max);
   if (!(is_finite(min) && is_finite(max) && min < max)) return p;
   const float qmin_f = static_cast<float>(qmin);
   const float qmax_f = static_cast<float>(qmax);
   const float scale = (max - min) / (qmax_f - qmin_f);
-  // TensorFlow recomputes the inverse rather than taking 1/scale.
   const float inv_scale = (qmax_f - qmin_f) / (max - min);
-  if (!(scale > 0.0f && is_finite(scale) && is_finite(inv_scale))) return p;
+  if (!(scale >= FLT_MIN && is_finite(scale) && is_finite(inv_scale))) return p;
   const float zero_point_from_min = qmin_f - min / scale;
   const float nudged_zero_point = zero_point_from_min < qmin_f   ? qmin_f
                                   : zero_point_from_min > qmax_f ? qmax_f
@@ -58,29 +78,36 @@ LOWBIT_HD RangeParams nudge_range(float min, float max, int qmin, int qmax) {
   return p;
 }
 
-/// y = (floor((clamp(x) - nudged_min)·inv_scale + 0.5) - quant_zero)·scale.
-/// Ties round up; 0 maps to exactly 0; NaN stays NaN; ±Inf clamp.
-LOWBIT_HD float fake_quant(float x, const RangeParams& p) {
-  if (x != x) return x;
+/// TensorFlow's range fake quant, with cs = clamp(x, nudged_min, nudged_max)
+/// - nudged_min:
+///   divide:   y = floor(cs / scale - quant_zero + 0.5)·scale
+///   multiply: y = floor(cs·inv_scale - quant_zero + 0.5)·scale
+/// Ties round up; a zero output is +0 (0 maps to exactly +0); NaN stays NaN;
+/// ±Inf clamp to the ends; a zero-width range gives +0 for every x.
+LOWBIT_HD float fake_quant(float x, const RangeParams& p, RangeScaling scaling) {
   if (p.scale == 0.0f) return 0.0f;
-  const float clamped = fminf(fmaxf(x, p.nudged_min), p.nudged_max);
-  return (floorf((clamped - p.nudged_min) * p.inv_scale + 0.5f) - p.quant_zero) * p.scale;
+  const float clamped = clamp_to(flush_subnormal(x), p.nudged_min, p.nudged_max);
+  const float shifted = flush_subnormal(clamped - p.nudged_min);
+  const float units = scaling == RangeScaling::divide ? shifted / p.scale : shifted * p.inv_scale;
+  return floorf(units - p.quant_zero + 0.5f) * p.scale;
 }
 
-/// STE pass bit: nudged_min <= x <= nudged_max (inclusive; false for NaN).
+/// STE pass bit: nudged_min <= x <= nudged_max (inclusive; false for NaN;
+/// true for every x in a zero-width range, as TensorFlow passes all there).
 LOWBIT_HD bool ste_pass(float x, const RangeParams& p) {
-  if (p.scale == 0.0f) return x == x;
-  return x >= p.nudged_min && x <= p.nudged_max;
+  if (p.scale == 0.0f) return true;
+  const float v = flush_subnormal(x);
+  return v >= p.nudged_min && v <= p.nudged_max;
 }
 
 /// MaskFormat::sides plane 0: x >= nudged_min.
 LOWBIT_HD bool at_or_above_min(float x, const RangeParams& p) {
-  return p.scale == 0.0f ? x == x : x >= p.nudged_min;
+  return p.scale == 0.0f || flush_subnormal(x) >= p.nudged_min;
 }
 
 /// MaskFormat::sides plane 1: x <= nudged_max.
 LOWBIT_HD bool at_or_below_max(float x, const RangeParams& p) {
-  return p.scale == 0.0f ? x == x : x <= p.nudged_max;
+  return p.scale == 0.0f || flush_subnormal(x) <= p.nudged_max;
 }
 
 // ---------------------------------------------------------------------------
@@ -102,21 +129,22 @@ LOWBIT_HD AffineParams make_affine(float scale, std::int32_t zero_point, int qmi
   p.inv_scale = 1.0f / scale;
   p.qmin = static_cast<float>(qmin);
   p.qmax = static_cast<float>(qmax);
-  const float zp = static_cast<float>(zero_point);
-  p.zero_point = fminf(fmaxf(zp, p.qmin), p.qmax);
+  p.zero_point = clamp_to(static_cast<float>(zero_point), p.qmin, p.qmax);
   return p;
 }
 
 /// The unclamped integer q = nearbyint(x·inv_scale) + zero_point, as a float.
+/// Adding the zero point (an integer, never -0) turns rint's -0 into +0, as
+/// PyTorch's integer arithmetic does.
 LOWBIT_HD float affine_q(float x, const AffineParams& p) {
   return round_half_even(x * p.inv_scale) + p.zero_point;
 }
 
-/// y = (clamp(q, qmin, qmax) - zero_point)·scale. NaN stays NaN.
+/// y = (clamp(q, qmin, qmax) - zero_point)·scale. A zero output is +0; NaN
+/// stays NaN.
 LOWBIT_HD float fake_quant(float x, const AffineParams& p) {
   if (x != x) return x;
-  const float q = fminf(fmaxf(affine_q(x, p), p.qmin), p.qmax);
-  return (q - p.zero_point) * p.scale;
+  return (clamp_to(affine_q(x, p), p.qmin, p.qmax) - p.zero_point) * p.scale;
 }
 
 /// STE pass bit: qmin <= q <= qmax.
@@ -137,41 +165,50 @@ struct LsqParams {
 
 LOWBIT_HD LsqParams make_lsq(float scale, int qmin, int qmax) {
   LsqParams p;
-  p.scale = fmaxf(scale, kLsqMinScale);  // fmaxf(NaN, eps) is eps
+  p.scale = scale > kLsqMinScale ? scale : kLsqMinScale;  // NaN becomes the floor too
   p.inv_scale = 1.0f / p.scale;
   p.qmin = static_cast<float>(qmin);
   p.qmax = static_cast<float>(qmax);
   return p;
 }
 
-/// y = clamp(round_half_even(x/s), qmin, qmax)·s, with x/s taken as x·(1/s).
+/// PyTorch's _fake_quantize_learnable_per_*_affine forward, which is affine
+/// fake quant with zero point 0: y = clamp(round_half_even(x·(1/s)), qmin,
+/// qmax)·s, a zero output +0.
 LOWBIT_HD float fake_quant(float x, const LsqParams& p) {
-  if (x != x) return x;
-  const float q = fminf(fmaxf(round_half_even(x * p.inv_scale), p.qmin), p.qmax);
-  return q * p.scale;
+  return fake_quant(x, AffineParams{p.scale, p.inv_scale, 0.0f, p.qmin, p.qmax});
 }
 
-/// dx = dy where qmin <= x/s <= qmax.
-LOWBIT_HD bool ste_pass(float x, const LsqParams& p) {
+/// Esser et al.'s data gradient: dx = dy strictly inside the grid, qmin <
+/// x/s < qmax (the derivative of their clip); 0 at and beyond the ends and
+/// for NaN. PyTorch decides by the rounded level instead (docs/numerics.md).
+LOWBIT_HD bool lsq_passes(float x, const LsqParams& p) {
   const float v = x * p.inv_scale;
-  return v >= p.qmin && v <= p.qmax;
+  return v > p.qmin && v < p.qmax;
 }
 
-/// Per-element d_scale term before the gradient scale g: dy·(round(v) - v)
-/// inside, dy·qmin below, dy·qmax above, 0 for NaN.
+/// Per-element d_scale term before the gradient scale g, Esser et al.'s
+/// dy·{round(v) - v inside, qmin at or below qmin, qmax at or above qmax},
+/// v = x/s, and dy·0 for a NaN x.
 LOWBIT_HD float lsq_scale_grad_term(float x, float dy, const LsqParams& p) {
   const float v = x * p.inv_scale;
-  if (v < p.qmin) return dy * p.qmin;
-  if (v > p.qmax) return dy * p.qmax;
-  if (v >= p.qmin) return dy * (round_half_even(v) - v);
-  return 0.0f;
+  float factor = 0.0f;
+  if (v <= p.qmin) {
+    factor = p.qmin;
+  } else if (v >= p.qmax) {
+    factor = p.qmax;
+  } else if (v == v) {
+    factor = round_half_even(v) - v;
+  }
+  return dy * factor;
 }
 
 /// LSQ's initial step size from a channel's sum of |x| over `count` elements:
 /// 2·mean|x|/sqrt(qmax), kept positive.
 LOWBIT_HD float lsq_initial_scale(float sum_abs, std::int64_t count, int qmax) {
   const float mean = sum_abs / static_cast<float>(count);
-  return fmaxf(2.0f * mean / sqrtf(static_cast<float>(qmax)), kLsqMinScale);
+  const float scale = 2.0f * mean / sqrtf(static_cast<float>(qmax));
+  return scale > kLsqMinScale ? scale : kLsqMinScale;
 }
 
 // ---------------------------------------------------------------------------

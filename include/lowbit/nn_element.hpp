@@ -24,9 +24,11 @@ LOWBIT_HD float relu(float v) { return (v > 0.0f || v != v) ? v : 0.0f; }
 LOWBIT_HD float activation_forward(float v, bool use_relu) { return use_relu ? relu(v) : v; }
 
 /// dx from the activation's output y: dy where the ReLU passed (y > 0, so a
-/// NaN output passes nothing), dy everywhere without a ReLU.
+/// NaN output passes nothing), dy everywhere without a ReLU. A blocked dy
+/// gives dy·0 (TensorFlow's ReluGrad), as the STE's masks do, so the fused
+/// activation's one mask gives the same bits as the two ops in turn.
 LOWBIT_HD float activation_backward(float dy, float y, bool use_relu) {
-  return !use_relu || y > 0.0f ? dy : 0.0f;
+  return ste_gradient(dy, !use_relu || y > 0.0f);
 }
 
 // ---------------------------------------------------------------------------
@@ -137,20 +139,22 @@ LOWBIT_HD AffineQparams affine_qparams(float min, float max, int qmin, int qmax,
   const float qmin_f = static_cast<float>(qmin);
   const float qmax_f = static_cast<float>(qmax);
   if (!(is_finite(min) && is_finite(max) && min <= max)) {
-    p.zero_point = static_cast<std::int32_t>(fminf(fmaxf(0.0f, qmin_f), qmax_f));
+    p.zero_point = static_cast<std::int32_t>(clamp_to(0.0f, qmin_f, qmax_f));
     return p;
   }
   const float min_neg = min < 0.0f ? min : 0.0f;
   const float max_pos = max > 0.0f ? max : 0.0f;
   if (symmetric) {
     const float magnitude = -min_neg > max_pos ? -min_neg : max_pos;
-    p.scale = fmaxf(magnitude / ((qmax_f - qmin_f) / 2.0f), kQparamsMinScale);
+    const float scale = magnitude / ((qmax_f - qmin_f) / 2.0f);
+    p.scale = scale > kQparamsMinScale ? scale : kQparamsMinScale;
     p.zero_point = qmin < 0 ? 0 : (qmin + qmax) / 2;
     return p;
   }
-  p.scale = fmaxf((max_pos - min_neg) / (qmax_f - qmin_f), kQparamsMinScale);
+  const float scale = (max_pos - min_neg) / (qmax_f - qmin_f);
+  p.scale = scale > kQparamsMinScale ? scale : kQparamsMinScale;
   const float zero_point = qmin_f - round_half_even(min_neg / p.scale);
-  p.zero_point = static_cast<std::int32_t>(fminf(fmaxf(zero_point, qmin_f), qmax_f));
+  p.zero_point = static_cast<std::int32_t>(clamp_to(zero_point, qmin_f, qmax_f));
   return p;
 }
 

@@ -23,9 +23,13 @@
 
 namespace lowbit::ref {
 
-/// Range-mode fake quantization: y = fake_quant(x) with the nudged range of
-/// each channel ([min[c], max[c]], channels entries each). Writes the STE mask
-/// in `mask_format` if `mask` is not null. x and y may alias.
+/// Range-mode fake quantization, TensorFlow's kernels bit for bit: y =
+/// fake_quant(x, nudged range of channel c, range_scaling(layout)) with
+/// [min[c], max[c]] (channels entries each). One channel is
+/// FakeQuantWithMinMaxVars (a division by the scale), several are
+/// FakeQuantWithMinMaxVarsPerChannel (a multiplication by its inverse).
+/// Writes the STE mask in `mask_format` if `mask` is not null. x and y may
+/// alias.
 void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, const float* min,
                       const float* max, RangeQuant quant, std::uint32_t* mask,
                       MaskFormat mask_format = MaskFormat::pass);
@@ -35,13 +39,17 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
 void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                        const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask);
 
-/// STE backward from a saved mask: dx = dy where the element passed, else 0.
+/// STE backward from a saved mask: dx = dy where the element passed, else
+/// dy·0 (as TensorFlow's and PyTorch's dy·mask: -0 for a negative dy, NaN
+/// for a non-finite one).
 void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
                   std::int64_t n, float* dx);
 
 /// Range-mode STE backward with the range gradients, from a MaskFormat::sides
-/// mask: dx as ste_backward, d_min[c] = Σ dy below the range, d_max[c] = Σ dy
-/// above it (deterministic tree sums, no atomics).
+/// mask: dx as ste_backward, d_min[c] = Σ dy·[x below the range], d_max[c] =
+/// Σ dy·[x above it], TensorFlow's ...Gradient ops (deterministic tree sums
+/// from +0, no atomics; a non-finite dy anywhere in the channel gives NaN, as
+/// there).
 void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
                         const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
                         Workspace workspace);
@@ -51,16 +59,18 @@ void ema_state_init(EmaRangeState* state);
 
 /// Fused EMA observer + per-tensor range fake quant (TensorFlow's activation
 /// quantization). Updates `state` with min/max of this batch (see
-/// ema_range_step), then quantizes x with the nudged EMA range: after this
-/// step's update in EmaMode::exact, before it in EmaMode::lagged. Before the
-/// first update and during quant_delay, y = x (and the mask passes).
+/// ema_range_step), then quantizes x with the nudged EMA range exactly as
+/// FakeQuantWithMinMaxVars does: after this step's update in EmaMode::exact,
+/// before it in EmaMode::lagged. Before the first update and during
+/// quant_delay, y = x (and the mask passes every element but NaN).
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
                     const EmaConfig& config, std::uint32_t* mask,
                     MaskFormat mask_format = MaskFormat::pass);
 
 /// Last-value range of weights per channel: [min(w), max(w)], or with
 /// `symmetric` [-max|w|, max|w|], over the finite weights (NaN and ±Inf must
-/// not poison the range; a channel without a finite weight gets [0, 0]).
+/// not poison the range; a channel without a finite weight gets [0, 0]). A
+/// bound of zero is +0.
 void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
                   float* max, Workspace workspace);
 
@@ -71,12 +81,17 @@ void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, R
                         bool symmetric, float* min, float* max, std::uint32_t* mask,
                         Workspace workspace);
 
-/// LSQ forward: y = clamp(round(x/s[c]), qmin, qmax)·s[c].
+/// LSQ forward: y = clamp(round_half_even(x·(1/s[c])), qmin, qmax)·s[c], PyTorch's
+/// _fake_quantize_learnable_per_*_affine with zero point 0, bit for bit (a
+/// zero output is +0).
 void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                  LsqQuant quant);
 
-/// LSQ backward: dx = dy inside the grid, d_scale[c] = g·Σ lsq_scale_grad_term
+/// LSQ backward as Esser et al. define it: dx = dy strictly inside the grid
+/// (qmin < x/s < qmax; dy·0 elsewhere), d_scale[c] = g·Σ lsq_scale_grad_term
 /// with the gradient scale g = 1/sqrt(N·qmax), N the elements per channel.
+/// PyTorch's learnable fake quant differs within half a step of each grid end
+/// (docs/numerics.md).
 void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
                   const float* scale, LsqQuant quant, float* dx, float* d_scale,
                   Workspace workspace);
@@ -104,7 +119,8 @@ void bias_activation(const float* x, const float* bias, const ChannelLayout& lay
                      float* y);
 
 /// Backward of bias_activation from its output y: dx = dy where !relu or
-/// y > 0, else 0 (a NaN output passes nothing); d_bias[c] = Σ dx over
+/// y > 0, else dy·0 (TensorFlow's ReluGrad; a NaN output passes nothing);
+/// d_bias[c] = Σ dx over
 /// channel c in reduction_order.hpp's fixed order (as ste_backward_range), so
 /// both namespaces give the same bits. dx may alias dy. d_bias may be null:
 /// no reduction, and the workspace is not needed; otherwise it takes

@@ -49,6 +49,23 @@ struct RangeQuant {
   LOWBIT_HD constexpr int qmax() const { return (1 << bits) - 1; }
 };
 
+/// How a range quantizer turns the clamped, shifted input into grid units.
+/// TensorFlow's kernels differ here, and next to a rounding tie the two give
+/// levels one apart, so lowbit follows each kernel exactly.
+enum class RangeScaling : std::uint8_t {
+  /// (x - nudged_min) / scale: FakeQuantWithMinMaxVars (per tensor).
+  divide,
+  /// (x - nudged_min) · inv_scale: FakeQuantWithMinMaxVarsPerChannel and
+  /// FakeQuantWithMinMaxArgs.
+  multiply,
+};
+
+/// The scaling of a range op over `layout`: one channel is per tensor
+/// (FakeQuantWithMinMaxVars), several are per channel.
+LOWBIT_HD constexpr RangeScaling range_scaling(const ChannelLayout& layout) {
+  return layout.channels == 1 ? RangeScaling::divide : RangeScaling::multiply;
+}
+
 /// PyTorch affine quantizer (fake_quantize_per_{tensor,channel}_affine):
 /// q = nearbyint(x / scale) + zero_point clamped to [qmin, qmax]. Scales and
 /// zero points are per channel arrays; the grid must span 2..16 bits.
