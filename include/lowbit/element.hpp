@@ -92,15 +92,8 @@ LOWBIT_HD float fake_quant(float x, const RangeParams& p, RangeScaling scaling) 
   return floorf(units - p.quant_zero + 0.5f) * p.scale;
 }
 
-/// STE pass bit: nudged_min <= x <= nudged_max (inclusive; false for NaN;
-/// true for every x in a zero-width range, as TensorFlow passes all there).
-LOWBIT_HD bool ste_pass(float x, const RangeParams& p) {
-  if (p.scale == 0.0f) return true;
-  const float v = flush_subnormal(x);
-  return v >= p.nudged_min && v <= p.nudged_max;
-}
-
-/// MaskFormat::sides plane 0: x >= nudged_min.
+/// MaskFormat::sides plane 0: x >= nudged_min (on the flushed x; true for
+/// every x in a zero-width range, as TensorFlow passes all there).
 LOWBIT_HD bool at_or_above_min(float x, const RangeParams& p) {
   return p.scale == 0.0f || flush_subnormal(x) >= p.nudged_min;
 }
@@ -108,6 +101,12 @@ LOWBIT_HD bool at_or_above_min(float x, const RangeParams& p) {
 /// MaskFormat::sides plane 1: x <= nudged_max.
 LOWBIT_HD bool at_or_below_max(float x, const RangeParams& p) {
   return p.scale == 0.0f || flush_subnormal(x) <= p.nudged_max;
+}
+
+/// STE pass bit: nudged_min <= x <= nudged_max, inclusive at both ends and
+/// false for NaN (both planes).
+LOWBIT_HD bool ste_pass(float x, const RangeParams& p) {
+  return at_or_above_min(x, p) && at_or_below_max(x, p);
 }
 
 // ---------------------------------------------------------------------------
