@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Build tools and libraries, Fashion-MNIST (the default training data), and
-# what scripts/bench.sh's report and its test use (schema check, markdown
-# rendering, charts).
+# Build tools and libraries, Fashion-MNIST (the default training data), what
+# scripts/bench.sh's report and its test use (schema check, markdown
+# rendering, charts), and Boost.Context for the CPU SIMT emulator that runs
+# the CUDA kernels in the tests (-DLOWBIT_SIMT=ON, tests/simt).
 packages=(cmake g++ make googletest libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
           libcli11-dev zlib1g-dev dataset-fashion-mnist
-          python3 python3-jsonschema python3-markdown python3-matplotlib)
+          python3 python3-jsonschema python3-markdown python3-matplotlib libboost-context-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test. GPU tests skip
-# without a CUDA device; CPU tests always run.
+# Installs what is missing, builds, and runs every test. CPU tests always
+# run; the Gpu* kernel tests run on a GPU if there is one and, always, on the
+# CPU SIMT emulator (tests/simt); tests that need cuDNN or cuBLAS skip
+# without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh -DLOWBIT_SIMT=ON
 ctest --test-dir build --output-on-failure -j "$(nproc)"
