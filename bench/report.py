@@ -416,8 +416,8 @@ def markdown(results):
     if breakdown:
         out += ["## Where an eager step's time goes", "",
                 "Milliseconds per step by stage, from a timeline stamp after every backend "
-                "call (events on the GPU). conv and pool are cuDNN on the GPU, gemm is "
-                "cuBLAS; quantizers are lowbit's kernels.", ""]
+                "call (events on the GPU). conv is cuDNN on the GPU, gemm is "
+                "cuBLAS; pool and quantizers are lowbit's kernels.", ""]
         used = [s for s in STAGES if any(r["stages_ms"][s] > 0 for r in breakdown)]
         rows = []
         for r in breakdown:

@@ -22,7 +22,7 @@ namespace lowbit::bench {
 enum class Stage : std::size_t {
   conv,             ///< convolutions, forward and backward (cuDNN)
   gemm,             ///< fully connected layers (cuBLAS)
-  pool,             ///< max pooling (cuDNN)
+  pool,             ///< max pooling
   quantizers,       ///< fake quant, observers, STE, LSQ, the fused bias+ReLU+EMA quantizer
   bias_activation,  ///< fp32 bias, ReLU and add, forward and backward
   loss_sgd,         ///< softmax cross-entropy and the SGD update
@@ -110,9 +110,11 @@ class StageTimedBackend final : public Backend {
     timed(Stage::bias_activation, [&] { inner_.bias_activation(x, bias, layout, relu, y); });
   }
   void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                                bool relu, float* dx, float* d_bias, Workspace workspace) override {
-    timed(Stage::bias_activation,
-          [&] { inner_.bias_activation_backward(dy, y, layout, relu, dx, d_bias, workspace); });
+                                bool relu, const std::uint32_t* pass_mask, float* dx,
+                                float* d_bias, Workspace workspace) override {
+    timed(Stage::bias_activation, [&] {
+      inner_.bias_activation_backward(dy, y, layout, relu, pass_mask, dx, d_bias, workspace);
+    });
   }
   void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                                 float* y, EmaRangeState* state, const EmaConfig& config,

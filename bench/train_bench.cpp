@@ -241,7 +241,7 @@ void register_all(Backend& backend, const std::string& prefix) {
 int main(int argc, char** argv) {
   std::unique_ptr<Backend> backend;  // outlives every benchmark
   return lowbit::bench::run_benchmarks(argc, argv, [&] {
-    const bool gpu = lowbit::cuda_device_present();
+    const bool gpu = lowbit::cuda_device_problem().empty();
     backend = gpu ? lowbit::make_cuda_backend() : lowbit::make_cpu_backend();
     benchmark::AddCustomContext("backend", backend->description());
     register_all(*backend, gpu ? "gpu" : "cpu");

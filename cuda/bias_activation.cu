@@ -1,7 +1,8 @@
 // Bias and activation of a conv or linear output, and its backward.
 //
 //   forward:  y = act(x + bias[c]),   act = ReLU or identity
-//   backward: dx = dy·[!relu or y > 0],   d_bias[c] = Σ_{i in c} dx[i]
+//   backward: dx = dy·[!relu or y > 0]·[no pass_mask or its bit i],
+//             d_bias[c] = Σ_{i in c} dx[i]
 //
 // The d_bias sums are reduction.cuh's fixed-order tree (no atomics), so they
 // equal the CPU reference's bit for bit.
@@ -36,11 +37,12 @@ __global__ void bias_activation_kernel(const float* x, const float* bias, Channe
   }
 }
 
-__global__ void activation_backward_kernel(const float* dy, const float* y, std::int64_t n,
-                                           bool relu, float* dx) {
+__global__ void activation_backward_kernel(const float* dy, const float* y, bool relu,
+                                           const std::uint32_t* pass_mask, std::int64_t n,
+                                           float* dx) {
   const std::int64_t stride = std::int64_t{gridDim.x} * blockDim.x;
   for (std::int64_t i = std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n; i += stride)
-    dx[i] = activation_backward(dy[i], y[i], relu);
+    dx[i] = ste_gradient(dy[i], activation_passes(y, relu, pass_mask, i));
 }
 
 /// Element body of the d_bias reduction: writes dx and folds it.
@@ -49,21 +51,23 @@ struct BiasGradBody {
   const float* dy;
   const float* y;
   bool relu;
+  const std::uint32_t* pass_mask;
   float* dx;
 
   struct Element {
     const float* dy;
     const float* y;
     bool relu;
+    const std::uint32_t* pass_mask;
     float* dx;
     template <class Op>
     __device__ void operator()(std::int64_t i, float (&acc)[1], Op op) const {
-      const float g = activation_backward(dy[i], y[i], relu);
+      const float g = ste_gradient(dy[i], activation_passes(y, relu, pass_mask, i));
       dx[i] = g;
       acc[0] = op(acc[0], g);
     }
   };
-  __device__ Element bind(std::int64_t) const { return Element{dy, y, relu, dx}; }
+  __device__ Element bind(std::int64_t) const { return Element{dy, y, relu, pass_mask, dx}; }
 };
 
 struct BiasGradFinish {
@@ -99,19 +103,20 @@ void bias_activation(const float* x, const float* bias, const ChannelLayout& lay
 }
 
 void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                              bool relu, float* dx, float* d_bias, Workspace workspace,
-                              cudaStream_t stream) {
-  lowbit::detail::check_bias_activation_backward(dy, y, layout, dx, d_bias, workspace);
+                              bool relu, const std::uint32_t* pass_mask, float* dx,
+                              float* d_bias, Workspace workspace, cudaStream_t stream) {
+  lowbit::detail::check_bias_activation_backward(dy, y, layout, relu, dx, d_bias, workspace);
   const std::int64_t n = layout.size();
   if (n == 0) return;
   if (d_bias != nullptr) {
-    detail::launch_channel_reduction(layout, BiasGradBody{dy, y, relu, dx},
+    detail::launch_channel_reduction(layout, BiasGradBody{dy, y, relu, pass_mask, dx},
                                      lowbit::detail::SumOp{}, BiasGradFinish{d_bias}, workspace,
                                      stream);
     return;
   }
   const unsigned grid = detail::grid_for(n, detail::kBlockThreads);
-  activation_backward_kernel<<<grid, detail::kBlockThreads, 0, stream>>>(dy, y, n, relu, dx);
+  activation_backward_kernel<<<grid, detail::kBlockThreads, 0, stream>>>(dy, y, relu, pass_mask,
+                                                                         n, dx);
   LOWBIT_LAUNCH_CHECK();
 }
 

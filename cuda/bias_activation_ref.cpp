@@ -18,11 +18,13 @@ void bias_activation(const float* x, const float* bias, const ChannelLayout& lay
 }
 
 void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                              bool relu, float* dx, float* d_bias, Workspace workspace) {
-  detail::check_bias_activation_backward(dy, y, layout, dx, d_bias, workspace);
+                              bool relu, const std::uint32_t* pass_mask, float* dx, float* d_bias,
+                              Workspace workspace) {
+  detail::check_bias_activation_backward(dy, y, layout, relu, dx, d_bias, workspace);
   const std::int64_t n = layout.size();
   if (n == 0) return;
-  for (std::int64_t i = 0; i < n; ++i) dx[i] = activation_backward(dy[i], y[i], relu);
+  for (std::int64_t i = 0; i < n; ++i)
+    dx[i] = ste_gradient(dy[i], activation_passes(y, relu, pass_mask, i));
   if (d_bias == nullptr) return;
   const auto bind = [&](std::int64_t) { return [&](std::int64_t i, int) { return dx[i]; }; };
   const auto finish = [&](std::int64_t c, const std::array<float, 1>& totals) {

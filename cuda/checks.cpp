@@ -79,6 +79,25 @@ std::int64_t channels_in_use(const ChannelLayout& layout) {
   return layout.size() > 0 ? layout.channels : 0;
 }
 
+/// Sizes >= 0, a window of at least one element that fits the input.
+void check_pool_shape(const Pool2dShape& s) {
+  LOWBIT_EXPECTS(s.batch >= 0 && s.channels >= 0 && s.kernel >= 1 && s.stride >= 1 &&
+                     s.height >= s.kernel && s.width >= s.kernel,
+                 "max_pool [N=" + std::to_string(s.batch) + " C=" + std::to_string(s.channels) +
+                     " H=" + std::to_string(s.height) + " W=" + std::to_string(s.width) +
+                     "] kernel=" + std::to_string(s.kernel) + " stride=" +
+                     std::to_string(s.stride) +
+                     ": sizes must be >= 0, kernel and stride >= 1, and the window must fit");
+}
+
+std::int64_t pool_inputs(const Pool2dShape& s) {
+  return s.batch * s.channels * s.height * s.width;
+}
+
+std::int64_t pool_outputs(const Pool2dShape& s) {
+  return s.batch * s.channels * s.out_height() * s.out_width();
+}
+
 void check_workspace(Workspace workspace, const ChannelLayout& layout) {
   const std::size_t needed = reduction_workspace_bytes(layout);
   LOWBIT_EXPECTS(workspace.bytes >= needed && (workspace.data != nullptr || needed == 0),
@@ -196,9 +215,10 @@ void check_bias_activation(const float* x, const ChannelLayout& layout, const fl
 }
 
 void check_bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                                    const float* dx, const float* d_bias, Workspace workspace) {
+                                    bool relu, const float* dx, const float* d_bias,
+                                    Workspace workspace) {
   check_tensor_pair(dy, "dy", dx, "dx", layout);
-  check_pointer(y, layout.size(), "y");
+  check_pointer(y, relu ? layout.size() : 0, "y");
   if (d_bias != nullptr) check_workspace(workspace, layout);
 }
 
@@ -206,6 +226,20 @@ void check_add(const float* a, const float* b, std::int64_t n, const float* y) {
   check_pointer(a, n, "a");
   check_pointer(b, n, "b");
   check_pointer(y, n, "y");
+}
+
+void check_max_pool_forward(const Pool2dShape& s, const float* x, const float* y) {
+  check_pool_shape(s);
+  check_pointer(x, pool_inputs(s), "x");
+  check_pointer(y, pool_outputs(s), "y");
+}
+
+void check_max_pool_backward(const Pool2dShape& s, const float* x, const float* dy,
+                             const float* dx) {
+  check_pool_shape(s);
+  check_pointer(x, pool_inputs(s), "x");
+  check_pointer(dy, pool_outputs(s), "dy");
+  check_pointer(dx, pool_inputs(s), "dx");
 }
 
 void check_softmax_cross_entropy(const float* logits, const std::int32_t* labels,

@@ -41,9 +41,14 @@ void check_packing(const std::uint8_t* codes, const std::uint8_t* packed, std::i
 
 // Training building blocks (nn_element.hpp).
 void check_bias_activation(const float* x, const ChannelLayout& layout, const float* y);
+/// y is read only with relu.
 void check_bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                                    const float* dx, const float* d_bias, Workspace workspace);
+                                    bool relu, const float* dx, const float* d_bias,
+                                    Workspace workspace);
 void check_add(const float* a, const float* b, std::int64_t n, const float* y);
+void check_max_pool_forward(const Pool2dShape& s, const float* x, const float* y);
+void check_max_pool_backward(const Pool2dShape& s, const float* x, const float* dy,
+                             const float* dx);
 void check_softmax_cross_entropy(const float* logits, const std::int32_t* labels,
                                  std::int64_t batch, int classes, const LossTotals* totals);
 void check_sgd_step(const float* params, const float* grads, const float* velocity,

@@ -1,6 +1,7 @@
 // Device queries shared by the launchers.
 #include <array>
 #include <atomic>
+#include <string>
 
 #include "launch.cuh"
 #include "lowbit/cuda.hpp"
@@ -25,14 +26,19 @@ int multiprocessor_count() {
 
 }  // namespace detail
 
-bool device_available() {
+std::string device_problem() {
   int count = 0;
-  const cudaError_t status = cudaGetDeviceCount(&count);
-  if (status != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky "no device" error
-    return false;
-  }
-  return count > 0;
+  cudaError_t status = cudaGetDeviceCount(&count);
+  if (status == cudaSuccess && count == 0) return "no CUDA device found";
+  // A device can be listed yet fail to start (driver mismatch, a device in a
+  // bad state): cudaFree(nullptr) creates the context, which surfaces that.
+  if (status == cudaSuccess) status = cudaFree(nullptr);
+  if (status == cudaSuccess) return {};
+  (void)cudaGetLastError();  // the error is reported here, not by the next check
+  return std::string("no usable CUDA device: ") + cudaGetErrorName(status) + ": " +
+         cudaGetErrorString(status);
 }
+
+bool device_available() { return device_problem().empty(); }
 
 }  // namespace lowbit::cuda

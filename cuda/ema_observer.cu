@@ -100,6 +100,8 @@ struct EmaQuantizer : detail::PlainInput {
     const bool quantizes = ema_quantizes(s, s.steps - call_offset, config);
     return {nudge_range(s.min, s.max, config.quant.qmin(), config.quant.qmax()), !quantizes};
   }
+  /// One range for every channel: nothing to reload.
+  __device__ void set_channel(Params&, std::int64_t) const {}
   __device__ float apply(float x, const Params& p) const {
     return p.identity ? x : fake_quant(x, p.range, RangeScaling::divide);
   }
@@ -114,7 +116,8 @@ struct EmaQuantizer : detail::PlainInput {
 
 /// EmaQuantizer of v = relu(x + bias[c]) (bias null: relu(x)), whose pass bit
 /// is both backward steps at once: the STE's (or the identity phase's) and
-/// the ReLU's (v > 0).
+/// the ReLU's (v > 0). The range is read and nudged once per thread; a
+/// channel change (every element of a Linear output) reloads only the bias.
 struct BiasReluEmaQuantizer {
   static constexpr bool kHasSides = false;
   struct Params {
@@ -126,6 +129,9 @@ struct BiasReluEmaQuantizer {
 
   __device__ Params params(std::int64_t c) const {
     return {ema.params(c), bias != nullptr ? bias[c] : 0.0f};
+  }
+  __device__ void set_channel(Params& p, std::int64_t c) const {
+    if (bias != nullptr) p.bias = bias[c];
   }
   __device__ float input(float x, const Params& p) const {
     return relu(bias != nullptr ? x + p.bias : x);

@@ -28,6 +28,7 @@ struct RangeQuantizer : detail::PlainInput {
   RangeScaling scaling;
 
   __device__ Params params(std::int64_t c) const { return nudge_range(min[c], max[c], qmin, qmax); }
+  __device__ void set_channel(Params& p, std::int64_t c) const { p = params(c); }
   __device__ float apply(float x, const Params& p) const { return fake_quant(x, p, scaling); }
   __device__ bool plane0(float x, const Params& p) const { return at_or_above_min(x, p); }
   __device__ bool plane1(float x, const Params& p) const { return at_or_below_max(x, p); }
@@ -49,6 +50,7 @@ struct AffineQuantizer : detail::PlainInput {
   __device__ Params params(std::int64_t c) const {
     return make_affine(scale[c], zero_point[c], qmin, qmax);
   }
+  __device__ void set_channel(Params& p, std::int64_t c) const { p = params(c); }
   __device__ float apply(float x, const Params& p) const { return fake_quant(x, p); }
   __device__ bool plane0(float x, const Params& p) const { return ste_pass(x, p); }
 };

@@ -24,6 +24,7 @@ struct LsqQuantizer : detail::PlainInput {
   int qmax;
 
   __device__ Params params(std::int64_t c) const { return make_lsq(scale[c], qmin, qmax); }
+  __device__ void set_channel(Params& p, std::int64_t c) const { p = params(c); }
   __device__ float apply(float x, const Params& p) const { return fake_quant(x, p); }
   __device__ bool plane0(float x, const Params& p) const { return lsq_passes(x, p); }
 };

@@ -12,10 +12,12 @@
 
 namespace lowbit::cuda::detail {
 
+using lowbit::detail::item_extent;
+using lowbit::detail::ItemExtent;
 using lowbit::detail::kReduceItemsPerThread;
-using lowbit::detail::kReducePiece;
 using lowbit::detail::kReduceThreads;
 using lowbit::detail::partial_index;
+using lowbit::detail::ReduceItems;
 
 /// Every round lane l takes op(v_l, v_{l^offset}), as butterfly_ref does.
 template <class Op>
@@ -41,40 +43,41 @@ __device__ float block_reduce(float v, Op op, float* scratch) {
   return total;
 }
 
-/// Reduces each item (a piece of one row) into `partials`.
+/// Reduces each item (reduction_order.hpp: a piece of one row, or whole rows
+/// of one channel) into `partials`. Consecutive blocks take item m of each
+/// channel in turn, so they read neighbouring memory.
 /// Body: bind(channel) returns a device callable f(i, acc) that handles
 /// element i (writing any elementwise output) and folds its kQuantities values
 /// into acc with op.
 template <class Op, class Body>
 __global__ void __launch_bounds__(kReduceThreads)
-    reduce_items_kernel(ChannelLayout layout, std::int64_t pieces, Body body, Op op,
+    reduce_items_kernel(ChannelLayout layout, ReduceItems items, Body body, Op op,
                         float* partials) {
   constexpr int kQ = Body::kQuantities;
   __shared__ float scratch[32];
-  const std::int64_t items = layout.outer * layout.channels * pieces;
-  const std::int64_t per_channel = layout.outer * pieces;
-  for (std::int64_t item = blockIdx.x; item < items; item += gridDim.x) {
-    const std::int64_t row = item / pieces;
-    const std::int64_t piece = item - row * pieces;
-    const std::int64_t c = row % layout.channels;
-    const std::int64_t o = row / layout.channels;
-    const std::int64_t start = piece * kReducePiece;
-    const std::int64_t len = min(kReducePiece, layout.inner - start);
-    const std::int64_t base = row * layout.inner + start;
+  const std::int64_t total_items = layout.channels * items.per_channel;
+  const std::int64_t row_stride = layout.channels * layout.inner;
+  for (std::int64_t item = blockIdx.x; item < total_items; item += gridDim.x) {
+    const std::int64_t c = item % layout.channels;
+    const std::int64_t m = item / layout.channels;
+    const ItemExtent extent = item_extent(items, layout, m);
+    const std::int64_t base =
+        (extent.first_row * layout.channels + c) * layout.inner + extent.start;
     const auto element = body.bind(c);
     float acc[kQ];
 #pragma unroll
     for (int q = 0; q < kQ; ++q) acc[q] = Op::identity();
 #pragma unroll
     for (int k = 0; k < kReduceItemsPerThread; ++k) {
-      const std::int64_t j = threadIdx.x + std::int64_t{k} * kReduceThreads;
-      if (j < len) element(base + j, acc, op);
+      // Within an item the index math is 32-bit: j < kReducePiece.
+      const int j = static_cast<int>(threadIdx.x) + k * kReduceThreads;
+      if (j < extent.len) element(base + j / extent.span * row_stride + j % extent.span, acc, op);
     }
 #pragma unroll
     for (int q = 0; q < kQ; ++q) {
       const float total = block_reduce(acc[q], op, scratch);
       if (threadIdx.x == 0)
-        partials[partial_index(q, c, layout.channels, o * pieces + piece, per_channel)] = total;
+        partials[partial_index(q, c, layout.channels, m, items.per_channel)] = total;
     }
   }
 }
@@ -103,17 +106,17 @@ __global__ void __launch_bounds__(kReduceThreads)
 template <class Op, class Body, class Finish>
 void launch_channel_reduction(const ChannelLayout& layout, const Body& body, Op op,
                               const Finish& finish, Workspace workspace, cudaStream_t stream) {
-  const std::int64_t pieces = lowbit::detail::pieces_per_row(layout);
-  const std::int64_t items = layout.outer * layout.channels * pieces;
+  const ReduceItems items = lowbit::detail::reduce_items(layout);
+  const std::int64_t total_items = layout.channels * items.per_channel;
   auto* partials = static_cast<float*>(workspace.data);
-  const unsigned item_blocks = static_cast<unsigned>(std::min<std::int64_t>(items, 1 << 30));
-  reduce_items_kernel<<<item_blocks, kReduceThreads, 0, stream>>>(layout, pieces, body, op,
+  const unsigned item_blocks = static_cast<unsigned>(std::min<std::int64_t>(total_items, 1 << 30));
+  reduce_items_kernel<<<item_blocks, kReduceThreads, 0, stream>>>(layout, items, body, op,
                                                                   partials);
   LOWBIT_LAUNCH_CHECK();
   const unsigned channel_blocks =
       static_cast<unsigned>(std::min<std::int64_t>(layout.channels, 1 << 30));
   finish_channels_kernel<<<channel_blocks, kReduceThreads, 0, stream>>>(
-      partials, layout.channels, layout.outer * pieces, op, finish);
+      partials, layout.channels, items.per_channel, op, finish);
   LOWBIT_LAUNCH_CHECK();
 }
 

@@ -4,11 +4,20 @@
 // this order depends only on the tensor layout, never on the device, and the
 // reference reproduces it to the bit.
 //
-// Order: each row (o, c) of `inner` elements is cut into pieces of kPiece.
-// A piece is one "item": thread t of 256 folds elements t, t+256, ... in turn,
-// then the block combines its 256 values with two 32-lane xor butterflies
-// (per warp, then over the 8 warp results). Channel c's items, ordered
-// (o, piece), are folded the same way by one block in a second launch.
+// Order: channel c's elements, rows o = 0..outer-1 of `inner` each, are cut
+// into "items" of at most kReducePiece elements (reduce_items):
+//  - inner >= kReducePiece: each row is cut into pieces of kReducePiece (the
+//    last may be shorter); item m is piece m % pieces of row m / pieces.
+//  - 0 < inner < kReducePiece: item m is the R = kReducePiece / inner whole
+//    rows o = m·R .. min(m·R + R, outer) - 1 (the last item may hold fewer),
+//    so a Linear bias (inner = 1) sums 2048 batch rows per item rather than
+//    one.
+// Element j of an item is offset start + j % span of row first_row + j / span,
+// where span = min(inner - start, kReducePiece) is what the item takes from
+// each of its rows (item_extent). Thread t of 256 folds elements t, t+256, ...
+// in turn, then the block combines its 256 values with two 32-lane xor
+// butterflies (per warp, then over the 8 warp results). Channel c's items, in
+// order m, are folded the same way by one block in a second launch.
 #pragma once
 
 #include <algorithm>
@@ -27,13 +36,46 @@ inline constexpr std::int64_t kReducePiece = kReduceThreads * kReduceItemsPerThr
 /// Most quantities one reduction carries (d_min and d_max).
 inline constexpr int kReducedQuantities = 2;
 
-inline std::int64_t pieces_per_row(const ChannelLayout& layout) {
-  return (layout.inner + kReducePiece - 1) / kReducePiece;
+/// How a layout's channels are cut into items (the order above).
+struct ReduceItems {
+  std::int64_t rows;         ///< rows per item (1 when rows are cut into pieces)
+  std::int64_t pieces;       ///< items per row (1 when items hold whole rows)
+  std::int64_t per_channel;  ///< items of each channel
+};
+
+inline ReduceItems reduce_items(const ChannelLayout& layout) {
+  if (layout.inner >= kReducePiece) {
+    const std::int64_t pieces = (layout.inner + kReducePiece - 1) / kReducePiece;
+    return {1, pieces, layout.outer * pieces};
+  }
+  if (layout.inner == 0) return {1, 1, 0};
+  const std::int64_t rows = kReducePiece / layout.inner;
+  return {rows, 1, (layout.outer + rows - 1) / rows};
 }
 inline std::int64_t items_per_channel(const ChannelLayout& layout) {
-  return layout.outer * pieces_per_row(layout);
+  return reduce_items(layout).per_channel;
 }
-/// Index of item (o, piece) of channel c, quantity q, in the workspace.
+
+/// Where item m of a channel lies: element j (j < len) is offset
+/// start + j % span of row first_row + j / span.
+struct ItemExtent {
+  std::int64_t first_row;
+  std::int64_t start;
+  int span;  ///< elements taken from each row
+  int len;   ///< elements in all, at most kReducePiece
+};
+LOWBIT_HD ItemExtent item_extent(const ReduceItems& items, const ChannelLayout& layout,
+                                 std::int64_t m) {
+  const std::int64_t first_row = m / items.pieces * items.rows;
+  const std::int64_t start = m % items.pieces * kReducePiece;
+  const std::int64_t rows_left = layout.outer - first_row;
+  const std::int64_t elems_left = layout.inner - start;
+  const std::int64_t rows = rows_left < items.rows ? rows_left : items.rows;
+  const std::int64_t span = elems_left < kReducePiece ? elems_left : kReducePiece;
+  return {first_row, start, static_cast<int>(span), static_cast<int>(rows * span)};
+}
+
+/// Index of item m (item_in_channel) of channel c, quantity q, in the workspace.
 LOWBIT_HD std::int64_t partial_index(int q, std::int64_t c, std::int64_t channels,
                                      std::int64_t item_in_channel, std::int64_t per_channel) {
   return (q * channels + c) * per_channel + item_in_channel;
@@ -113,28 +155,39 @@ float block_reduce_ref(const std::array<float, kReduceThreads>& values, Op op,
 template <int kQuantities, class Op, class Bind, class Finish>
 void reduce_channels_ref(const ChannelLayout& layout, Op op, Bind bind, Finish finish,
                          float* partials) {
-  const std::int64_t pieces = pieces_per_row(layout);
-  const std::int64_t per_channel = items_per_channel(layout);
-  for (std::int64_t row = 0; row < layout.outer * layout.channels; ++row) {
-    const std::int64_t c = row % layout.channels;
-    const std::int64_t o = row / layout.channels;
+  const ReduceItems items = reduce_items(layout);
+  const std::int64_t per_channel = items.per_channel;
+  for (std::int64_t c = 0; c < layout.channels; ++c) {
     const auto value = bind(c);
-    for (std::int64_t piece = 0; piece < pieces; ++piece) {
-      const std::int64_t start = piece * kReducePiece;
-      const std::int64_t len = std::min(kReducePiece, layout.inner - start);
-      const std::int64_t base = row * layout.inner + start;
-      for (int q = 0; q < kQuantities; ++q) {
-        // Thread t takes items t, t + kReduceThreads, ... of the piece; the
-        // loop stops at len so that short rows (a Linear bias has one item
-        // per row) cost their items, not a whole piece.
-        std::array<float, kReduceThreads> acc;
-        acc.fill(Op::identity());
-        for (int t = 0; t < kReduceThreads && t < len; ++t)
-          for (std::int64_t j = t; j < len; j += kReduceThreads)
-            acc[t] = op(acc[t], value(base + j, q));
-        partials[partial_index(q, c, layout.channels, o * pieces + piece, per_channel)] =
-            block_reduce_ref(acc, op, len);
+    for (std::int64_t m = 0; m < per_channel; ++m) {
+      const ItemExtent item = item_extent(items, layout, m);
+      // Element j goes to thread t = j % kReduceThreads: walking the item's
+      // rows in order, t wrapping, gives each thread its elements in the GPU's
+      // order. Threads at or past len keep the identity.
+      std::array<std::array<float, kReduceThreads>, kQuantities> acc;
+      for (auto& lanes : acc) lanes.fill(Op::identity());
+      const std::int64_t end_row = item.first_row + item.len / item.span;
+      int t = 0;
+      for (std::int64_t o = item.first_row; o < end_row; ++o) {
+        const std::int64_t base = (o * layout.channels + c) * layout.inner + item.start;
+        if (item.span == 1) {  // a Linear output: the runs below, without their overhead
+          for (int q = 0; q < kQuantities; ++q) acc[q][t] = op(acc[q][t], value(base, q));
+          if (++t == kReduceThreads) t = 0;
+          continue;
+        }
+        // Runs of consecutive threads, which the compiler vectorises.
+        for (int off = 0; off < item.span;) {
+          const int run = std::min(item.span - off, kReduceThreads - t);
+          for (int q = 0; q < kQuantities; ++q)
+            for (int k = 0; k < run; ++k)
+              acc[q][t + k] = op(acc[q][t + k], value(base + off + k, q));
+          off += run;
+          t = (t + run) % kReduceThreads;
+        }
       }
+      for (int q = 0; q < kQuantities; ++q)
+        partials[partial_index(q, c, layout.channels, m, per_channel)] =
+            block_reduce_ref(acc[q], op, item.len);
     }
   }
   for (std::int64_t c = 0; c < layout.channels; ++c) {

@@ -39,10 +39,12 @@ struct NoObserver {
 /// when `y` is set (a null y makes an observe-only pass), the STE mask planes
 /// of v when `mask` is set, and feeding each v to `observer`.
 ///
-/// Quantizer: Params params(channel); float input(x, p) (PlainInput: x);
-/// float apply(v, p); bool plane0(v, p); bool plane1(v, p) (sides only).
-/// Per-channel params are recomputed only when a lane's channel changes, so
-/// per channel costs what per tensor does for any inner >= 32.
+/// Quantizer: Params params(channel), once per thread; set_channel(p, channel)
+/// when a lane's channel changes, which updates only what depends on the
+/// channel; float input(x, p) (PlainInput: x); float apply(v, p);
+/// bool plane0(v, p); bool plane1(v, p) (sides only). So per channel costs
+/// what per tensor does for any inner >= 32, and a quantizer whose range is
+/// shared (the fused bias+ReLU+EMA one) reloads only the bias even at inner 1.
 template <bool kPerChannel, MaskFormat kFormat, class Quantizer, class Observer>
 __global__ void __launch_bounds__(256)
     quantize_tiles_kernel(const float* x, float* y, std::uint32_t* mask, std::int64_t n,
@@ -73,7 +75,7 @@ __global__ void __launch_bounds__(256)
       if (kPerChannel) {
         if (cursor.channel != params_channel) {
           params_channel = cursor.channel;
-          p = quantizer.params(params_channel);
+          quantizer.set_channel(p, params_channel);
         }
         cursor.advance(lane_step, layout.inner, layout.channels);
       }

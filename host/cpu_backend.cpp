@@ -137,8 +137,9 @@ class CpuBackend final : public Backend {
     ref::bias_activation(x, bias, layout, relu, y);
   }
   void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                                bool relu, float* dx, float* d_bias, Workspace workspace) override {
-    ref::bias_activation_backward(dy, y, layout, relu, dx, d_bias, workspace);
+                                bool relu, const std::uint32_t* pass_mask, float* dx,
+                                float* d_bias, Workspace workspace) override {
+    ref::bias_activation_backward(dy, y, layout, relu, pass_mask, dx, d_bias, workspace);
   }
   void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                                 float* y, EmaRangeState* state, const EmaConfig& config,

@@ -1,16 +1,17 @@
 // Convolution as im2col + GEMM (col2im for dx), fully connected layers as
-// GEMMs, and max pooling, on host pointers with OpenMP.
+// GEMMs, and max pooling (lowbit::ref's, a share of the planes per thread), on
+// host pointers with OpenMP.
 #include "cpu_ops.hpp"
 
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <initializer_list>
 #include <new>
 #include <string>
 
 #include "lowbit/error.hpp"
+#include "lowbit/ref.hpp"
 
 namespace lowbit::cpu {
 namespace {
@@ -168,108 +169,13 @@ bool columns_are_input(const Conv2dShape& s) {
   return s.kernel == 1 && s.stride == 1 && s.padding == 0;
 }
 
-// Whether v replaces `best` as a window's maximum when it comes later in
-// row-major order: the first maximum stays, and the first NaN wins over
-// numbers. Callers select with it rather than branch on it: a branch on
-// random data mispredicts half of the time.
-inline bool replaces_max(float v, float best) { return !(v <= best) && !std::isnan(best); }
-
-// The maximum of one window. Kernel and Stride > 0 fix the window at compile
-// time (0 reads s.kernel, s.stride): the compiler unrolls it then.
-template <int Kernel>
-float window_max(const Pool2dShape& s, const float* window) {
-  const int64_t k = Kernel > 0 ? Kernel : s.kernel, width = s.width;
-  float best = window[0];
-  for (int64_t r = 0; r < k; ++r)
-    for (int64_t q = 0; q < k; ++q) {
-      const float v = window[r * width + q];
-      best = replaces_max(v, best) ? v : best;
-    }
-  return best;
-}
-
-// Maxima of the windows [first, first + count) of output row oy (best[j]) and
-// the offset of each one's first occurrence from the window's corner (at[j]).
-// The loops over the window run outside the one over outputs, so that the
-// index selects become vector masks.
-template <int Kernel, int Stride>
-void window_maxima(const Pool2dShape& s, const float* plane, int64_t oy, int64_t first,
-                   int64_t count, float* __restrict__ best, std::int32_t* __restrict__ at) {
-  const int64_t k = Kernel > 0 ? Kernel : s.kernel;
-  const int64_t stride = Stride > 0 ? Stride : s.stride, width = s.width;
-  const float* corner = plane + (oy * width + first) * stride;
-  for (int64_t j = 0; j < count; ++j) {
-    best[j] = corner[j * stride];
-    at[j] = 0;
-  }
-  for (int64_t r = 0; r < k; ++r)
-    for (int64_t q = 0; q < k; ++q) {
-      const auto offset = static_cast<std::int32_t>(r * width + q);
-      const float* src = corner + offset;
-      for (int64_t j = 0; j < count; ++j) {
-        const float v = src[j * stride];
-        const bool take = replaces_max(v, best[j]);
-        best[j] = take ? v : best[j];
-        at[j] = take ? offset : at[j];
-      }
-    }
-}
-
-// Outputs of a row that window_maxima handles at once (its arrays live on
-// the stack).
-constexpr int64_t kPoolChunk = 64;
-
-template <int Kernel, int Stride>
-struct MaxPoolForward {
-  static void run(const Pool2dShape& s, const float* x, float* y) {
-    const int64_t oh = s.out_height(), ow = s.out_width();
-    const int64_t stride = Stride > 0 ? Stride : s.stride;
-    const int64_t planes = s.batch * s.channels;
-#pragma omp parallel for schedule(static)
-    for (int64_t plane = 0; plane < planes; ++plane) {
-      const float* in = x + plane * s.height * s.width;
-      float* out = y + plane * oh * ow;
-      for (int64_t oy = 0; oy < oh; ++oy)
-        for (int64_t ox = 0; ox < ow; ++ox)
-          out[oy * ow + ox] = window_max<Kernel>(s, in + (oy * s.width + ox) * stride);
-    }
-  }
-};
-
-// dx gets dy at each window's first maximum; elements of several windows
-// add their gradients in output order.
-template <int Kernel, int Stride>
-struct MaxPoolBackward {
-  static void run(const Pool2dShape& s, const float* x, const float* dy, float* dx) {
-    const int64_t oh = s.out_height(), ow = s.out_width();
-    const int64_t planes = s.batch * s.channels;
-#pragma omp parallel for schedule(static)
-    for (int64_t plane = 0; plane < planes; ++plane) {
-      const float* in = x + plane * s.height * s.width;
-      const float* grad = dy + plane * oh * ow;
-      float* out = dx + plane * s.height * s.width;
-      std::fill(out, out + s.height * s.width, 0.0f);
-      float best[kPoolChunk];
-      std::int32_t at[kPoolChunk];
-      for (int64_t oy = 0; oy < oh; ++oy)
-        for (int64_t first = 0; first < ow; first += kPoolChunk) {
-          const int64_t count = std::min(kPoolChunk, ow - first);
-          window_maxima<Kernel, Stride>(s, in, oy, first, count, best, at);
-          float* corner = out + (oy * s.width + first) * s.stride;
-          for (int64_t j = 0; j < count; ++j)
-            corner[j * s.stride + at[j]] += grad[oy * ow + first + j];
-        }
-    }
-  }
-};
-
-// Runs op<Kernel, Stride> with LeNet's 2x2/2 window (and 3x3/2) known at
-// compile time.
-template <template <int, int> class Op, class... Args>
-void dispatch_window(const Pool2dShape& s, Args... args) {
-  if (s.kernel == 2 && s.stride == 2) return Op<2, 2>::run(s, args...);
-  if (s.kernel == 3 && s.stride == 2) return Op<3, 2>::run(s, args...);
-  Op<0, 0>::run(s, args...);
+// `count` planes of s's size as one pooling shape: the planes (images ×
+// channels) pool independently, so threads can take a share each.
+Pool2dShape planes(const Pool2dShape& s, int64_t count) {
+  Pool2dShape share = s;
+  share.batch = count;
+  share.channels = 1;
+  return share;
 }
 
 }  // namespace
@@ -443,14 +349,21 @@ void max_pool_forward(const Pool2dShape& s, const float* x, float* y) {
   check_shape(s);
   if (s.batch == 0) return;
   check_pointers("max_pool_forward", {x, y});
-  dispatch_window<MaxPoolForward>(s, x, y);
+  const int64_t in_plane = s.height * s.width, out_plane = s.out_height() * s.out_width();
+  parallel_rows(s.batch * s.channels, [&](int64_t begin, int64_t end) {
+    ref::max_pool_forward(planes(s, end - begin), x + begin * in_plane, y + begin * out_plane);
+  });
 }
 
 void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx) {
   check_shape(s);
   if (s.batch == 0) return;
   check_pointers("max_pool_backward", {x, dy, dx});
-  dispatch_window<MaxPoolBackward>(s, x, dy, dx);
+  const int64_t in_plane = s.height * s.width, out_plane = s.out_height() * s.out_width();
+  parallel_rows(s.batch * s.channels, [&](int64_t begin, int64_t end) {
+    ref::max_pool_backward(planes(s, end - begin), x + begin * in_plane, dy + begin * out_plane,
+                           dx + begin * in_plane);
+  });
 }
 
 }  // namespace lowbit::cpu

@@ -2,9 +2,9 @@
 // pointers: the math of the CPU backend (host/cpu_backend.cpp).
 //
 // Deterministic whatever the thread count: OpenMP splits only independent
-// outputs (images, rows), every output element is summed in one fixed order,
-// and sums over the batch (weight gradients) go through a fixed number of
-// partials that depend on the shape alone, added in order.
+// outputs (images, pooling planes, rows), every output element is summed in
+// one fixed order, and sums over the batch (weight gradients) go through a
+// fixed number of partials that depend on the shape alone, added in order.
 #pragma once
 
 #include <array>
@@ -61,13 +61,11 @@ void linear_forward(const LinearShape& s, const float* x, const float* w, float*
 void linear_backward(const LinearShape& s, const float* x, const float* w, const float* dy,
                      float* dx, float* dw);
 
-/// y = the maximum of each kernel×kernel window (stride apart, no padding).
-/// The first NaN of a window wins, so NaN propagates.
+/// ref::max_pool_forward (the first maximum of each window; ref.hpp has the
+/// rule) with the planes (images × channels) shared out among the threads.
 void max_pool_forward(const Pool2dShape& s, const float* x, float* y);
 
-/// dx gets dy at the first maximum of each window in row-major order (the
-/// element max_pool_forward picked), 0 elsewhere; where overlapping windows
-/// pick the same element their gradients add.
+/// ref::max_pool_backward with the planes shared out among the threads.
 void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx);
 
 }  // namespace lowbit::cpu

@@ -23,11 +23,16 @@ RangeMode recommended_range(int weight_bits, int activation_bits) {
 DeviceSelection select_device(DeviceChoice choice) {
   switch (choice) {
     case DeviceChoice::cpu: return {make_cpu_backend(), "requested with --device cpu"};
-    case DeviceChoice::cuda: return {make_cuda_backend(), "requested with --device cuda"};
+    case DeviceChoice::cuda: {
+      const std::string problem = cuda_device_problem();
+      LOWBIT_EXPECTS(problem.empty(), "--device cuda: " + problem + " (use --device cpu)");
+      return {make_cuda_backend(), "requested with --device cuda"};
+    }
     case DeviceChoice::automatic: break;
   }
-  if (cuda_device_present()) return {make_cuda_backend(), "auto: a CUDA device is present"};
-  return {make_cpu_backend(), "auto: no CUDA device found"};
+  const std::string problem = cuda_device_problem();
+  if (problem.empty()) return {make_cuda_backend(), "auto: a CUDA device is present"};
+  return {make_cpu_backend(), "auto: " + problem};
 }
 
 namespace {

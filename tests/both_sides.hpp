@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "lowbit/cuda.hpp"
@@ -74,5 +76,24 @@ template <class Buffer>
 Workspace as_workspace(Buffer& buffer) {
   return {buffer.data(), buffer.size()};
 }
+
+/// Base of a typed test over Sides: the Gpu side needs a CUDA device.
+template <class Api>
+class BothSides : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if constexpr (std::is_same_v<Api, DeviceOps>) LOWBIT_REQUIRE_GPU();
+  }
+};
+
+using Sides = ::testing::Types<HostOps, DeviceOps>;
+
+/// Names the typed tests' sides Cpu and Gpu (so the Gpu* filters find them).
+struct SideNames {
+  template <class Api>
+  static std::string GetName(int) {
+    return std::is_same_v<Api, DeviceOps> ? "Gpu" : "Cpu";
+  }
+};
 
 }  // namespace lowbit::test

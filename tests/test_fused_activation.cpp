@@ -3,7 +3,8 @@
 // composition that defines it: bias_activation with ReLU into v, then
 // ema_fake_quant of v, then mask &= (v > 0). The CPU reference is checked
 // against that composition, and lowbit::cuda against the reference (the Gpu
-// suites skip without a device).
+// suites skip without a device). Its backward folds the mask into the bias
+// gradient's pass, which must equal ste_backward and then the bias gradient.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,8 +14,10 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "both_sides.hpp"
 #include "lowbit/cuda.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
@@ -223,7 +226,7 @@ TEST(FusedActivation, CombinedMaskGivesInputAndBiasGradients) {
         ref::ema_fake_quant(v.data(), y.data(), n, &composed_state, config, ste_mask.data(),
                             MaskFormat::pass);
         ref::ste_backward(dy.data(), ste_mask.data(), MaskFormat::pass, n, dv.data());
-        ref::bias_activation_backward(dv.data(), v.data(), layout, true, want_dx.data(),
+        ref::bias_activation_backward(dv.data(), v.data(), layout, true, nullptr, want_dx.data(),
                                       want_db.data(), workspace);
 
         ref::bias_relu_ema_fake_quant(x.data(), bias.data(), layout, y.data(), &state, config,
@@ -232,8 +235,13 @@ TEST(FusedActivation, CombinedMaskGivesInputAndBiasGradients) {
         ref::ste_backward(dy.data(), mask.data(), MaskFormat::pass, n, dx.data());
         ASSERT_TRUE(same_bits(want_dx, dx));
         // Per-channel sum of dx (the identity activation's backward).
-        ref::bias_activation_backward(dx.data(), y.data(), layout, false, dx_again.data(),
-                                      db.data(), workspace);
+        ref::bias_activation_backward(dx.data(), y.data(), layout, false, nullptr,
+                                      dx_again.data(), db.data(), workspace);
+        ASSERT_TRUE(same_bits(want_db, db));
+        // Both in one pass, as WeightedLayer does: the mask folded in.
+        ref::bias_activation_backward(dy.data(), nullptr, layout, false, mask.data(),
+                                      dx_again.data(), db.data(), workspace);
+        ASSERT_TRUE(same_bits(want_dx, dx_again));
         ASSERT_TRUE(same_bits(want_db, db));
       }
     }
@@ -326,6 +334,68 @@ TEST(FusedActivation, ArgumentErrors) {
   EXPECT_EQ(y, std::vector<float>(24, -3.0f));
   EXPECT_EQ(mask[0], 0xDEADBEEFu);
   EXPECT_TRUE(same_state(before, state));
+}
+
+// ---------------------------------------------------------------------------
+// The backward, with the mask folded into the bias gradient, on both sides
+
+template <class Api>
+class FusedActivationBackward : public test::BothSides<Api> {};
+TYPED_TEST_SUITE(FusedActivationBackward, test::Sides, test::SideNames);
+
+// WeightedLayer's backward: bias_activation_backward with the pass mask is,
+// bit for bit, ste_backward(dy, mask) and then bias_activation_backward
+// without it: dx (also in place, and without d_bias) and d_bias, with and
+// without the ReLU's test on y, for dy with -0, ±Inf and NaN (blocked: dy·0).
+TYPED_TEST(FusedActivationBackward, PassMaskEqualsSteBackwardThenBiasGradient) {
+  TypeParam api;
+  const std::vector<ChannelLayout> layouts = {{3, 5, 49},   {17, 11, 1},  {2049, 3, 1},
+                                              {45, 7, 100}, {3, 2, 2049}, {1, 1, 1000}};
+  std::uint32_t seed = 600;
+  for (const ChannelLayout& layout : layouts) {
+    const std::int64_t n = layout.size();
+    auto dy = random_values(n, seed++, 1.0f);
+    const std::size_t k = dy.size() / 5;
+    dy[k] = -0.0f;
+    dy[2 * k + 1] = std::numeric_limits<float>::infinity();
+    dy[3 * k + 2] = -std::numeric_limits<float>::infinity();
+    dy[4 * k + 3] = kNaN;
+    const auto y = random_values(n, seed++);
+    std::mt19937 rng(seed++);
+    std::vector<std::uint32_t> mask(mask_words(n));
+    for (std::uint32_t& word : mask) word = static_cast<std::uint32_t>(rng());
+    const auto d_dy = api.upload(dy);
+    const auto d_y = api.upload(y);
+    const auto d_mask = api.upload(mask);
+    auto ws = test::workspace_buffer(api, layout);
+    for (bool relu : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << TypeParam::kName << " layout " << describe(layout)
+                                        << " relu " << relu);
+      auto want_dx = api.upload(std::vector<float>(n));
+      auto want_db = api.upload(std::vector<float>(layout.channels));
+      api.ste_backward(d_dy.data(), d_mask.data(), MaskFormat::pass, n, want_dx.data());
+      api.bias_activation_backward(want_dx.data(), d_y.data(), layout, relu, nullptr,
+                                   want_dx.data(), want_db.data(), test::as_workspace(ws));
+
+      auto dx = api.upload(std::vector<float>(n, -7.0f));
+      auto db = api.upload(std::vector<float>(layout.channels, -7.0f));
+      api.bias_activation_backward(d_dy.data(), d_y.data(), layout, relu, d_mask.data(),
+                                   dx.data(), db.data(), test::as_workspace(ws));
+      ASSERT_TRUE(same_bits(api.download(want_dx), api.download(dx)));
+      ASSERT_TRUE(same_bits(api.download(want_db), api.download(db)));
+
+      auto in_place = api.upload(dy);
+      api.bias_activation_backward(in_place.data(), d_y.data(), layout, relu, d_mask.data(),
+                                   in_place.data(), db.data(), test::as_workspace(ws));
+      ASSERT_TRUE(same_bits(api.download(want_dx), api.download(in_place)));
+      ASSERT_TRUE(same_bits(api.download(want_db), api.download(db)));
+
+      auto no_bias = api.upload(std::vector<float>(n, -7.0f));
+      api.bias_activation_backward(d_dy.data(), d_y.data(), layout, relu, d_mask.data(),
+                                   no_bias.data(), static_cast<float*>(nullptr), Workspace{});
+      ASSERT_TRUE(same_bits(api.download(want_dx), api.download(no_bias)));
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------

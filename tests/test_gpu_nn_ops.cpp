@@ -1,15 +1,19 @@
 // The training building blocks of lowbit::cuda against the CPU reference, on
-// seeded random sizes and on a stream: bit for bit, except softmax's loss and
-// gradient (the device's expf/logf differ from the host's in the last ulps),
-// whose counts are still exact. Also: a captured graph replays the cursor.
-// Skips without a CUDA device.
+// seeded random sizes and on a stream (max pooling on LeNet's shapes, ties and
+// non-finite values too): bit for bit, except softmax's loss and gradient (the
+// device's expf/logf differ from the host's in the last ulps), whose counts
+// are still exact. Also: a captured graph replays the cursor. Skips without a
+// CUDA device.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "lowbit/cuda.hpp"
@@ -24,6 +28,7 @@ using test::DeviceBuffer;
 using test::Stream;
 using test::random_values;
 using test::same_bits;
+using Floats = std::vector<float>;
 
 /// The layouts the trainer uses: conv outputs {batch, K, H·W} and linear
 /// outputs {batch, out, 1}, of seeded random sizes (kept moderate: the GPU
@@ -41,6 +46,14 @@ std::vector<ChannelLayout> random_layouts(std::uint32_t seed) {
   layouts.push_back({3, 5, 5000});       // rows of several reduction pieces
   return layouts;
 }
+
+/// The edges of reduction_order.hpp's items: inner 1 (Linear) with more rows
+/// than one item holds (2048) and with many channels, small inner (3, 100)
+/// with outer not a multiple of the rows per item, and rows just below, at
+/// and above half a piece and a whole one.
+const std::vector<ChannelLayout> kReductionOrderLayouts = {
+    {2049, 3, 1},  {130, 300, 1}, {1500, 4, 3},  {45, 7, 100},  {5, 2, 1023},
+    {5, 2, 1024},  {3, 2, 1025},  {3, 2, 2047},  {3, 2, 2048},  {3, 2, 2049}};
 
 // ---------------------------------------------------------------------------
 
@@ -95,32 +108,44 @@ TEST(GpuNnOpsBiasActivationBackward, DxAndBiasGradientsMatchReferenceExactly) {
   LOWBIT_REQUIRE_GPU();
   Stream stream;
   std::uint32_t seed = 200;
-  for (const ChannelLayout& layout : random_layouts(2)) {
+  std::vector<ChannelLayout> layouts = random_layouts(2);
+  layouts.insert(layouts.end(), kReductionOrderLayouts.begin(), kReductionOrderLayouts.end());
+  for (const ChannelLayout& layout : layouts) {
     const std::int64_t n = layout.size();
     const auto y = random_values(n, seed++);
     const auto g = random_values(n, seed++, 1.0f);
+    std::mt19937 rng(seed++);
+    std::vector<std::uint32_t> mask(mask_words(n));
+    for (std::uint32_t& word : mask) word = static_cast<std::uint32_t>(rng());
     std::vector<float> storage;
     const Workspace host_ws = test::host_workspace(storage, layout);
     DeviceBuffer<float> dy_buf(g), y_buf(y), dx_buf(n), dbias(layout.channels);
+    DeviceBuffer<std::uint32_t> mask_buf(mask);
     DeviceBuffer<float> workspace(reduction_workspace_bytes(layout) / sizeof(float) + 1);
     for (bool relu : {false, true}) {
-      SCOPED_TRACE(::testing::Message() << "layout {" << layout.outer << ", " << layout.channels
-                                        << ", " << layout.inner << "} relu " << relu);
-      std::vector<float> dx(n), d_bias(layout.channels);
-      ref::bias_activation_backward(g.data(), y.data(), layout, relu, dx.data(), d_bias.data(),
-                                    host_ws);
-      cuda::bias_activation_backward(dy_buf.data(), y_buf.data(), layout, relu, dx_buf.data(),
-                                     dbias.data(), workspace.as_workspace(), stream.get());
-      stream.sync();
-      ASSERT_TRUE(same_bits(dx, dx_buf.download()));
-      ASSERT_TRUE(same_bits(d_bias, dbias.download()));
+      for (bool with_mask : {false, true}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "layout {" << layout.outer << ", " << layout.channels << ", "
+                     << layout.inner << "} relu " << relu << " pass mask " << with_mask);
+        const std::uint32_t* host_mask = with_mask ? mask.data() : nullptr;
+        const std::uint32_t* device_mask = with_mask ? mask_buf.data() : nullptr;
+        std::vector<float> dx(n), d_bias(layout.channels);
+        ref::bias_activation_backward(g.data(), y.data(), layout, relu, host_mask, dx.data(),
+                                      d_bias.data(), host_ws);
+        cuda::bias_activation_backward(dy_buf.data(), y_buf.data(), layout, relu, device_mask,
+                                       dx_buf.data(), dbias.data(), workspace.as_workspace(),
+                                       stream.get());
+        stream.sync();
+        ASSERT_TRUE(same_bits(dx, dx_buf.download()));
+        ASSERT_TRUE(same_bits(d_bias, dbias.download()));
 
-      // No bias gradient: no workspace, and dx may be dy.
-      DeviceBuffer<float> in_place(g);
-      cuda::bias_activation_backward(in_place.data(), y_buf.data(), layout, relu,
-                                     in_place.data(), nullptr, Workspace{}, stream.get());
-      stream.sync();
-      ASSERT_TRUE(same_bits(dx, in_place.download()));
+        // No bias gradient: no workspace, and dx may be dy.
+        DeviceBuffer<float> in_place(g);
+        cuda::bias_activation_backward(in_place.data(), y_buf.data(), layout, relu, device_mask,
+                                       in_place.data(), nullptr, Workspace{}, stream.get());
+        stream.sync();
+        ASSERT_TRUE(same_bits(dx, in_place.download()));
+      }
     }
   }
 }
@@ -142,6 +167,165 @@ TEST(GpuNnOpsAdd, MatchesReferenceExactlyAndAliases) {
     ASSERT_TRUE(same_bits(y, dy.download())) << "n " << n;
     ASSERT_TRUE(same_bits(y, da.download())) << "n " << n;
   }
+}
+
+// ---------------------------------------------------------------------------
+// Max pooling: the first-maximum rule on both sides, and the backward's gather
+// adds in the reference scatter's order, so even overlapping windows match
+// bit for bit.
+
+// {batch, channels, height, width, kernel, stride}
+const Pool2dShape kPoolShapes[] = {
+    {128, 6, 28, 28, 2, 2},   // LeNet pool1
+    {128, 16, 10, 10, 2, 2},  // LeNet pool2
+    {2, 3, 7, 9, 2, 2},       // 2x2/2, odd sizes: the last row and column are read by none
+    {3, 5, 13, 11, 3, 2},     // 3x3/2: overlapping, odd sizes
+    {2, 3, 9, 10, 3, 1},      // 3x3/1: up to 9 windows per element
+    {2, 3, 7, 6, 2, 1},       // 2x2/1
+    {2, 2, 14, 13, 4, 3},     // 4x4/3: windows overlap by one
+    {2, 3, 9, 9, 3, 3},       // 3x3/3: tiles without a fast path
+    {2, 2, 11, 12, 2, 3},     // stride > kernel: the gaps get no gradient
+    {1, 2, 5, 5, 5, 1},       // one window
+};
+
+float float_of(std::uint32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+std::string name_of(const Pool2dShape& s) {
+  return "pool [" + std::to_string(s.batch) + ", " + std::to_string(s.channels) + ", " +
+         std::to_string(s.height) + ", " + std::to_string(s.width) + "] " +
+         std::to_string(s.kernel) + "x" + std::to_string(s.kernel) + "/" +
+         std::to_string(s.stride);
+}
+
+std::int64_t pool_inputs(const Pool2dShape& s) {
+  return s.batch * s.channels * s.height * s.width;
+}
+
+std::int64_t pool_outputs(const Pool2dShape& s) {
+  return s.batch * s.channels * s.out_height() * s.out_width();
+}
+
+/// ReLU'd 4-bit activations: levels 0..15 of a step of 0.25, most windows
+/// tied (many exact zeros, a third of them -0, so -0 and +0 share windows).
+std::vector<float> relu_grid_values(std::int64_t n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (float& x : v) {
+    x = std::clamp(std::round(normal(rng)), 0.0f, 15.0f) * 0.25f;
+    if (x == 0.0f && rng() % 3 == 0) x = -0.0f;
+  }
+  return v;
+}
+
+/// v with a sprinkle of NaN (two payloads and a negative one, so a copied
+/// element shows), +Inf and -Inf.
+std::vector<float> with_non_finite(std::vector<float> v, std::uint32_t seed) {
+  const float nans[] = {std::numeric_limits<float>::quiet_NaN(), float_of(0x7fc00123u),
+                        float_of(0xffc00000u)};
+  const float inf = std::numeric_limits<float>::infinity();
+  std::mt19937 rng(seed);
+  for (float& x : v) {
+    const std::uint32_t r = rng() % 24;
+    x = r < 3 ? nans[r] : r == 3 ? inf : r == 4 ? -inf : x;
+  }
+  return v;
+}
+
+struct Pooled {
+  std::vector<float> y, dx;
+};
+
+Pooled pool_on_host(const Pool2dShape& s, const std::vector<float>& x,
+                    const std::vector<float>& dy) {
+  Pooled out{std::vector<float>(dy.size()), std::vector<float>(x.size())};
+  ref::max_pool_forward(s, x.data(), out.y.data());
+  ref::max_pool_backward(s, x.data(), dy.data(), out.dx.data());
+  return out;
+}
+
+Pooled pool_on_device(const Pool2dShape& s, const std::vector<float>& x,
+                      const std::vector<float>& dy, const Stream& stream) {
+  // Outputs start as a sentinel, so an element the kernels never write shows.
+  DeviceBuffer<float> d_x(x), d_dy(dy), d_y(std::vector<float>(dy.size(), -12345.0f));
+  DeviceBuffer<float> d_dx(std::vector<float>(x.size(), -12345.0f));
+  cuda::max_pool_forward(s, d_x.data(), d_y.data(), stream.get());
+  cuda::max_pool_backward(s, d_x.data(), d_dy.data(), d_dx.data(), stream.get());
+  stream.sync();
+  return {d_y.download(), d_dx.download()};
+}
+
+/// same_bits, where any NaN matches any NaN: a device's arithmetic makes its
+/// own NaN (a sum with a NaN dy), where the host keeps the operand's payload.
+::testing::AssertionResult same_bits_any_nan(const std::vector<float>& expected,
+                                             std::vector<float> got) {
+  for (std::size_t i = 0; i < got.size() && i < expected.size(); ++i)
+    if (std::isnan(expected[i]) && std::isnan(got[i])) got[i] = expected[i];
+  return same_bits(expected, got);
+}
+
+TEST(GpuNnOpsMaxPool, MatchesReferenceExactlyWithTiesAndSignedZeros) {
+  LOWBIT_REQUIRE_GPU();
+  Stream stream;
+  std::uint32_t seed = 500;
+  for (const Pool2dShape& s : kPoolShapes) {
+    const auto dy = random_values(pool_outputs(s), seed++);
+    const std::pair<const char*, std::vector<float>> inputs[] = {
+        {"random", random_values(pool_inputs(s), seed++)},
+        {"relu 4-bit grid", relu_grid_values(pool_inputs(s), seed++)},
+    };
+    for (const auto& [kind, x] : inputs) {
+      SCOPED_TRACE(name_of(s) + ", " + kind);
+      const Pooled expected = pool_on_host(s, x, dy);
+      const Pooled got = pool_on_device(s, x, dy, stream);
+      ASSERT_TRUE(same_bits(expected.y, got.y)) << "forward";
+      ASSERT_TRUE(same_bits(expected.dx, got.dx)) << "backward";
+    }
+  }
+}
+
+// NaN and ±Inf in x (the forward copies the first NaN's bits), and in dy,
+// where sums over overlapping windows meet Inf - Inf.
+TEST(GpuNnOpsMaxPool, NonFiniteInputsAndGradients) {
+  LOWBIT_REQUIRE_GPU();
+  Stream stream;
+  std::uint32_t seed = 600;
+  for (const Pool2dShape& s : kPoolShapes) {
+    if (pool_inputs(s) > 100000) continue;  // the overlapping and generic shapes
+    SCOPED_TRACE(name_of(s));
+    const auto x = with_non_finite(relu_grid_values(pool_inputs(s), seed), seed + 1);
+    const auto dy = with_non_finite(random_values(pool_outputs(s), seed + 2), seed + 3);
+    seed += 4;
+    const Pooled expected = pool_on_host(s, x, dy);
+    const Pooled got = pool_on_device(s, x, dy, stream);
+    ASSERT_TRUE(same_bits(expected.y, got.y)) << "forward";
+    ASSERT_TRUE(same_bits_any_nan(expected.dx, got.dx)) << "backward";
+  }
+}
+
+// Hand-checked on the device: 2x2/2 windows {+0 -0 / -0 +0}, {-0 +0 / 0 0},
+// {1 NaN / 7 NaN'}, {-Inf -Inf / -Inf -Inf}; and 2x2/1 over a row whose
+// middle element is both windows' first maximum.
+TEST(GpuNnOpsMaxPool, FirstMaximumFirstNaNAndSignedZeros) {
+  LOWBIT_REQUIRE_GPU();
+  Stream stream;
+  const float nan_a = float_of(0x7fc00001u), nan_b = float_of(0x7fc00002u);
+  const float inf = std::numeric_limits<float>::infinity();
+  const Pool2dShape tiles{1, 1, 2, 8, 2, 2};
+  const std::vector<float> x = {0.0f, -0.0f, -0.0f, 0.0f, 1.0f,  nan_a, -inf, -inf,
+                                -0.0f, 0.0f, 0.0f, 0.0f, 7.0f, nan_b, -inf, -inf};
+  const Pooled got = pool_on_device(tiles, x, {1.0f, 2.0f, 3.0f, 4.0f}, stream);
+  EXPECT_TRUE(same_bits(Floats{0.0f, -0.0f, nan_a, -inf}, got.y));
+  EXPECT_TRUE(same_bits(Floats{1, 0, 2, 0, 0, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0}, got.dx));
+
+  const Pool2dShape overlapping{1, 1, 2, 3, 2, 1};
+  const Pooled shared = pool_on_device(overlapping, {1, 5, 2, 5, 5, 5}, {0.5f, 0.25f}, stream);
+  EXPECT_TRUE(same_bits(Floats{5, 5}, shared.y));
+  EXPECT_TRUE(same_bits(Floats{0, 0.75f, 0, 0, 0, 0}, shared.dx));
 }
 
 // ---------------------------------------------------------------------------

@@ -91,6 +91,11 @@ const std::vector<LsqCase>& lsq_cases() {
       {"nchw_axis1_signed4", ChannelLayout::per_channel({3, 5, 700}, 1), LsqQuant::signed_bits(4)},
       {"wide_rows_axis0_unsigned4", ChannelLayout::per_channel({2, 4500}, 0),
        LsqQuant::unsigned_bits(4)},
+      // Short rows: one reduction item holds 2048 / inner of them.
+      {"columns_axis1_signed4", ChannelLayout::per_channel({2100, 5}, 1),
+       LsqQuant::signed_bits(4)},
+      {"nchw_axis1_inner3_signed8", ChannelLayout::per_channel({700, 4, 3}, 1),
+       LsqQuant::signed_bits(8)},
   };
   return cases;
 }

@@ -100,8 +100,8 @@ TEST(NnOpsBiasActivationBackward, ReluMasksWhereOutputIsNotPositive) {
   const std::vector<float> dy = {1.0f, 2.0f,  4.0f,  8.0f,   16.0f,  32.0f,
                                  64.0f, 128.0f, 256.0f, 512.0f, 1024.0f, 2048.0f};
   std::vector<float> dx(12, kSentinel), d_bias(2, kSentinel), storage;
-  ref::bias_activation_backward(dy.data(), y.data(), layout, true, dx.data(), d_bias.data(),
-                                host_workspace(storage, layout));
+  ref::bias_activation_backward(dy.data(), y.data(), layout, true, nullptr, dx.data(),
+                                d_bias.data(), host_workspace(storage, layout));
   EXPECT_TRUE(same_bits({1.0f, 0.0f, 0.0f, 0.0f, 16.0f, 32.0f,
                          64.0f, 128.0f, 0.0f, 512.0f, 1024.0f, 0.0f},
                         dx));
@@ -109,8 +109,8 @@ TEST(NnOpsBiasActivationBackward, ReluMasksWhereOutputIsNotPositive) {
   EXPECT_EQ(d_bias[0], 1.0f + 64.0f + 128.0f);
   EXPECT_EQ(d_bias[1], 16.0f + 32.0f + 512.0f + 1024.0f);
 
-  ref::bias_activation_backward(dy.data(), y.data(), layout, false, dx.data(), d_bias.data(),
-                                host_workspace(storage, layout));
+  ref::bias_activation_backward(dy.data(), y.data(), layout, false, nullptr, dx.data(),
+                                d_bias.data(), host_workspace(storage, layout));
   EXPECT_TRUE(same_bits(dy, dx));
   EXPECT_EQ(d_bias[0], 1.0f + 2.0f + 4.0f + 64.0f + 128.0f + 256.0f);
   EXPECT_EQ(d_bias[1], 8.0f + 16.0f + 32.0f + 512.0f + 1024.0f + 2048.0f);
@@ -128,7 +128,8 @@ TEST(NnOpsBiasActivationBackward, BiasGradientsAreChannelSumsInAFixedOrder) {
     const auto dy = random_values(n, seed++, 1.0f);
     std::vector<float> storage, dx(n), d_bias(layout.channels);
     const Workspace ws = host_workspace(storage, layout);
-    ref::bias_activation_backward(dy.data(), y.data(), layout, true, dx.data(), d_bias.data(), ws);
+    ref::bias_activation_backward(dy.data(), y.data(), layout, true, nullptr, dx.data(),
+                                  d_bias.data(), ws);
     std::vector<double> sums(layout.channels, 0.0);
     for (std::int64_t i = 0; i < n; ++i) {
       ASSERT_EQ(bits_of(dx[i]), bits_of(y[i] > 0.0f ? dy[i] : dy[i] * 0.0f)) << i;
@@ -138,7 +139,7 @@ TEST(NnOpsBiasActivationBackward, BiasGradientsAreChannelSumsInAFixedOrder) {
       EXPECT_NEAR(d_bias[c], sums[c], 1e-3) << "channel " << c;
 
     std::vector<float> again(layout.channels), in_place = dy;
-    ref::bias_activation_backward(in_place.data(), y.data(), layout, true, in_place.data(),
+    ref::bias_activation_backward(in_place.data(), y.data(), layout, true, nullptr, in_place.data(),
                                   again.data(), ws);
     EXPECT_TRUE(same_bits(d_bias, again));
     EXPECT_TRUE(same_bits(dx, in_place));
@@ -148,7 +149,7 @@ TEST(NnOpsBiasActivationBackward, BiasGradientsAreChannelSumsInAFixedOrder) {
 TEST(NnOpsBiasActivationBackward, NullBiasGradientNeedsNoWorkspace) {
   const std::vector<float> y = {1.0f, -1.0f, 0.0f, 2.0f};
   std::vector<float> dy = {5.0f, 6.0f, 7.0f, 8.0f};
-  ref::bias_activation_backward(dy.data(), y.data(), ChannelLayout::per_tensor(4), true,
+  ref::bias_activation_backward(dy.data(), y.data(), ChannelLayout::per_tensor(4), true, nullptr,
                                 dy.data(), nullptr, Workspace{});
   EXPECT_TRUE(same_bits({5.0f, 0.0f, 0.0f, 8.0f}, dy));
 }
@@ -600,6 +601,99 @@ TEST(NnOpsAffineParams, InvalidRangesThrowOnTheHostAndAreSanitisedOnTheDevice) {
 }
 
 // ---------------------------------------------------------------------------
+// max_pool_forward / max_pool_backward
+
+float float_of(std::uint32_t bits) {
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+struct Pooled {
+  std::vector<float> y, dx;
+};
+
+Pooled max_pool(const Pool2dShape& s, const std::vector<float>& x, const std::vector<float>& dy) {
+  Pooled out{std::vector<float>(dy.size(), kSentinel), std::vector<float>(x.size(), kSentinel)};
+  ref::max_pool_forward(s, x.data(), out.y.data());
+  ref::max_pool_backward(s, x.data(), dy.data(), out.dx.data());
+  return out;
+}
+
+// 2x2/2 (the unrolled path) and 4x4/4 (the general one) over ties: the first
+// maximum in row-major order is the output and takes the gradient.
+TEST(NnOpsMaxPool, TiesGoToTheFirstMaximum) {
+  const Pooled two = max_pool({1, 1, 2, 4, 2, 2}, {1, 2, 3, 3, 2, 2, 3, 1}, {10, 20});
+  EXPECT_TRUE(same_bits(std::vector<float>{2, 3}, two.y));
+  EXPECT_TRUE(same_bits(std::vector<float>{0, 10, 20, 0, 0, 0, 0, 0}, two.dx));
+
+  std::vector<float> x(16, 4.0f);
+  x[0] = 3.0f;
+  const Pooled four = max_pool({1, 1, 4, 4, 4, 4}, x, {5});
+  std::vector<float> want(16, 0.0f);
+  want[1] = 5.0f;
+  EXPECT_TRUE(same_bits(std::vector<float>{4}, four.y));
+  EXPECT_TRUE(same_bits(want, four.dx));
+}
+
+// -0 and +0 compare equal: the first one in row-major order is the output
+// (its sign kept) and takes the gradient.
+TEST(NnOpsMaxPool, SignedZerosKeepTheFirst) {
+  const Pool2dShape s{1, 1, 2, 4, 2, 2};
+  const Pooled got = max_pool(s, {-0.0f, 0.0f, 0.0f, -0.0f, -0.0f, 0.0f, -0.0f, 0.0f}, {1, 2});
+  EXPECT_TRUE(same_bits(std::vector<float>{-0.0f, 0.0f}, got.y));
+  EXPECT_TRUE(same_bits(std::vector<float>{1, 0, 2, 0, 0, 0, 0, 0}, got.dx));
+}
+
+// The first NaN of a window wins over numbers before and after it and over
+// later NaNs: the output copies its bits, and it takes the gradient. ±Inf are
+// ordinary values.
+TEST(NnOpsMaxPool, FirstNaNWinsAndInfinitiesAreValues) {
+  const float nan_a = float_of(0x7fc00001u), nan_b = float_of(0xffc00002u);
+  const Pool2dShape s{1, 1, 2, 8, 2, 2};
+  const std::vector<float> x = {5,    nan_a, -kInf, -kInf, 1, kInf, 3, 2,
+                                nan_b, 9,    -kInf, -kInf, 2, kInf, nan_a, 1};
+  const Pooled got = max_pool(s, x, {1, 2, 3, 4});
+  EXPECT_EQ(bits_of(got.y[0]), 0x7fc00001u);
+  EXPECT_TRUE(same_bits(std::vector<float>{-kInf, kInf, nan_a}, {got.y[1], got.y[2], got.y[3]}));
+  EXPECT_TRUE(same_bits(std::vector<float>{0, 1, 2, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0},
+                        got.dx));
+}
+
+// 3x3/1: the centre of a 5x5 plane of zeros is every window's first maximum,
+// and its gradient is the sum in row-major window order from +0, which here
+// differs from the sum in any other order (1e8 + 1 rounds back to 1e8).
+TEST(NnOpsMaxPool, OverlappingWindowsAddInOutputOrder) {
+  const Pool2dShape s{1, 1, 5, 5, 3, 1};
+  std::vector<float> x(25, 0.0f);
+  x[12] = 1.0f;
+  const std::vector<float> dy = {1e8f, 1, -1e8f, 1, 1, 1, 1, 1, 1};
+  const Pooled got = max_pool(s, x, dy);
+  float want = 0.0f;
+  for (const float g : dy) want += g;
+  EXPECT_EQ(want, 6.0f);  // not 7: the 1 right after 1e8 is lost
+  EXPECT_TRUE(same_bits(std::vector<float>(9, 1.0f), got.y));
+  std::vector<float> want_dx(25, 0.0f);
+  want_dx[12] = want;
+  EXPECT_TRUE(same_bits(want_dx, got.dx));
+}
+
+// A dy of -0 gives +0 (0.0f + -0), and so do the elements no window reads
+// (stride > kernel leaves gaps).
+TEST(NnOpsMaxPool, UnpickedElementsGetPositiveZero) {
+  const Pool2dShape s{1, 1, 4, 4, 1, 3};  // windows (0,0) (0,3) (3,0) (3,3)
+  std::vector<float> x(16);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i);
+  const Pooled got = max_pool(s, x, {-0.0f, -1, -2, -3});
+  std::vector<float> want(16, 0.0f);
+  want[3] = -1;
+  want[12] = -2;
+  want[15] = -3;
+  EXPECT_TRUE(same_bits(std::vector<float>{0, 3, 12, 15}, got.y));
+  EXPECT_TRUE(same_bits(want, got.dx));
+}
+
+// ---------------------------------------------------------------------------
 // Argument errors (both namespaces) and empty inputs
 
 TEST(NnOpsArguments, EachOpRejectsBadArgumentsInBothNamespaces) {
@@ -617,13 +711,14 @@ TEST(NnOpsArguments, EachOpRejectsBadArgumentsInBothNamespaces) {
                         cuda::bias_activation(nullptr, g.data(), layout, true, h.data(), nullptr));
   EXPECT_ERROR_MENTIONS("negative size",
                         ref::bias_activation(f.data(), g.data(), negative, true, h.data()));
-  EXPECT_ERROR_MENTIONS("workspace", ref::bias_activation_backward(f.data(), g.data(), layout, true,
-                                                                   h.data(), g.data(), tiny));
   EXPECT_ERROR_MENTIONS("workspace",
-                        cuda::bias_activation_backward(f.data(), g.data(), layout, true, h.data(),
-                                                       g.data(), tiny, nullptr));
+                        ref::bias_activation_backward(f.data(), g.data(), layout, true, nullptr,
+                                                      h.data(), g.data(), tiny));
+  EXPECT_ERROR_MENTIONS("workspace",
+                        cuda::bias_activation_backward(f.data(), g.data(), layout, true, nullptr,
+                                                       h.data(), g.data(), tiny, nullptr));
   EXPECT_ERROR_MENTIONS("y is null", ref::bias_activation_backward(f.data(), nullptr, layout, true,
-                                                                   h.data(), nullptr, {}));
+                                                                   nullptr, h.data(), nullptr, {}));
   EXPECT_ERROR_MENTIONS("b is null", ref::add(f.data(), nullptr, 8, h.data()));
   EXPECT_ERROR_MENTIONS("b is null", cuda::add(f.data(), nullptr, 8, h.data(), nullptr));
   EXPECT_ERROR_MENTIONS("negative length", ref::add(f.data(), g.data(), -1, h.data()));
@@ -675,6 +770,20 @@ TEST(NnOpsArguments, EachOpRejectsBadArgumentsInBothNamespaces) {
   EXPECT_ERROR_MENTIONS("cursor is null", ref::advance_cursor(nullptr));
   EXPECT_ERROR_MENTIONS("cursor is null", cuda::advance_cursor(nullptr, nullptr));
 
+  const Pool2dShape pool{1, 2, 2, 2, 2, 2};
+  for (const Pool2dShape& bad : {Pool2dShape{1, 1, 2, 2, 3, 1}, Pool2dShape{1, 1, 4, 4, 0, 1},
+                                 Pool2dShape{1, 1, 4, 4, 2, 0}, Pool2dShape{-1, 1, 4, 4, 2, 2}}) {
+    EXPECT_ERROR_MENTIONS("the window must fit", ref::max_pool_forward(bad, f.data(), g.data()));
+    EXPECT_ERROR_MENTIONS("the window must fit",
+                          cuda::max_pool_backward(bad, f.data(), g.data(), h.data(), nullptr));
+  }
+  EXPECT_ERROR_MENTIONS("x is null", ref::max_pool_forward(pool, nullptr, g.data()));
+  EXPECT_ERROR_MENTIONS("y is null", cuda::max_pool_forward(pool, f.data(), nullptr, nullptr));
+  EXPECT_ERROR_MENTIONS("dy is null",
+                        ref::max_pool_backward(pool, f.data(), nullptr, h.data()));
+  EXPECT_ERROR_MENTIONS("dx is null",
+                        cuda::max_pool_backward(pool, f.data(), g.data(), nullptr, nullptr));
+
   std::vector<std::int32_t> zp(8);
   EXPECT_ERROR_MENTIONS("must be below qmax",
                         ref::affine_params_from_range(f.data(), g.data(), 8, AffineQuant{5, 5},
@@ -697,11 +806,19 @@ TEST(NnOpsEmpty, ZeroSizesAreNoOps) {
   float d_bias[3] = {kSentinel, kSentinel, kSentinel};
   ref::bias_activation(nullptr, nullptr, empty, true, nullptr);
   cuda::bias_activation(nullptr, nullptr, empty, true, nullptr, nullptr);
-  ref::bias_activation_backward(nullptr, nullptr, empty, true, nullptr, d_bias, {});
-  cuda::bias_activation_backward(nullptr, nullptr, empty, true, nullptr, d_bias, {}, nullptr);
+  ref::bias_activation_backward(nullptr, nullptr, empty, true, nullptr, nullptr, d_bias, {});
+  cuda::bias_activation_backward(nullptr, nullptr, empty, true, nullptr, nullptr, d_bias, {},
+                                 nullptr);
   EXPECT_EQ(d_bias[0], kSentinel);
   ref::add(nullptr, nullptr, 0, nullptr);
   cuda::add(nullptr, nullptr, 0, nullptr, nullptr);
+  for (const Pool2dShape& no_planes :
+       {Pool2dShape{0, 3, 4, 4, 2, 2}, Pool2dShape{2, 0, 4, 4, 2, 2}}) {
+    ref::max_pool_forward(no_planes, nullptr, nullptr);
+    cuda::max_pool_forward(no_planes, nullptr, nullptr, nullptr);
+    ref::max_pool_backward(no_planes, nullptr, nullptr, nullptr);
+    cuda::max_pool_backward(no_planes, nullptr, nullptr, nullptr, nullptr);
+  }
   ref::softmax_cross_entropy(nullptr, nullptr, 0, 10, nullptr, nullptr);
   cuda::softmax_cross_entropy(nullptr, nullptr, 0, 10, nullptr, nullptr, nullptr);
   ref::sgd_step(nullptr, nullptr, nullptr, 0, 0, {});

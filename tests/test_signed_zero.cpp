@@ -40,23 +40,8 @@ std::vector<std::uint32_t> repeat(std::uint32_t b, std::size_t n) {
 }
 
 template <class Api>
-class SignedZero : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (std::is_same_v<Api, test::DeviceOps> && !cuda::device_available())
-      GTEST_SKIP() << "no CUDA device";
-  }
-};
-
-struct SideNames {
-  template <class Api>
-  static std::string GetName(int) {
-    return std::is_same_v<Api, test::DeviceOps> ? "Gpu" : "Cpu";
-  }
-};
-
-using Sides = ::testing::Types<test::HostOps, test::DeviceOps>;
-TYPED_TEST_SUITE(SignedZero, Sides, SideNames);
+class SignedZero : public test::BothSides<Api> {};
+TYPED_TEST_SUITE(SignedZero, test::Sides, test::SideNames);
 
 // Inputs that quantize to the zero level of [-1, 1] at 8 bits (step 2/255),
 // of both signs, subnormals included.
@@ -149,7 +134,7 @@ TYPED_TEST(SignedZero, BlockedGradientsAreDyTimesZero) {
   EXPECT_EQ(bits_of(lsq[2]), kPlusZero);
   auto relu_out = api.upload(std::vector<float>{1.0f, -0.0f, 0.0f, -1.0f, 0.0f});
   auto relu_dx = api.upload(std::vector<float>(5, 1.0f));
-  api.bias_activation_backward(dy.data(), relu_out.data(), layout, true, relu_dx.data(),
+  api.bias_activation_backward(dy.data(), relu_out.data(), layout, true, nullptr, relu_dx.data(),
                                static_cast<float*>(nullptr), Workspace{});
   const auto relu = api.download(relu_dx);
   EXPECT_EQ(bits_of(relu[0]), bits_of(-3.0f));

@@ -77,6 +77,9 @@ const std::vector<WeightCase>& weight_cases() {
       {"conv_KCRS_axis0", {16, 6, 5, 5}, 0},
       {"fc_out_in_axis0", {120, 84}, 0},
       {"fc_wide_rows", {3, 5000}, 0},  // rows longer than one reduction piece
+      // Short rows: one reduction item holds 2048 / inner of them.
+      {"columns_axis1", {2049, 3}, 1},
+      {"nchw_axis1_inner100", {45, 7, 100}, 1},
       {"per_tensor", {10007}, -1},
   };
   return cases;

@@ -1,5 +1,7 @@
-// The CUDA backend: cuDNN convolutions and pooling, cuBLAS GEMMs and the
-// lowbit kernels, all on one non-blocking stream that the backend owns.
+// The CUDA backend: cuDNN convolutions, cuBLAS GEMMs and the lowbit kernels
+// (max pooling too: cuDNN's tie rule in the backward is undocumented, and
+// after ReLU and n-bit quantization ties are common), all on one non-blocking
+// stream that the backend owns.
 //
 // Capture: nothing may allocate while a step is recorded into a CUDA graph.
 // Descriptors and cuDNN workspaces are therefore created per shape, lazily, on
@@ -7,10 +9,12 @@
 // cuBLAS workspace is allocated with the backend. The trainer runs one eager
 // step before it captures; a shape first seen during capture() is an error.
 //
-// Determinism: cuDNN's deterministic algorithms (no atomics), deterministic
-// max pooling, cuBLAS without atomics on one stream and one workspace. Plain
-// FP32 (FMA) math everywhere, no TF32, so results stay within float rounding
-// of the CPU reference.
+// Determinism: per convolution shape, the first algorithm of cuDNN's ranking
+// that is deterministic (no atomics) and on FMA math (conv_algorithm.hpp),
+// chosen with the shape's descriptors, outside any capture; cuBLAS without
+// atomics on one stream and one workspace. Plain FP32 (FMA) math everywhere,
+// no TF32, so results stay within float rounding of the CPU reference; max
+// pooling and the other lowbit kernels equal it bit for bit.
 //
 // cuDNN 9 marks this legacy convolution API CUDNN_DEPRECATED, but its headers
 // only turn that into a warning when CUDNN_WARN_DEPRECATED is defined, which
@@ -31,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/conv_algorithm.hpp"
 #include "cuda/cublas_handle.hpp"
 #include "cuda/cudnn_objects.hpp"
 #include "cuda/stream.hpp"
@@ -43,12 +48,6 @@ namespace {
 
 // cuBLAS's recommended workspace on Hopper (4 MiB suffices on older GPUs).
 constexpr std::size_t kCublasWorkspaceBytes = std::size_t{32} << 20;
-
-constexpr cudnnConvolutionFwdAlgo_t kForwardAlgo =
-    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
-constexpr cudnnConvolutionBwdDataAlgo_t kBackwardDataAlgo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-constexpr cudnnConvolutionBwdFilterAlgo_t kBackwardFilterAlgo =
-    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
 
 constexpr float kOne = 1.0f;
 constexpr float kZero = 0.0f;
@@ -152,18 +151,13 @@ struct ConvPlan {
   gpu::FilterDescriptor w;
   gpu::TensorDescriptor y;
   gpu::ConvolutionDescriptor conv;
+  cudnnConvolutionFwdAlgo_t forward{};
+  cudnnConvolutionBwdDataAlgo_t backward_data{};
+  cudnnConvolutionBwdFilterAlgo_t backward_filter{};
   Buffer workspace;
 };
 
-/// Descriptors of one pooling shape.
-struct PoolPlan {
-  gpu::TensorDescriptor x;
-  gpu::TensorDescriptor y;
-  gpu::PoolingDescriptor pool;
-};
-
 using ConvKey = std::array<std::int64_t, 8>;
-using PoolKey = std::array<std::int64_t, 6>;
 
 /// A captured step. It replays on its backend's stream with that backend's
 /// workspaces, so it must not outlive the backend that captured it.
@@ -240,9 +234,13 @@ class CudaBackend final : public Backend {
     void* data = nullptr;
     const cudaError_t status = cudaMalloc(&data, bytes);
     if (status == cudaErrorMemoryAllocation) throw_out_of_memory(bytes);
-    LOWBIT_EXPECTS(status == cudaSuccess, "cudaMalloc of " + std::to_string(bytes) +
-                                              " bytes failed: " + cudaGetErrorName(status) +
-                                              ": " + cudaGetErrorString(status));
+    if (status != cudaSuccess) {
+      (void)cudaGetLastError();  // as for out of memory: reported here, not again later
+      throw Error(std::string("cudaMalloc of ") + std::to_string(bytes) +
+                      " bytes failed: " + cudaGetErrorName(status) + ": " +
+                      cudaGetErrorString(status),
+                  __FILE__, __LINE__);
+    }
     Buffer buffer(data, bytes, &release_device_memory);
     // Queued on the stream, so the memory is zero for all work queued later.
     LOWBIT_CUDA_TRY(cudaMemsetAsync(data, 0, bytes, stream_.get()));
@@ -314,7 +312,7 @@ class CudaBackend final : public Backend {
     const ConvPlan& p = conv_plan(s);
     // y = conv(x, w): x [N,C,H,W], w [K,C,R,S] -> y [N,K,OH,OW]
     LOWBIT_CUDNN_TRY(cudnnConvolutionForward(cudnn_.get(), &kOne, p.x.get(), x, p.w.get(), w,
-                                             p.conv.get(), kForwardAlgo, p.workspace.data(),
+                                             p.conv.get(), p.forward, p.workspace.data(),
                                              p.workspace.bytes(), &kZero, p.y.get(), y));
   }
 
@@ -326,12 +324,12 @@ class CudaBackend final : public Backend {
     if (dx != nullptr) {
       // dx = conv_transpose(dy, w): dy [N,K,OH,OW], w [K,C,R,S] -> dx [N,C,H,W]
       LOWBIT_CUDNN_TRY(cudnnConvolutionBackwardData(
-          cudnn_.get(), &kOne, p.w.get(), w, p.y.get(), dy, p.conv.get(), kBackwardDataAlgo,
+          cudnn_.get(), &kOne, p.w.get(), w, p.y.get(), dy, p.conv.get(), p.backward_data,
           p.workspace.data(), p.workspace.bytes(), &kZero, p.x.get(), dx));
     }
     // dw[k,c,r,s] = Σ_{n,oy,ox} dy[n,k,oy,ox]·x[n,c,oy·stride+r-pad, ox·stride+s-pad]
     LOWBIT_CUDNN_TRY(cudnnConvolutionBackwardFilter(
-        cudnn_.get(), &kOne, p.x.get(), x, p.y.get(), dy, p.conv.get(), kBackwardFilterAlgo,
+        cudnn_.get(), &kOne, p.x.get(), x, p.y.get(), dy, p.conv.get(), p.backward_filter,
         p.workspace.data(), p.workspace.bytes(), &kZero, p.w.get(), dw));
   }
 
@@ -363,25 +361,20 @@ class CudaBackend final : public Backend {
                                   x, in, dy, out, &kZero, dw, in));
   }
 
-  // ---- Max pooling (cuDNN) ----
+  // ---- Max pooling (lowbit's kernels: the CPU's first-maximum rule, bit for bit) ----
 
   void max_pool_forward(const Pool2dShape& s, const float* x, float* y) override {
     check_shape(s);
     check_pointers({x, y}, describe(s));
-    const PoolPlan& p = pool_plan(s);
-    // y[n,c,oy,ox] = max over the kernel×kernel window at (oy·stride, ox·stride)
-    LOWBIT_CUDNN_TRY(cudnnPoolingForward(cudnn_.get(), p.pool.get(), &kOne, p.x.get(), x, &kZero,
-                                         p.y.get(), y));
+    cuda::max_pool_forward(s, x, y, stream_.get());
   }
 
-  void max_pool_backward(const Pool2dShape& s, const float* x, const float* y, const float* dy,
+  // The maxima are found again in x, so y is not needed.
+  void max_pool_backward(const Pool2dShape& s, const float* x, const float*, const float* dy,
                          float* dx) override {
     check_shape(s);
-    check_pointers({x, y, dy, dx}, describe(s));
-    const PoolPlan& p = pool_plan(s);
-    // dx = Σ over windows of dy routed to the window's maximum, 0 elsewhere
-    LOWBIT_CUDNN_TRY(cudnnPoolingBackward(cudnn_.get(), p.pool.get(), &kOne, p.y.get(), y,
-                                          p.y.get(), dy, p.x.get(), x, &kZero, p.x.get(), dx));
+    check_pointers({x, dy, dx}, describe(s));
+    cuda::max_pool_backward(s, x, dy, dx, stream_.get());
   }
 
   // ---- lowbit kernels ----
@@ -391,9 +384,10 @@ class CudaBackend final : public Backend {
     cuda::bias_activation(x, bias, layout, relu, y, stream_.get());
   }
   void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                                bool relu, float* dx, float* d_bias,
-                                Workspace workspace) override {
-    cuda::bias_activation_backward(dy, y, layout, relu, dx, d_bias, workspace, stream_.get());
+                                bool relu, const std::uint32_t* pass_mask, float* dx,
+                                float* d_bias, Workspace workspace) override {
+    cuda::bias_activation_backward(dy, y, layout, relu, pass_mask, dx, d_bias, workspace,
+                                   stream_.get());
   }
   void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                                 float* y, EmaRangeState* state, const EmaConfig& config,
@@ -504,31 +498,44 @@ class CudaBackend final : public Backend {
         gpu::make_tensor_descriptor(to_int(s.batch), to_int(s.out_channels),
                                     to_int(s.out_height()), to_int(s.out_width())),
         gpu::make_convolution_descriptor(to_int(s.padding), to_int(s.stride)),
-        Buffer()};
+        {}, {}, {}, Buffer()};
+    choose_algorithms(describe(s), plan);
     std::size_t forward = 0, backward_data = 0, backward_filter = 0;
     LOWBIT_CUDNN_TRY(cudnnGetConvolutionForwardWorkspaceSize(
-        cudnn_.get(), plan.x.get(), plan.w.get(), plan.conv.get(), plan.y.get(), kForwardAlgo,
+        cudnn_.get(), plan.x.get(), plan.w.get(), plan.conv.get(), plan.y.get(), plan.forward,
         &forward));
     LOWBIT_CUDNN_TRY(cudnnGetConvolutionBackwardDataWorkspaceSize(
         cudnn_.get(), plan.w.get(), plan.y.get(), plan.conv.get(), plan.x.get(),
-        kBackwardDataAlgo, &backward_data));
+        plan.backward_data, &backward_data));
     LOWBIT_CUDNN_TRY(cudnnGetConvolutionBackwardFilterWorkspaceSize(
         cudnn_.get(), plan.x.get(), plan.y.get(), plan.conv.get(), plan.w.get(),
-        kBackwardFilterAlgo, &backward_filter));
+        plan.backward_filter, &backward_filter));
     plan.workspace = allocate(std::max({forward, backward_data, backward_filter}));
     return conv_plans_.emplace(key, std::move(plan)).first->second;
   }
 
-  const PoolPlan& pool_plan(const Pool2dShape& s) {
-    const PoolKey key{s.batch, s.channels, s.height, s.width, s.kernel, s.stride};
-    if (const auto found = pool_plans_.find(key); found != pool_plans_.end()) return found->second;
-    expect_not_capturing(first_call(describe(s)));
-    PoolPlan plan{gpu::make_tensor_descriptor(to_int(s.batch), to_int(s.channels),
-                                              to_int(s.height), to_int(s.width)),
-                  gpu::make_tensor_descriptor(to_int(s.batch), to_int(s.channels),
-                                              to_int(s.out_height()), to_int(s.out_width())),
-                  gpu::make_max_pooling_descriptor(to_int(s.kernel), to_int(s.stride))};
-    return pool_plans_.emplace(key, std::move(plan)).first->second;
+  /// cuDNN's heuristic ranking of each direction's algorithms for this shape
+  /// (no timing runs, so nothing is launched), first usable one kept.
+  void choose_algorithms(const std::string& shape, ConvPlan& plan) {
+    int count = 0;
+    std::array<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT> forward{};
+    LOWBIT_CUDNN_TRY(cudnnGetConvolutionForwardAlgorithm_v7(
+        cudnn_.get(), plan.x.get(), plan.w.get(), plan.conv.get(), plan.y.get(),
+        static_cast<int>(forward.size()), &count, forward.data()));
+    plan.forward = gpu::first_usable_algorithm(forward.data(), count, shape + ", forward");
+    std::array<cudnnConvolutionBwdDataAlgoPerf_t, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT> data{};
+    LOWBIT_CUDNN_TRY(cudnnGetConvolutionBackwardDataAlgorithm_v7(
+        cudnn_.get(), plan.w.get(), plan.y.get(), plan.conv.get(), plan.x.get(),
+        static_cast<int>(data.size()), &count, data.data()));
+    plan.backward_data =
+        gpu::first_usable_algorithm(data.data(), count, shape + ", backward data");
+    std::array<cudnnConvolutionBwdFilterAlgoPerf_t, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT>
+        filter{};
+    LOWBIT_CUDNN_TRY(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+        cudnn_.get(), plan.x.get(), plan.y.get(), plan.conv.get(), plan.w.get(),
+        static_cast<int>(filter.size()), &count, filter.data()));
+    plan.backward_filter =
+        gpu::first_usable_algorithm(filter.data(), count, shape + ", backward filter");
   }
 
   // Declaration order is destruction order reversed: the plans' workspaces
@@ -540,18 +547,16 @@ class CudaBackend final : public Backend {
   gpu::CublasHandle cublas_;
   std::string description_;
   std::map<ConvKey, ConvPlan> conv_plans_;
-  std::map<PoolKey, PoolPlan> pool_plans_;
 };
 
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend() {
-  int devices = 0;
-  LOWBIT_CUDA_TRY(cudaGetDeviceCount(&devices));
-  LOWBIT_EXPECTS(devices > 0, "no CUDA device found");
+  const std::string problem = cuda::device_problem();
+  LOWBIT_EXPECTS(problem.empty(), problem);
   return std::make_unique<CudaBackend>();
 }
 
-bool cuda_device_present() { return cuda::device_available(); }
+std::string cuda_device_problem() { return cuda::device_problem(); }
 
 }  // namespace lowbit

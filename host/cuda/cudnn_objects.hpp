@@ -1,5 +1,5 @@
 // cuDNN objects of the CUDA backend: the handle and the NCHW float
-// descriptors of its convolutions and poolings, each a move-only owner.
+// descriptors of its convolutions, each a move-only owner.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -34,18 +34,12 @@ struct DestroyConvolutionDescriptor {
     log_if_failed(cudnnDestroyConvolutionDescriptor(d), "cudnnDestroyConvolutionDescriptor");
   }
 };
-struct DestroyPoolingDescriptor {
-  void operator()(cudnnPoolingDescriptor_t d) const noexcept {
-    log_if_failed(cudnnDestroyPoolingDescriptor(d), "cudnnDestroyPoolingDescriptor");
-  }
-};
 
 using CudnnHandle = UniqueHandle<cudnnHandle_t, DestroyCudnn>;
 using TensorDescriptor = UniqueHandle<cudnnTensorDescriptor_t, DestroyTensorDescriptor>;
 using FilterDescriptor = UniqueHandle<cudnnFilterDescriptor_t, DestroyFilterDescriptor>;
 using ConvolutionDescriptor =
     UniqueHandle<cudnnConvolutionDescriptor_t, DestroyConvolutionDescriptor>;
-using PoolingDescriptor = UniqueHandle<cudnnPoolingDescriptor_t, DestroyPoolingDescriptor>;
 
 /// A cuDNN handle whose work goes to `stream`.
 inline CudnnHandle make_cudnn_handle(cudaStream_t stream) {
@@ -86,18 +80,6 @@ inline ConvolutionDescriptor make_convolution_descriptor(int padding, int stride
   LOWBIT_CUDNN_TRY(cudnnSetConvolution2dDescriptor(raw, padding, padding, stride, stride, 1, 1,
                                                    CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
   LOWBIT_CUDNN_TRY(cudnnSetConvolutionMathType(raw, CUDNN_FMA_MATH));
-  return descriptor;
-}
-
-/// Max pooling over a square window without padding. The deterministic mode
-/// makes the backward bitwise reproducible; NaN propagates like any value.
-inline PoolingDescriptor make_max_pooling_descriptor(int kernel, int stride) {
-  cudnnPoolingDescriptor_t raw = nullptr;
-  LOWBIT_CUDNN_TRY(cudnnCreatePoolingDescriptor(&raw));
-  PoolingDescriptor descriptor(raw);
-  LOWBIT_CUDNN_TRY(cudnnSetPooling2dDescriptor(raw, CUDNN_POOLING_MAX_DETERMINISTIC,
-                                               CUDNN_PROPAGATE_NAN, kernel, kernel, 0, 0, stride,
-                                               stride));
   return descriptor;
 }
 

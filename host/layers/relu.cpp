@@ -14,7 +14,7 @@ void ReluLayer::forward_impl(Pass) {
 void ReluLayer::backward_impl() {
   if (x_.grad == nullptr) return;
   backend_.bias_activation_backward(y_.grad, y_.value, ChannelLayout::per_tensor(n_), true,
-                                    x_.grad, nullptr, {});
+                                    nullptr, x_.grad, nullptr, {});
 }
 
 }  // namespace lowbit

@@ -39,14 +39,12 @@ void WeightedLayer::forward_impl(Pass pass) {
 }
 
 void WeightedLayer::backward_impl() {
-  const ChannelLayout layout = output_layout();
-  // dy becomes the gradient before the epilogue, in place; then the bias sums.
-  if (ema_) {
-    backend_.ste_backward(y_.grad, mask_.as<std::uint32_t>(), MaskFormat::pass, layout.size(),
-                          y_.grad);
-  }
-  backend_.bias_activation_backward(y_.grad, y_.value, layout, relu_ && !ema_, y_.grad, b_.grad,
-                                    workspace_.as_workspace());
+  // dy becomes the gradient before the epilogue, in place, in the pass that
+  // sums the bias gradient: the fused quantizer's mask holds the ReLU's bit
+  // and the STE's, else the ReLU (if any) tests y.
+  const std::uint32_t* pass_mask = ema_ ? mask_.as<std::uint32_t>() : nullptr;
+  backend_.bias_activation_backward(y_.grad, y_.value, output_layout(), relu_ && !ema_, pass_mask,
+                                    y_.grad, b_.grad, workspace_.as_workspace());
   if (const auto* conv = std::get_if<Conv2dShape>(&shape_))
     backend_.conv2d_backward(*conv, x_.value, w_.value, y_.grad, x_.grad, w_.grad);
   else

@@ -76,15 +76,6 @@ struct Conv2dShape {
   std::int64_t out_width() const { return (width + 2 * padding - kernel) / stride + 1; }
 };
 
-/// Max pooling of NCHW input with a square window, no padding.
-struct Pool2dShape {
-  std::int64_t batch = 1, channels = 1, height = 1, width = 1;
-  std::int64_t kernel = 2, stride = 2;
-
-  std::int64_t out_height() const { return (height - kernel) / stride + 1; }
-  std::int64_t out_width() const { return (width - kernel) / stride + 1; }
-};
-
 /// Fully connected layer: x [batch, in], w [out, in] (PyTorch's layout).
 struct LinearShape {
   std::int64_t batch = 1, in_features = 1, out_features = 1;
@@ -125,8 +116,11 @@ class Backend {
   /// dx = dy·w (skipped when null), dw = dyᵀ·x; both are overwritten.
   virtual void linear_backward(const LinearShape& s, const float* x, const float* w,
                                const float* dy, float* dx, float* dw) = 0;
+  /// y = the first maximum of each window (ref::max_pool_forward's rule, on
+  /// both backends bit for bit).
   virtual void max_pool_forward(const Pool2dShape& s, const float* x, float* y) = 0;
-  /// dx gets dy at the first maximum of each window, 0 elsewhere.
+  /// dx gets dy at the first maximum of each window, 0 elsewhere (overlapping
+  /// windows add in one fixed order: ref::max_pool_backward).
   virtual void max_pool_backward(const Pool2dShape& s, const float* x, const float* y,
                                  const float* dy, float* dx) = 0;
 
@@ -134,7 +128,8 @@ class Backend {
   virtual void bias_activation(const float* x, const float* bias, const ChannelLayout& layout,
                                bool relu, float* y) = 0;
   virtual void bias_activation_backward(const float* dy, const float* y,
-                                        const ChannelLayout& layout, bool relu, float* dx,
+                                        const ChannelLayout& layout, bool relu,
+                                        const std::uint32_t* pass_mask, float* dx,
                                         float* d_bias, Workspace workspace) = 0;
   virtual void bias_relu_ema_fake_quant(const float* x, const float* bias,
                                         const ChannelLayout& layout, float* y,
@@ -184,11 +179,12 @@ class Backend {
 /// The CPU reference backend (OpenMP threads when available).
 std::unique_ptr<Backend> make_cpu_backend();
 
-/// The CUDA backend on the current device. Throws lowbit::Error when no
-/// usable device is present.
+/// The CUDA backend on the current device. Throws lowbit::Error, saying why,
+/// when no usable device is present.
 std::unique_ptr<Backend> make_cuda_backend();
 
-/// True when a CUDA device is present and usable.
-bool cuda_device_present();
+/// Why the CUDA backend cannot run here ("no CUDA device found", or the CUDA
+/// runtime's error); empty when a usable device is present.
+std::string cuda_device_problem();
 
 }  // namespace lowbit

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "lowbit/element.hpp"
 #include "lowbit/nn_element.hpp"
@@ -88,8 +89,8 @@ void bias_activation(const float* x, const float* bias, const ChannelLayout& lay
 
 /// See ref::bias_activation_backward.
 void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                              bool relu, float* dx, float* d_bias, Workspace workspace,
-                              cudaStream_t stream);
+                              bool relu, const std::uint32_t* pass_mask, float* dx,
+                              float* d_bias, Workspace workspace, cudaStream_t stream);
 
 /// See ref::bias_relu_ema_fake_quant. v is recomputed from x in each launch,
 /// never stored. EmaMode::exact: two launches (observe v; quantize v with the
@@ -101,6 +102,16 @@ void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLa
 
 /// See ref::add.
 void add(const float* a, const float* b, std::int64_t n, float* y, cudaStream_t stream);
+
+/// See ref::max_pool_forward (the same first-maximum rule): one thread per
+/// output.
+void max_pool_forward(const Pool2dShape& s, const float* x, float* y, cudaStream_t stream);
+
+/// See ref::max_pool_backward (the same bits, overlapping windows included):
+/// one thread per input element gathers the dy of the windows that cover it
+/// and picked it, in the reference's order; no atomics.
+void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx,
+                       cudaStream_t stream);
 
 /// See ref::softmax_cross_entropy (totals in device memory). One block; a
 /// label outside [-1, classes) makes its row padding.
@@ -141,7 +152,12 @@ void affine_params_from_range(const float* min, const float* max, std::int64_t c
                               AffineQuant quant, bool symmetric, float* scale,
                               std::int32_t* zero_point, cudaStream_t stream);
 
-/// True when a CUDA device is present and usable (tests skip without one).
+/// Why no CUDA device is usable, for messages: "no CUDA device found", or
+/// the CUDA runtime's error name and text when the runtime or a device fails
+/// to start. Empty when the current device works.
+std::string device_problem();
+
+/// True when a CUDA device is present and usable (device_problem() is empty).
 bool device_available();
 
 }  // namespace lowbit::cuda

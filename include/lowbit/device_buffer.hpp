@@ -47,19 +47,27 @@ class DeviceBuffer {
   /// The buffer as scratch memory for the reducing ops.
   Workspace as_workspace() const { return {data_, bytes()}; }
 
-  /// Synchronous copy of host.size() == size() elements to the device.
-  void upload(const std::vector<T>& host) {
+  /// Copies host.size() == size() elements to the device, in order with the
+  /// work queued on `stream`, and waits for the copy. The default is the legacy
+  /// default stream, which does not order a non-blocking stream's work: pass
+  /// the stream whose kernels use the buffer.
+  void upload(const std::vector<T>& host, cudaStream_t stream = nullptr) {
     LOWBIT_EXPECTS(host.size() == count_, "upload of " + std::to_string(host.size()) +
                                               " elements into a buffer of " +
                                               std::to_string(count_));
-    if (count_ > 0)
-      LOWBIT_CUDA_TRY(cudaMemcpy(data_, host.data(), bytes(), cudaMemcpyHostToDevice));
+    if (count_ == 0) return;
+    LOWBIT_CUDA_TRY(
+        cudaMemcpyAsync(data_, host.data(), bytes(), cudaMemcpyHostToDevice, stream));
+    LOWBIT_CUDA_TRY(cudaStreamSynchronize(stream));
   }
-  /// Synchronous copy of the whole buffer to the host.
-  std::vector<T> download() const {
+  /// The whole buffer on the host, once the work queued on `stream` before
+  /// it is done (see upload()).
+  std::vector<T> download(cudaStream_t stream = nullptr) const {
     std::vector<T> host(count_);
-    if (count_ > 0)
-      LOWBIT_CUDA_TRY(cudaMemcpy(host.data(), data_, bytes(), cudaMemcpyDeviceToHost));
+    if (count_ == 0) return host;
+    LOWBIT_CUDA_TRY(
+        cudaMemcpyAsync(host.data(), data_, bytes(), cudaMemcpyDeviceToHost, stream));
+    LOWBIT_CUDA_TRY(cudaStreamSynchronize(stream));
     return host;
   }
 

@@ -1,5 +1,5 @@
-// The element math of the training building blocks (bias + ReLU, softmax
-// cross-entropy, SGD, shuffling, batch gathering, PyTorch qparams). As in
+// The element math of the training building blocks (bias + ReLU, max pooling,
+// softmax cross-entropy, SGD, shuffling, batch gathering, PyTorch qparams). As in
 // element.hpp, lowbit::ref and lowbit::cuda call these same functions, built
 // without FMA contraction, so both sides compute the same bits (softmax's
 // expf/logf excepted: the device's differ from the host's in the last ulps).
@@ -23,13 +23,27 @@ LOWBIT_HD float relu(float v) { return (v > 0.0f || v != v) ? v : 0.0f; }
 /// The output of bias_activation for v = x + bias.
 LOWBIT_HD float activation_forward(float v, bool use_relu) { return use_relu ? relu(v) : v; }
 
-/// dx from the activation's output y: dy where the ReLU passed (y > 0, so a
-/// NaN output passes nothing), dy everywhere without a ReLU. A blocked dy
-/// gives dy·0 (TensorFlow's ReluGrad), as the STE's masks do, so the fused
-/// activation's one mask gives the same bits as the two ops in turn.
-LOWBIT_HD float activation_backward(float dy, float y, bool use_relu) {
-  return ste_gradient(dy, !use_relu || y > 0.0f);
+/// Whether bias_activation_backward passes element i's gradient: where the
+/// ReLU passed (use_relu: y[i] > 0, so a NaN output passes nothing; y is read
+/// only then) and, with a pass_mask, where its bit i is set (MaskFormat::pass).
+/// dx is then ste_gradient(dy, passes): a blocked dy gives dy·0 (TensorFlow's
+/// ReluGrad), as the STE's masks do, so one mask, or the mask folded in here,
+/// gives the same bits as the ops in turn.
+LOWBIT_HD bool activation_passes(const float* y, bool use_relu, const std::uint32_t* pass_mask,
+                                 std::int64_t i) {
+  if (use_relu && !(y[i] > 0.0f)) return false;
+  return pass_mask == nullptr || ((pass_mask[i >> 5] >> (i & 31)) & 1u) != 0u;
 }
+
+// ---------------------------------------------------------------------------
+// Max pooling
+
+/// Whether v, which comes after `best` in a pooling window's row-major order,
+/// replaces it as the window's maximum: only a strictly greater number does,
+/// so among equal values (-0 and +0 included) the first stays, and the first
+/// NaN wins over numbers and over later NaNs. Both sides walk each window from
+/// its first element with this rule, so they pick the same element.
+LOWBIT_HD bool replaces_max(float v, float best) { return !(v <= best) && best == best; }
 
 // ---------------------------------------------------------------------------
 // Softmax cross-entropy

@@ -118,15 +118,20 @@ void unpack_codes(const std::uint8_t* packed, std::int64_t n, int bits, std::uin
 void bias_activation(const float* x, const float* bias, const ChannelLayout& layout, bool relu,
                      float* y);
 
-/// Backward of bias_activation from its output y: dx = dy where !relu or
-/// y > 0, else dy·0 (TensorFlow's ReluGrad; a NaN output passes nothing);
-/// d_bias[c] = Σ dx over
-/// channel c in reduction_order.hpp's fixed order (as ste_backward_range), so
-/// both namespaces give the same bits. dx may alias dy. d_bias may be null:
-/// no reduction, and the workspace is not needed; otherwise it takes
-/// reduction_workspace_bytes(layout).
+/// Backward of bias_activation from its output y, with an optional STE mask
+/// folded in: dx = dy where the gradient passes, else dy·0 (TensorFlow's
+/// ReluGrad). It passes where (!relu or y > 0: a NaN output passes nothing)
+/// and, when pass_mask is set, where bit i of pass_mask (MaskFormat::pass, as
+/// bias_relu_ema_fake_quant writes it) is set: bit for bit
+/// ste_backward(dy, pass_mask, MaskFormat::pass) and then this op without the
+/// mask, in one pass. y is read only with relu (it may be null otherwise).
+/// d_bias[c] = Σ dx over channel c in reduction_order.hpp's fixed order (as
+/// ste_backward_range), so both namespaces give the same bits. dx may alias
+/// dy. d_bias may be null: no reduction, and the workspace is not needed;
+/// otherwise it takes reduction_workspace_bytes(layout).
 void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                              bool relu, float* dx, float* d_bias, Workspace workspace);
+                              bool relu, const std::uint32_t* pass_mask, float* dx, float* d_bias,
+                              Workspace workspace);
 
 /// The activation after a Conv2d/Linear in one op: v = relu(x + bias[c]) over
 /// `layout` (bias may be null: no bias), then exactly ema_fake_quant of v
@@ -143,6 +148,22 @@ void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLa
 
 /// y = a + b over n elements; y may alias a or b.
 void add(const float* a, const float* b, std::int64_t n, float* y);
+
+/// Max pooling of NCHW x [batch, channels, height, width] into y [batch,
+/// channels, out_height, out_width] (Pool2dShape: batch and channels >= 0,
+/// kernel and stride >= 1, height and width >= kernel; an empty tensor does
+/// nothing). y is the first maximum of each window in row-major order
+/// (replaces_max in nn_element.hpp): a later element replaces it only when
+/// strictly greater, so of equal values (-0 and +0 too) the first stays, and
+/// the first NaN of a window wins. y copies that element's bits.
+void max_pool_forward(const Pool2dShape& s, const float* x, float* y);
+
+/// Backward of max_pool_forward: each window's dy goes to its first maximum
+/// (the element max_pool_forward picked), so ties and NaN route as there.
+/// dx (overwritten, must not overlap x or dy) starts at +0 and adds the dy of
+/// each window that picked it in row-major output order, so overlapping
+/// windows (stride < kernel) sum in one fixed order on both sides.
+void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx);
 
 /// Softmax cross-entropy of `batch` rows of `classes` (1..kMaxSoftmaxClasses)
 /// logits against labels in [0, classes), or -1 for a padding row (the

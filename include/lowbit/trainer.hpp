@@ -23,8 +23,9 @@ struct DeviceSelection {
   std::string reason;
 };
 
-/// automatic: CUDA when a device is present, else the CPU. cuda without a
-/// device throws lowbit::Error.
+/// automatic: CUDA when a usable device is present, else the CPU (the reason
+/// says why). cuda without a usable device throws lowbit::Error naming the
+/// CUDA error and suggesting --device cpu.
 DeviceSelection select_device(DeviceChoice choice);
 
 /// The trainer's quantization: QuantizeOptions' defaults (4/4 bits,

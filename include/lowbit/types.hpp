@@ -103,6 +103,16 @@ constexpr std::int64_t mask_words(std::int64_t n, MaskFormat format = MaskFormat
   return (format == MaskFormat::sides ? 2 : 1) * ((n + 31) / 32);
 }
 
+/// Max pooling of NCHW input with a square kernel×kernel window, `stride`
+/// apart, no padding.
+struct Pool2dShape {
+  std::int64_t batch = 1, channels = 1, height = 1, width = 1;
+  std::int64_t kernel = 2, stride = 2;
+
+  LOWBIT_HD constexpr std::int64_t out_height() const { return (height - kernel) / stride + 1; }
+  LOWBIT_HD constexpr std::int64_t out_width() const { return (width - kernel) / stride + 1; }
+};
+
 /// Device-resident (or, for lowbit::ref, host-resident) state of an EMA range
 /// observer. Initialise it with ema_state_init(); only lowbit ops write it.
 struct EmaRangeState {
@@ -151,7 +161,8 @@ struct Workspace {
 };
 
 /// Bytes of Workspace that the reducing ops (ste_backward_range,
-/// weight_range, lsq_backward, lsq_init_scale) need for `layout`.
+/// weight_range, lsq_backward, lsq_init_scale, bias_activation_backward with
+/// d_bias) need for `layout`.
 std::size_t reduction_workspace_bytes(const ChannelLayout& layout);
 
 /// Bytes that pack_codes writes for n codes of `bits` (2, 4 or 8) bits.
