@@ -1,140 +1,220 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call on a rented H100/H200 (Ubuntu 24.04,
-# CUDA 13.0, no network): a Release build for sm_90, all tests, the benchmark
-# harness (scripts/bench.sh: kernels against the copy roofline, training steps
-# by bits, batch and graph/eager, PyTorch beside both), compute-sanitizer
-# memcheck, racecheck and initcheck on the GPU tests, and the 8-epoch LeNet-5
-# accuracy protocol at fp32, 8, 4 and 2 bits.
+# Everything that needs a GPU, in three phases that each fit one call of the
+# device tool (at most 10 minutes a command, 15 minutes of device time per
+# issue, a machine start costs 1-2 of them). Each phase stops its steps at
+# PHASE_BUDGET seconds (default 450), so it ends within 8 minutes.
 #
-# Every step runs even after one fails; each writes its full output to
-# $OUT/<step>.log and prints its tail only on failure. The benchmark targets,
-# the accuracy table and a step summary come last; the exit status is 1 if any
-# step failed.
+#   phase 1  configure and build for sm_90 (Release), the card and versions,
+#            every test (ctest)
+#   phase 2  the 8-epoch LeNet-5 accuracy protocol at fp32, 8, 4 and 2 bits,
+#            then the benchmarks beside PyTorch (scripts/bench.sh)
+#   phase 3  compute-sanitizer memcheck, racecheck and initcheck on the GPU
+#            tests, trimmed to fit: without GpuLargeTensor.* (2^31 elements)
+#            and GpuTrainer.* (whole trainings), which would take hours there
 #
+# Each phase builds first (a no-op on the warm machine that ran the phase
+# before, which keeps build-gpu/). The tests run with LOWBIT_EXPECT_GPU=1, so
+# a test that would skip for want of a GPU or of the dataset fails, and with
+# CUDA_MODULE_LOADING=EAGER, so no kernel loads inside a graph capture.
+#
+# The calls, one right after the other so the machine stays warm. First,
+# here, copy the dataset into the git-ignored data/ (the GPU machine has none):
+#   mkdir -p data && cp -r /usr/share/datasets/fashion-mnist data/
+#   run(command="scripts/gpu-check.sh 1", carry=["data"], timeout_s=540)
+#   run(command="scripts/gpu-check.sh 2", carry=["data"], timeout_s=540)
+#   run(command="scripts/gpu-check.sh 3", carry=["data"], timeout_s=540)
+#   give_back()
+#
+# Output: the summary table last on stdout, and under $OUT (at most 8 files,
+# which is what the device tool brings back): phase<N>.log with every step's
+# full output, summary<N>.txt, and phase 1's ctest-junit.xml or phase 2's
+# protocol.json, results.md, results.json and the two charts.
+# The exit status is 1 if any step failed, 2 for bad usage.
+#
+# Usage: scripts/gpu-check.sh PHASE      (PHASE: 1, 2 or 3; -h, --help: this)
 # Environment:
-#   OUT             logs, and the benchmark results in $OUT/bench (default build-gpu/out)
-#   STEPS           steps to run, space separated (default: all of
-#                   configure build gpu ctest bench memcheck racecheck initcheck train)
-#   STEP_TIMEOUT    seconds per step (default 300); BUILD_TIMEOUT for the build (900)
-#   BENCH_MIN_TIME  seconds of timed calls per kernel benchmark (default 0.05)
-#   DATA            Fashion-MNIST directory (default data/fashion-mnist; the
-#                   GPU machine has no datasets: before the run, here,
-#                   `mkdir -p data && cp -r /usr/share/datasets/fashion-mnist data/`
-#                   and pass carry=["data"])
+#   OUT           where the files go (default build-gpu/out)
+#   DATA          Fashion-MNIST directory (default data/fashion-mnist)
+#   STEPS         the phase's steps to run, space separated (default: all;
+#                 phase 1: configure build gpu ctest; 2: configure build
+#                 train bench; 3: configure build memcheck racecheck initcheck)
+#   PHASE_BUDGET  seconds for the whole phase (default 450)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+case "${1:-}" in
+  -h | --help) usage; exit 0 ;;
+  1 | 2 | 3) phase=$1 ;;
+  *) echo "gpu-check.sh: give a phase, 1, 2 or 3 (see --help)" >&2; exit 2 ;;
+esac
 
 BUILD=build-gpu
 OUT="${OUT:-$BUILD/out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
+# Each step's full output; $OUT gets them joined into one file.
+LOGS=$(mktemp -d -t lowbit-gpu-check.XXXXXX)
+trap 'rm -rf "$LOGS"' EXIT
 export PATH="$PATH:/usr/local/cuda/bin"
-
+export LOWBIT_EXPECT_GPU=1 CUDA_MODULE_LOADING=EAGER
 DATA="${DATA:-data/fashion-mnist}"
-# Tests that train on Fashion-MNIST read it from here.
-[ -d "$DATA" ] && export LOWBIT_DATA_DIR="$(cd "$DATA" && pwd)"
-STEPS="${STEPS:-configure build gpu ctest bench memcheck racecheck initcheck train}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
-BUILD_TIMEOUT="${BUILD_TIMEOUT:-900}"
-BENCH_MIN_TIME="${BENCH_MIN_TIME:-0.05}"
+# A missing dataset is not skipped: the tests that need it fail.
+[ -d "$DATA" ] && DATA="$(cd "$DATA" && pwd)"
+export LOWBIT_DATA_DIR="$DATA"
+case $phase in
+  1) default_steps="configure build gpu ctest" ;;
+  2) default_steps="configure build train bench" ;;
+  3) default_steps="configure build memcheck racecheck initcheck" ;;
+esac
+STEPS="${STEPS:-$default_steps}"
+PHASE_BUDGET="${PHASE_BUDGET:-450}"
 TESTS="$BUILD/tests/lowbit_tests"
-# The 2^31-element test and whole training runs are left out of the sanitizer
-# runs: they would take hours there.
-GPU_TESTS='Gpu*:*Gpu*:-GpuLargeTensor.*:GpuTrainer.*'
+LOWBIT="$BUILD/host/lowbit"
+SANITIZED_TESTS='Gpu*:*Gpu*:-GpuLargeTensor.*:GpuTrainer.*'
 
 names=()
 statuses=()
 durations=()
 failed=0
 
-# run_step NAME LIMIT COMMAND...: runs COMMAND under `timeout LIMIT` if NAME
-# is in $STEPS, and records its status and seconds.
-# A name's group is the part before its first "_" (train_w4a4 is in train).
+# run_step NAME LIMIT COMMAND...: runs COMMAND if NAME's group (the part
+# before its first "_": train_w4a4 is in train) is in $STEPS, for at most
+# LIMIT seconds and what is left of the phase's budget, and records its
+# status and seconds. The full output goes to $LOGS/NAME.log.
 run_step() {
   local name=$1 limit=$2
   shift 2
   [[ " $STEPS " == *" ${name%%_*} "* ]] || return 0
-  local log="$OUT/$name.log" start=$SECONDS rc=0 status=pass
-  echo "== $name: $*"
-  timeout --kill-after=30 "$limit" "$@" >"$log" 2>&1 || rc=$?
-  if [ "$rc" -eq 124 ]; then
-    status="FAIL (timeout ${limit}s)"
-  elif [ "$rc" -ne 0 ]; then
-    status="FAIL (exit $rc)"
+  local log="$LOGS/$name.log" start=$SECONDS rc=0 status=pass
+  local left=$((PHASE_BUDGET - SECONDS))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 5 ]; then
+    rc=124
+    status="FAIL (phase budget spent)"
+    echo "not run: the phase's ${PHASE_BUDGET}s were spent" >"$log"
+  else
+    echo "== $name (limit ${limit}s): $*"
+    timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1 || rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+      status="FAIL (timeout ${limit}s)"
+    elif [ "$rc" -ne 0 ]; then
+      status="FAIL (exit $rc)"
+    fi
   fi
   if [ "$rc" -ne 0 ]; then
     failed=1
     tail -n 25 "$log" | sed 's/^/   | /'
-  elif [ "$name" = gpu ]; then
-    sed 's/^/   /' "$log"
   fi
   names+=("$name")
   statuses+=("$status")
   durations+=("$((SECONDS - start))")
 }
 
-# compute-sanitizer returns the tests' status unless told otherwise; report
-# its own findings as exit 99. A failing CUDA API call is the tests' business
-# (the code checks every call), so only memory, race and init findings count.
+# compute-sanitizer returns the tests' status unless told otherwise; its own
+# findings exit 99. A failing CUDA API call is the tests' business (the code
+# checks every call), so only memory, race and init findings count.
 sanitize() {
-  local tool=$1
-  shift
-  run_step "$tool" "$STEP_TIMEOUT" compute-sanitizer --tool "$tool" --error-exitcode 99 \
-    --report-api-errors no "$@" "$TESTS" --gtest_filter="$GPU_TESTS"
+  local tool=$1 limit=$2
+  shift 2
+  run_step "$tool" "$limit" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+    --report-api-errors no "$@" "$TESTS" --gtest_filter="$SANITIZED_TESTS"
 }
 
-run_step configure "$STEP_TIMEOUT" cmake -S . -B "$BUILD" -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DCMAKE_BUILD_TYPE=Release
-run_step build "$BUILD_TIMEOUT" cmake --build "$BUILD" -j "$(nproc)"
-run_step gpu 60 nvidia-smi \
-  --query-gpu=name,driver_version,memory.total,temperature.gpu,power.draw,power.limit,clocks.sm,clocks.max.sm,pstate \
-  --format=csv
-run_step ctest "$STEP_TIMEOUT" ctest --test-dir "$BUILD" --output-on-failure \
-  --output-junit "$OUT/ctest-junit.xml"
-run_step bench "$STEP_TIMEOUT" scripts/bench.sh --no-build --build-dir "$BUILD" \
-  --out "$OUT/bench" --min-time "$BENCH_MIN_TIME"
-sanitize memcheck --leak-check full
-sanitize racecheck
-sanitize initcheck
-# The accuracy protocol of DESIGN.md §4: 8 epochs at fp32 and at 8, 4 and 2
-# bits. The dataset comes in $DATA (copy /usr/share/datasets/fashion-mnist
-# into the git-ignored data/ and carry it).
-LOWBIT="$BUILD/host/lowbit"
-for bits in 0 8 4 2; do
-  run_step "train_w${bits}a${bits}" "$STEP_TIMEOUT" "$LOWBIT" train --data "$DATA" --device cuda \
-    --weight-bits "$bits" --act-bits "$bits" --metrics-json "$OUT/protocol_${bits}bit.json"
-done
-python3 - "$OUT" <<'PY' || echo "(could not read the training metrics)"
+# The phase's own lines for the summary, from its logs.
+report() {
+  case $phase in
+    1)
+      if [ -f "$LOGS/gpu.log" ]; then sed 's/^/  /' "$LOGS/gpu.log"; fi
+      if [ -f "$LOGS/ctest.log" ]; then
+        grep -E 'tests passed|tests failed|\(Failed\)|\(Timeout\)|\*\*\*' "$LOGS/ctest.log" |
+          sed 's/^/  /' || true
+      fi
+      ;;
+    2) protocol_table; bench_tables ;;
+    3)
+      for tool in memcheck racecheck initcheck; do
+        [ -f "$LOGS/$tool.log" ] || continue
+        echo "  $tool: $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$LOGS/$tool.log" | tail -n 1)"
+        grep -h '^\[  PASSED  \]\|^\[  FAILED  \]' "$LOGS/$tool.log" | sed 's/^/    /' || true
+      done
+      echo "  trimmed: $SANITIZED_TESTS"
+      ;;
+  esac
+}
+
+protocol_table() {
+  python3 - "$LOGS" "$OUT/protocol.json" <<'PY' || echo "  (could not read the training metrics)"
 import json, os, sys
 
-out = sys.argv[1]
-def load(name):
-    path = os.path.join(out, name)
-    return json.load(open(path)) if os.path.exists(path) else None
-
-print("\ntraining protocol (8 epochs, batch 128):")
-print(f"{'bits':<6} {'test acc':>9} {'img/s':>10}")
+logs, merged_path = sys.argv[1:]
+merged = {}
+print("  training protocol (8 epochs, batch 128):")
+print(f"  {'bits':<6} {'test acc':>9} {'img/s':>10}  device")
 for bits in (0, 8, 4, 2):
-    m = load(f"protocol_{bits}bit.json")
     label = "fp32" if bits == 0 else f"{bits}-bit"
-    if m is None:
-        print(f"{label:<6} {'failed':>9}")
+    path = os.path.join(logs, f"protocol_{bits}bit.json")
+    if not os.path.exists(path):
+        print(f"  {label:<6} {'failed':>9}")
         continue
-    print(f"{label:<6} {100 * m['test_accuracy']:8.2f}% {m['train_images_per_second']:10.0f}")
+    m = json.load(open(path))
+    merged[label] = m
+    print(f"  {label:<6} {100 * m['test_accuracy']:8.2f}% {m['train_images_per_second']:10.0f}"
+          f"  {m['device']}")
+json.dump(merged, open(merged_path, "w"), indent=1)
 PY
+}
 
-# The benchmark targets and training table (the rest is in $OUT/bench/results.md).
-if [ -f "$OUT/bench/results.md" ]; then
+bench_tables() {
+  local results="$LOGS/bench/results.md"
+  if [ ! -f "$results" ]; then return 0; fi
+  sed -n '/^## DESIGN/,/^## Kernels at/p;/^## LeNet-5 training step/,/^## Where/p' "$results" |
+    grep -v '^## Kernels at\|^## Where' | sed 's/^/  /'
+}
+
+run_step configure 60 cmake -S . -B "$BUILD" -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DCMAKE_BUILD_TYPE=Release
+run_step build 270 cmake --build "$BUILD" -j "$(nproc)"
+case $phase in
+  1)
+    # The card and driver, and the CUDA toolkit (phase 2's device column adds cuDNN).
+    run_step gpu 20 bash -c 'nvidia-smi --format=csv,noheader \
+      --query-gpu=name,driver_version,memory.total,clocks.max.sm && nvcc --version | tail -n 1'
+    run_step ctest 180 ctest --test-dir "$BUILD" -j "$(nproc)" --output-on-failure \
+      --no-tests=error --output-junit "$OUT/ctest-junit.xml"
+    ;;
+  2)
+    # DESIGN.md §4's protocol: 8 epochs at fp32 and at 8, 4 and 2 bits.
+    for bits in 0 8 4 2; do
+      run_step "train_w${bits}a${bits}" 60 "$LOWBIT" train --data "$DATA" --device cuda \
+        --weight-bits "$bits" --act-bits "$bits" --metrics-json "$LOGS/protocol_${bits}bit.json"
+    done
+    run_step bench 200 scripts/bench.sh --no-build --build-dir "$BUILD" --out "$LOGS/bench" \
+      --min-time 0.02
+    for file in results.md results.json kernels_roofline.png training.png; do
+      if [ -f "$LOGS/bench/$file" ]; then cp "$LOGS/bench/$file" "$OUT/"; fi
+    done
+    ;;
+  3)
+    sanitize memcheck 150 --leak-check full
+    sanitize racecheck 120
+    sanitize initcheck 100
+    ;;
+esac
+
+{
+  echo "gpu-check phase $phase"
+  report
   echo
-  sed -n '/^## DESIGN/,/^## Kernels at/p;/^## LeNet-5 training step/,/^## Where/p' \
-    "$OUT/bench/results.md" | grep -v '^## Kernels at\|^## Where'
-fi
-
-echo
-printf '%-10s | %-24s | %7s\n' step status seconds
-printf '%-10s-+-%-24s-+-%7s\n' ---------- ------------------------ -------
-for i in "${!names[@]}"; do
-  printf '%-10s | %-24s | %7s\n' "${names[$i]}" "${statuses[$i]}" "${durations[$i]}"
-done
-echo "logs: $OUT"
+  printf '%-12s | %-26s | %7s\n' step status seconds
+  printf '%-12s-+-%-26s-+-%7s\n' ------------ -------------------------- -------
+  for i in "${!names[@]}"; do
+    printf '%-12s | %-26s | %7s\n' "${names[$i]}" "${statuses[$i]}" "${durations[$i]}"
+  done
+  echo "phase $phase: $([ "$failed" -eq 0 ] && echo PASS || echo FAIL) in ${SECONDS}s; logs: $OUT"
+} | tee "$OUT/summary$phase.txt"
+# The steps' logs in the order they ran, then the benchmark suites' own.
+for log in "${names[@]/%/.log}" bench/{kernels,train,peers}.log; do
+  if [ -f "$LOGS/$log" ]; then echo "===== $log"; cat "$LOGS/$log"; fi
+done >"$OUT/phase$phase.log"
 exit "$failed"

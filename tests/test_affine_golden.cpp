@@ -107,7 +107,7 @@ TEST(AffineGolden, CpuReferenceMatchesPyTorch) {
 }
 
 TEST(GpuAffineGolden, CudaMatchesPyTorch) {
-  if (!lowbit::cuda::device_available()) GTEST_SKIP() << "no CUDA device";
+  LOWBIT_REQUIRE_GPU();
   Stream stream;
   for (const auto& g : golden_cases()) {
     const std::int64_t n = g.layout.size();

@@ -16,7 +16,6 @@
 #include <string>
 #include <vector>
 
-#include "lowbit/cuda.hpp"
 #include "lowbit/data.hpp"
 #include "lowbit/graph.hpp"
 #include "lowbit/trainer.hpp"
@@ -54,16 +53,6 @@ std::string percent_text(double fraction) {
   return text;
 }
 
-bool dataset_present() {
-  std::error_code ignored;
-  return fs::is_directory(kDefaultDataDirectory, ignored);
-}
-
-#define LOWBIT_REQUIRE_DATASET()                            \
-  if (!dataset_present())                                   \
-  GTEST_SKIP() << "no dataset at " << kDefaultDataDirectory \
-               << " (install Debian's dataset-fashion-mnist to run the real training)"
-
 /// One line on stderr, "error: ...", and nothing else there.
 ::testing::AssertionResult one_error_line(const CliResult& result) {
   const auto lines = std::count(result.err.begin(), result.err.end(), '\n');
@@ -75,8 +64,9 @@ bool dataset_present() {
 class Cli : public ::testing::Test {
  protected:
 
-  CliResult run(const std::vector<std::string>& args) const {
-    std::string command = quoted(LOWBIT_CLI_PATH);
+  /// Runs lowbit with `args`; `environment` ("NAME=value ...") is added to ours.
+  CliResult run(const std::vector<std::string>& args, const std::string& environment = "") const {
+    std::string command = "env " + environment + " " + quoted(LOWBIT_CLI_PATH);
     for (const std::string& arg : args) command += " " + quoted(arg);
     const fs::path out = dir_ / "stdout.txt";
     const fs::path err = dir_ / "stderr.txt";
@@ -93,6 +83,7 @@ class Cli : public ::testing::Test {
 
   test::ScratchDirectory scratch_;
   fs::path dir_ = scratch_.path();
+  const std::string data_ = test::fashion_mnist_dir();
 };
 
 using CliHelp = Cli;
@@ -242,11 +233,23 @@ TEST_F(CliRuntime, AutoDeviceSaysWhichAndWhy) {
                                                       << result.out;
 }
 
-TEST_F(CliRuntime, CudaWithoutADeviceIsARuntimeError) {
-  if (cuda::device_available()) GTEST_SKIP() << "a CUDA device is present";
-  const CliResult result = run({"train", "--device", "cuda", "--epochs", "1", "--data", path("")});
+// CUDA_VISIBLE_DEVICES= hides every GPU, so this runs on any machine.
+TEST_F(CliRuntime, CudaWithoutADeviceSaysWhyAndSuggestsTheCpu) {
+  const CliResult result = run({"train", "--device", "cuda", "--epochs", "1", "--data", path("")},
+                               "CUDA_VISIBLE_DEVICES=");
   EXPECT_EQ(result.status, 1);
   EXPECT_TRUE(one_error_line(result));
+  EXPECT_NE(result.err.find("--device cuda: no "), std::string::npos) << result.err;
+  EXPECT_NE(result.err.find("(use --device cpu)"), std::string::npos) << result.err;
+}
+
+TEST_F(CliRuntime, AutoWithoutADeviceTrainsOnTheCpuAndSaysWhy) {
+  const CliResult result =
+      run({"train", "--device", "auto", "--epochs", "1", "--data", path("no-such-dataset")},
+          "CUDA_VISIBLE_DEVICES=");
+  EXPECT_EQ(result.status, 1);  // the dataset is missing; the device line comes first
+  EXPECT_NE(result.out.find("device: cpu"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("(auto: no "), std::string::npos) << result.out;
 }
 
 TEST_F(CliRuntime, EvalOfAMissingCheckpointNamesIt) {
@@ -268,12 +271,12 @@ TEST_F(CliRuntime, EvalOfACorruptCheckpointNamesIt) {
 }
 
 TEST_F(CliTrain, TinyRunWritesMetricsAndACheckpointThatEvalReproduces) {
-  LOWBIT_REQUIRE_DATASET();
+  LOWBIT_REQUIRE_FASHION_MNIST();
   const std::string metrics = path("metrics.json");
   const std::string checkpoint = path("tiny.safetensors");
-  const CliResult trained =
-      run({"train", "--device", "cpu", "--epochs", "1", "--limit-train", "512", "--limit-test",
-           "256", "--batch", "64", "--metrics-json", metrics, "--save", checkpoint});
+  const CliResult trained = run({"train", "--device", "cpu", "--data", data_, "--epochs", "1",
+                                 "--limit-train", "512", "--limit-test", "256", "--batch", "64",
+                                 "--metrics-json", metrics, "--save", checkpoint});
   ASSERT_EQ(trained.status, 0) << trained.err;
   EXPECT_NE(trained.out.find("\nepoch 1/1  loss "), std::string::npos) << trained.out;
   EXPECT_NE(trained.out.find(checkpoint), std::string::npos) << trained.out;
@@ -305,8 +308,8 @@ TEST_F(CliTrain, TinyRunWritesMetricsAndACheckpointThatEvalReproduces) {
       << trained.out;
 
   const std::string eval_metrics = path("eval.json");
-  const CliResult evaluated = run({"eval", "--checkpoint", checkpoint, "--device", "cpu",
-                                   "--limit-test", "256", "--metrics-json", eval_metrics});
+  const CliResult evaluated = run({"eval", "--checkpoint", checkpoint, "--data", data_, "--device",
+                                   "cpu", "--limit-test", "256", "--metrics-json", eval_metrics});
   ASSERT_EQ(evaluated.status, 0) << evaluated.err;
   EXPECT_NE(evaluated.out.find("test accuracy " + percent_text(accuracy)), std::string::npos)
       << evaluated.out;
@@ -326,16 +329,17 @@ TEST_F(CliTrain, TinyRunWritesMetricsAndACheckpointThatEvalReproduces) {
 }
 
 TEST_F(CliTrain, ResumeTakesTheOptionsNotGivenFromTheCheckpoint) {
-  LOWBIT_REQUIRE_DATASET();
+  LOWBIT_REQUIRE_FASHION_MNIST();
   const std::string checkpoint = path("eight.safetensors");
-  const CliResult first = run({"train", "--device", "cpu", "--epochs", "1", "--limit-train", "256",
-                               "--limit-test", "128", "--batch", "64", "--weight-bits", "8",
-                               "--act-bits", "6", "--range", "lagged", "--save", checkpoint});
+  const CliResult first = run({"train", "--device", "cpu", "--data", data_, "--epochs", "1",
+                               "--limit-train", "256", "--limit-test", "128", "--batch", "64",
+                               "--weight-bits", "8", "--act-bits", "6", "--range", "lagged",
+                               "--save", checkpoint});
   ASSERT_EQ(first.status, 0) << first.err;
 
   const std::string metrics = path("resumed.json");
-  const CliResult resumed = run({"train", "--device", "cpu", "--resume", checkpoint, "--epochs",
-                                 "2", "--metrics-json", metrics});
+  const CliResult resumed = run({"train", "--device", "cpu", "--data", data_, "--resume",
+                                 checkpoint, "--epochs", "2", "--metrics-json", metrics});
   ASSERT_EQ(resumed.status, 0) << resumed.err;
   const nlohmann::json json = read_json(metrics);
   EXPECT_EQ(json.at("weight_bits").get<int>(), 8);
@@ -344,19 +348,19 @@ TEST_F(CliTrain, ResumeTakesTheOptionsNotGivenFromTheCheckpoint) {
 
   // An explicit option that contradicts the checkpoint reaches the trainer,
   // which refuses it.
-  const CliResult conflicting = run(
-      {"train", "--device", "cpu", "--resume", checkpoint, "--epochs", "2", "--weight-bits", "2"});
+  const CliResult conflicting = run({"train", "--device", "cpu", "--data", data_, "--resume",
+                                     checkpoint, "--epochs", "2", "--weight-bits", "2"});
   EXPECT_EQ(conflicting.status, 1);
   EXPECT_TRUE(one_error_line(conflicting));
 }
 
 TEST_F(CliTrain, RangeDefaultsToLsqBelowFourBits) {
-  LOWBIT_REQUIRE_DATASET();
+  LOWBIT_REQUIRE_FASHION_MNIST();
   const auto range_of = [&](std::vector<std::string> extra) {
     const std::string metrics = path("range.json");
-    std::vector<std::string> args = {"train", "--device", "cpu", "--epochs", "1", "--limit-train",
-                                     "128", "--limit-test", "64", "--batch", "64",
-                                     "--metrics-json", metrics};
+    std::vector<std::string> args = {"train", "--device", "cpu", "--data", data_, "--epochs",
+                                     "1", "--limit-train", "128", "--limit-test", "64",
+                                     "--batch", "64", "--metrics-json", metrics};
     args.insert(args.end(), extra.begin(), extra.end());
     const CliResult result = run(args);
     EXPECT_EQ(result.status, 0) << result.err;

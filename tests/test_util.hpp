@@ -75,8 +75,28 @@ inline Workspace host_workspace(std::vector<float>& storage, const ChannelLayout
   return {storage.data(), storage.size() * sizeof(float)};
 }
 
-#define LOWBIT_REQUIRE_GPU() \
-  if (!::lowbit::cuda::device_available()) GTEST_SKIP() << "no CUDA device"
+/// Whether this run must have a GPU and the dataset (scripts/gpu-check.sh sets
+/// LOWBIT_EXPECT_GPU=1): then a test that would skip for want of either fails,
+/// so a machine whose CUDA does not start cannot report a clean pass.
+inline bool gpu_expected() {
+  const char* expect = std::getenv("LOWBIT_EXPECT_GPU");
+  return expect != nullptr && std::string(expect) == "1";
+}
+
+/// Skips the test, saying why; fails it instead when gpu_expected(). (A loop
+/// that always returns: one statement with no `else` for an outer `if` to take.)
+#define LOWBIT_SKIP_OR_FAIL(reason)                                                  \
+  for (const std::string lowbit_reason = (reason);;) {                               \
+    if (::lowbit::test::gpu_expected())                                              \
+      GTEST_FAIL() << lowbit_reason << " (LOWBIT_EXPECT_GPU=1: this test must run)"; \
+    GTEST_SKIP() << lowbit_reason;                                                   \
+  }
+
+/// For tests that need a CUDA device: the reason names the CUDA error.
+#define LOWBIT_REQUIRE_GPU()                                                   \
+  if (const std::string lowbit_gpu_problem = ::lowbit::cuda::device_problem(); \
+      !lowbit_gpu_problem.empty())                                             \
+  LOWBIT_SKIP_OR_FAIL(lowbit_gpu_problem)
 
 /// Fashion-MNIST for the tests: $LOWBIT_DATA_DIR, else the Debian package's
 /// directory (CI installs it: apt-get install dataset-fashion-mnist).
@@ -85,11 +105,15 @@ inline std::string fashion_mnist_dir() {
   return dir != nullptr && *dir != '\0' ? dir : kDefaultDataDirectory;
 }
 
-/// Skips a test that needs Fashion-MNIST where the dataset is missing.
-#define LOWBIT_REQUIRE_FASHION_MNIST()                                                      \
-  if (!std::filesystem::exists(::lowbit::test::fashion_mnist_dir() + "/t10k-labels-idx1-ubyte") && \
-      !std::filesystem::exists(::lowbit::test::fashion_mnist_dir() + "/t10k-labels-idx1-ubyte.gz")) \
-  GTEST_SKIP() << "Fashion-MNIST is not installed at " << ::lowbit::test::fashion_mnist_dir()
+inline bool fashion_mnist_present() {
+  const std::string labels = fashion_mnist_dir() + "/t10k-labels-idx1-ubyte";
+  return std::filesystem::exists(labels) || std::filesystem::exists(labels + ".gz");
+}
+
+/// For tests that train on Fashion-MNIST.
+#define LOWBIT_REQUIRE_FASHION_MNIST()          \
+  if (!::lowbit::test::fashion_mnist_present()) \
+  LOWBIT_SKIP_OR_FAIL("Fashion-MNIST is not installed at " + ::lowbit::test::fashion_mnist_dir())
 
 /// A scratch path unique to this process and test, so that tests running in
 /// parallel (ctest -j) never share a file.
@@ -142,7 +166,9 @@ using cuda::DeviceBuffer;
 /// A CUDA stream for one test.
 class Stream {
  public:
-  Stream() { LOWBIT_CUDA_TRY(cudaStreamCreate(&stream_)); }
+  explicit Stream(unsigned flags = cudaStreamDefault) {
+    LOWBIT_CUDA_TRY(cudaStreamCreateWithFlags(&stream_, flags));
+  }
   ~Stream() { cudaStreamDestroy(stream_); }
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
