@@ -175,6 +175,14 @@ void check_weight_range(const float* w, const ChannelLayout& layout, const float
   check_workspace(workspace, layout);
 }
 
+void check_quant_delay_identity(const float* x, const float* y, std::int64_t n,
+                                const std::int64_t* step, std::int64_t quant_delay) {
+  LOWBIT_EXPECTS(quant_delay >= 0, "quant_delay must not be negative");
+  check_pointer(x, n, "x");
+  check_pointer(y, n, "y");
+  check_pointer(step, 1, "step");
+}
+
 void check_lsq_forward(const float* x, const float* y, const ChannelLayout& layout,
                        const float* scale, LsqQuant quant) {
   check_lsq_quant(quant);

@@ -29,6 +29,8 @@ void check_bias_relu_ema_fake_quant(const float* x, const ChannelLayout& layout,
                                     const EmaRangeState* state, const EmaConfig& config);
 void check_weight_range(const float* w, const ChannelLayout& layout, const float* min,
                         const float* max, Workspace workspace);
+void check_quant_delay_identity(const float* x, const float* y, std::int64_t n,
+                                const std::int64_t* step, std::int64_t quant_delay);
 void check_lsq_forward(const float* x, const float* y, const ChannelLayout& layout,
                        const float* scale, LsqQuant quant);
 void check_lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,

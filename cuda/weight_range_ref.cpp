@@ -1,6 +1,7 @@
 // CPU reference of weight_range.cu.
 #include "checks.hpp"
 #include "lowbit/ref.hpp"
+#include "mask_ref.hpp"
 #include "reduction_order.hpp"
 
 namespace lowbit::ref {
@@ -26,6 +27,17 @@ void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, R
   detail::check_fake_quant_range(w, y, layout, min, max, quant);
   weight_range(w, layout, symmetric, min, max, workspace);
   fake_quant_range(w, y, layout, min, max, quant, mask, MaskFormat::pass);
+}
+
+void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::int64_t* step,
+                          std::int64_t quant_delay, std::uint32_t* mask) {
+  detail::check_quant_delay_identity(x, y, n, step, quant_delay);
+  if (*step >= quant_delay) return;
+  detail::MaskWriter writer(mask, MaskFormat::pass, n);
+  for (std::int64_t i = 0; i < n; ++i) {
+    y[i] = x[i];
+    writer.set(i, x[i] == x[i]);
+  }
 }
 
 }  // namespace lowbit::ref

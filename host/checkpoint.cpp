@@ -1,9 +1,14 @@
 #include "checkpoint.hpp"
 
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 #include "lowbit/error.hpp"
+#include "lowbit/graph.hpp"
+#include "lowbit/quantize.hpp"
 
 namespace lowbit {
 namespace {
@@ -12,6 +17,8 @@ using nlohmann::json;
 using safetensors::DType;
 
 constexpr const char* kFormat = "lowbit-checkpoint-1";
+constexpr const char* kModel = "lenet5";
+constexpr int kClasses = 10;
 
 template <class T>
 safetensors::Tensor make_tensor(std::string name, DType dtype, std::vector<std::int64_t> shape,
@@ -27,7 +34,7 @@ json to_json(const TrainOptions& o) {
   json layers = json::object();
   for (const auto& [name, bits] : q.layer_bits)
     layers[name] = {{"weight_bits", bits.weight_bits}, {"activation_bits", bits.activation_bits}};
-  return {{"model", "lenet5"},
+  return {{"model", kModel},
           {"weight_bits", q.weight_bits},
           {"activation_bits", q.activation_bits},
           {"output_bits", q.output_bits},
@@ -52,6 +59,12 @@ json to_json(const TrainOptions& o) {
           {"data_dir", o.data_dir}};
 }
 
+Rounding rounding_from(const std::string& s) {
+  for (const Rounding r : {Rounding::tensorflow, Rounding::pytorch})
+    if (s == to_string(r)) return r;
+  throw std::runtime_error("unknown rounding '" + s + "'");
+}
+
 RangeMode range_from(const std::string& s) {
   for (const RangeMode m : {RangeMode::ema, RangeMode::lagged, RangeMode::lsq})
     if (s == to_string(m)) return m;
@@ -68,8 +81,7 @@ TrainOptions from_json(const json& j) {
   q.quant_delay = j.at("quant_delay").get<std::int64_t>();
   q.freeze_ranges_step = j.at("freeze_ranges_step").get<std::int64_t>();
   q.range = range_from(j.at("range").get<std::string>());
-  q.rounding = j.at("rounding").get<std::string>() == "pytorch" ? Rounding::pytorch
-                                                                 : Rounding::tensorflow;
+  q.rounding = rounding_from(j.at("rounding").get<std::string>());
   q.per_channel = j.at("per_channel").get<bool>();
   q.symmetric_weights = j.at("symmetric_weights").get<bool>();
   for (const auto& [name, bits] : j.at("layer_bits").items())
@@ -92,6 +104,136 @@ std::vector<T> download(Backend& backend, const void* src, std::size_t count) {
   std::vector<T> host(count);
   if (count > 0) backend.download(host.data(), src, count * sizeof(T));
   return host;
+}
+
+std::string number_text(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.9g", value);
+  return text;
+}
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string text = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    text += (i > 0 ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+/// Checks one field of a checkpoint: the error names the file, the field,
+/// its value and what it should be.
+void expect_field(bool valid, const std::string& path, const std::string& field,
+                  const std::string& value, const std::string& requirement) {
+  LOWBIT_EXPECTS(valid, path + ": " + field + " is " + value + ", expected " + requirement);
+}
+
+/// The model must be a LeNet-5 on images it can take; its quantization
+/// options are checked by quantize() itself, on that model; the rest are the
+/// options training and evaluation use as they are.
+void check_model_and_options(const Checkpoint& c, const std::string& model) {
+  const std::string& path = c.path;
+  const TrainOptions& o = c.options;
+  expect_field(model == kModel, path, "the model", "\"" + model + "\"",
+               std::string("\"") + kModel + "\" (the model lowbit trains)");
+  const std::vector<std::int64_t>& shape = c.input_shape;
+  const std::string min = std::to_string(kLenet5MinImageSize);
+  expect_field(shape.size() == 3 && shape[0] == 1 && shape[1] >= kLenet5MinImageSize &&
+                   shape[2] >= kLenet5MinImageSize,
+               path, "input_shape", shape_text(shape), "[1, H, W] with H, W >= " + min);
+  try {
+    quantize(lenet5(shape[0], shape[1], shape[2], kClasses), o.quantize);
+  } catch (const Error& e) {
+    throw Error(path + ": the checkpoint's quantization options are invalid: " + e.message(),
+                __FILE__, __LINE__);
+  }
+  expect_field(o.epochs >= 1, path, "epochs", std::to_string(o.epochs), ">= 1");
+  expect_field(o.batch >= 1, path, "batch", std::to_string(o.batch), ">= 1");
+  expect_field(o.sgd.learning_rate > 0.0f && std::isfinite(o.sgd.learning_rate), path,
+               "learning_rate", number_text(o.sgd.learning_rate), "> 0");
+  expect_field(o.sgd.momentum >= 0.0f && o.sgd.momentum < 1.0f, path, "momentum",
+               number_text(o.sgd.momentum), "in [0, 1)");
+  expect_field(o.sgd.weight_decay >= 0.0f && std::isfinite(o.sgd.weight_decay), path,
+               "weight_decay", number_text(o.sgd.weight_decay), ">= 0");
+  expect_field(o.limit_train >= 0, path, "limit_train", std::to_string(o.limit_train), ">= 0");
+  expect_field(o.limit_test >= 0, path, "limit_test", std::to_string(o.limit_test), ">= 0");
+  expect_field(std::isfinite(o.normalization.mean), path, "normalization_mean",
+               number_text(o.normalization.mean), "a finite number");
+  expect_field(o.normalization.std > 0.0f && std::isfinite(o.normalization.std), path,
+               "normalization_std", number_text(o.normalization.std), "> 0");
+}
+
+const safetensors::Tensor& find_tensor(const Checkpoint& c, const std::string& name) {
+  for (const safetensors::Tensor& t : c.file.tensors)
+    if (t.name == name) return t;
+  throw Error(c.path + ": the checkpoint has no " + name, __FILE__, __LINE__);
+}
+
+/// `t`, checked to have `dtype` and `shape` (`content` says so in words).
+const safetensors::Tensor& with_layout(const Checkpoint& c, const safetensors::Tensor& t,
+                                       DType dtype, const std::vector<std::int64_t>& shape,
+                                       const std::string& content) {
+  LOWBIT_EXPECTS(t.dtype == dtype && t.shape == shape,
+                 c.path + ": " + t.name + " must hold " + content);
+  return t;
+}
+
+template <class T, std::size_t N>
+void copy_values(const safetensors::Tensor& t, T (&values)[N]) {
+  std::memcpy(values, t.data.data(), sizeof(values));
+}
+
+/// trainer.progress: epochs and steps done (each epoch takes at least one
+/// step), and the seed the options name.
+TrainProgress read_progress(const Checkpoint& c) {
+  std::int64_t state[3];
+  copy_values(with_layout(c, find_tensor(c, "trainer.progress"), DType::I64, {3},
+                          "3 int64 values (epochs_done, steps_done, seed)"),
+              state);
+  const auto [epochs_done, steps_done, seed] = state;
+  expect_field(epochs_done >= 0 && epochs_done <= c.options.epochs, c.path,
+               "trainer.progress epochs_done", std::to_string(epochs_done),
+               "in [0, " + std::to_string(c.options.epochs) + "] (the run's epochs)");
+  expect_field(steps_done >= epochs_done, c.path, "trainer.progress steps_done",
+               std::to_string(steps_done), ">= epochs_done (" + std::to_string(epochs_done) + ")");
+  expect_field(static_cast<std::uint64_t>(seed) == c.options.seed, c.path,
+               "trainer.progress seed", std::to_string(static_cast<std::uint64_t>(seed)),
+               "the options' seed " + std::to_string(c.options.seed));
+  return {epochs_done, steps_done};
+}
+
+/// Every EMA observer's state within the invariants its updates keep: a
+/// finite range that contains 0, a debiasing power in [0, 1], and counters
+/// where updates and skipped batches add up to at most the calls.
+void check_ema_states(const Checkpoint& c) {
+  const auto ends_with = [](const std::string& text, const std::string& suffix) {
+    return text.size() > suffix.size() &&
+           text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (const safetensors::Tensor& t : c.file.tensors) {
+    if (ends_with(t.name, ".ema.range")) {
+      float range[2];
+      copy_values(with_layout(c, t, DType::F32, {2}, "2 float32 values (min, max)"), range);
+      expect_field(std::isfinite(range[0]) && std::isfinite(range[1]) && range[0] <= 0.0f &&
+                       range[1] >= 0.0f,
+                   c.path, t.name,
+                   "[" + number_text(range[0]) + ", " + number_text(range[1]) + "]",
+                   "a finite [min, max] with min <= 0 <= max");
+    } else if (ends_with(t.name, ".ema.decay_pow")) {
+      float power[1];
+      copy_values(with_layout(c, t, DType::F32, {}, "one float32 value"), power);
+      expect_field(power[0] >= 0.0f && power[0] <= 1.0f, c.path, t.name, number_text(power[0]),
+                   "in [0, 1]");
+    } else if (ends_with(t.name, ".ema.counters")) {
+      std::int64_t counters[3];
+      copy_values(
+          with_layout(c, t, DType::I64, {3}, "3 int64 values (steps, updates, skipped)"),
+          counters);
+      const auto [steps, updates, skipped] = counters;
+      expect_field(updates >= 0 && skipped >= 0 && skipped <= UINT32_MAX && updates <= steps &&
+                       skipped <= steps - updates,
+                   c.path, t.name, shape_text({steps, updates, skipped}),
+                   "[steps, updates, skipped] with updates + skipped <= steps, none negative");
+    }
+  }
 }
 
 }  // namespace
@@ -129,7 +271,9 @@ void save_checkpoint(const std::string& path, const TrainOptions& options,
                                  static_cast<std::int64_t>(options.seed)};
   file.tensors.push_back(make_tensor("trainer.progress", DType::I64, {3}, state, 3));
   file.metadata["format"] = kFormat;
-  file.metadata["lowbit.options"] = to_json(options).dump();
+  json saved_options = to_json(options);
+  saved_options["input_shape"] = network.input_shape();
+  file.metadata["lowbit.options"] = saved_options.dump();
   file.metadata["lowbit.progress"] =
       "epochs_done, steps_done, seed (shuffles derive from seed and epoch)";
   safetensors::save(path, file);
@@ -137,27 +281,40 @@ void save_checkpoint(const std::string& path, const TrainOptions& options,
 
 Checkpoint read_checkpoint(const std::string& path) {
   Checkpoint c;
+  c.path = path;
   c.file = safetensors::load(path);
   const auto format = c.file.metadata.find("format");
   LOWBIT_EXPECTS(format != c.file.metadata.end() && format->second == kFormat,
                  path + ": not a lowbit checkpoint (metadata format is not " + kFormat + ")");
   const auto options = c.file.metadata.find("lowbit.options");
   LOWBIT_EXPECTS(options != c.file.metadata.end(), path + ": the checkpoint has no options");
+  std::string model;
   try {
-    c.options = from_json(json::parse(options->second));
+    const json j = json::parse(options->second);
+    c.options = from_json(j);
+    model = j.at("model").get<std::string>();
+    // Checkpoints from before lowbit recorded the input shape.
+    if (!j.contains("input_shape"))
+      throw std::runtime_error("no input_shape (an older lowbit wrote it: train it again)");
+    c.input_shape = j.at("input_shape").get<std::vector<std::int64_t>>();
   } catch (const std::exception& e) {
     throw Error(path + ": bad options in the checkpoint: " + e.what(), __FILE__, __LINE__);
   }
-  for (const safetensors::Tensor& t : c.file.tensors) {
-    if (t.name != "trainer.progress") continue;
-    LOWBIT_EXPECTS(t.dtype == DType::I64 && t.data.size() == 3 * sizeof(std::int64_t),
-                   path + ": trainer.progress must hold 3 int64 values");
-    std::int64_t state[3];
-    std::memcpy(state, t.data.data(), sizeof(state));
-    c.progress = {state[0], state[1]};
-    return c;
-  }
-  throw Error(path + ": the checkpoint has no trainer.progress", __FILE__, __LINE__);
+  // The checksum only shows that the file is as written; a file written by
+  // another tool (or by hand) can still make no sense.
+  check_model_and_options(c, model);
+  c.progress = read_progress(c);
+  check_ema_states(c);
+  return c;
+}
+
+void expect_input_matches(const Checkpoint& checkpoint, const Dataset& data) {
+  const std::vector<std::int64_t> shape = {1, data.rows, data.cols};
+  LOWBIT_EXPECTS(shape == checkpoint.input_shape,
+                 data.images_path + " holds " + std::to_string(data.rows) + "x" +
+                     std::to_string(data.cols) + " images, but the model in " + checkpoint.path +
+                     " takes " + std::to_string(checkpoint.input_shape[1]) + "x" +
+                     std::to_string(checkpoint.input_shape[2]));
 }
 
 void restore_checkpoint(const Checkpoint& checkpoint, Network& network, Backend& backend,
@@ -167,10 +324,11 @@ void restore_checkpoint(const Checkpoint& checkpoint, Network& network, Backend&
     for (const safetensors::Tensor& t : checkpoint.file.tensors) {
       if (t.name != name) continue;
       LOWBIT_EXPECTS(t.dtype == dtype && t.shape == shape,
-                     "checkpoint: '" + name + "' has the wrong dtype or shape for this model");
+                     checkpoint.path + ": '" + name +
+                         "' has the wrong dtype or shape for this model");
       return t;
     }
-    throw Error("checkpoint: tensor '" + name + "' is missing", __FILE__, __LINE__);
+    throw Error(checkpoint.path + ": tensor '" + name + "' is missing", __FILE__, __LINE__);
   };
   const std::size_t n = static_cast<std::size_t>(network.parameter_count());
   std::vector<float> params(n), momentum(n);

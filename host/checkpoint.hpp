@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include "lowbit/data.hpp"
 #include "lowbit/safetensors.hpp"
 #include "lowbit/trainer.hpp"
 #include "network.hpp"
@@ -17,19 +19,29 @@ struct TrainProgress {
 };
 
 /// Downloads the state of `network` (and `velocity`, parameter_count floats)
-/// and writes it atomically to `path`.
+/// and writes it to `path` with safetensors::save().
 void save_checkpoint(const std::string& path, const TrainOptions& options,
                      const TrainProgress& progress, const Network& network, Backend& backend,
                      const float* velocity);
 
 /// A verified checkpoint file with its options and progress decoded.
 struct Checkpoint {
+  std::string path;
   TrainOptions options;
   TrainProgress progress;
+  std::vector<std::int64_t> input_shape;  ///< one example as the model takes it: [1, H, W]
   safetensors::File file;
 };
 
+/// Loads and verifies a checkpoint: the file's checksum, then that its
+/// contents make sense (a LeNet-5 with a valid input shape and options,
+/// progress and EMA range states within their invariants). A problem throws
+/// lowbit::Error naming the file and the field.
 Checkpoint read_checkpoint(const std::string& path);
+
+/// Throws, naming both files, unless the images of `data` have the size the
+/// checkpoint's model takes.
+void expect_input_matches(const Checkpoint& checkpoint, const Dataset& data);
 
 /// Uploads a checkpoint's state into a network built from the same options;
 /// velocity may be null (evaluation). Throws when a tensor is missing or

@@ -195,6 +195,10 @@ class CpuBackend final : public Backend {
                           Workspace workspace) override {
     ref::fake_quant_weights(w, y, layout, quant, symmetric, min, max, mask, workspace);
   }
+  void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::int64_t* step,
+                            std::int64_t quant_delay, std::uint32_t* mask) override {
+    ref::quant_delay_identity(x, y, n, step, quant_delay, mask);
+  }
   void affine_params_from_range(const float* min, const float* max, std::int64_t channels,
                                 AffineQuant quant, bool symmetric, float* scale,
                                 std::int32_t* zero_point) override {
@@ -220,6 +224,11 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  LOWBIT_EXPECTS(threads >= 0, "cpu backend: threads must be >= 0, got " + std::to_string(threads));
+  // The calling thread's setting, which its parallel regions (every CPU op) use.
+  if (threads > 0) omp_set_num_threads(threads);
+  return std::make_unique<CpuBackend>();
+}
 
 }  // namespace lowbit

@@ -252,6 +252,10 @@ std::string Graph::describe() const {
 
 Graph lenet5(std::int64_t channels, std::int64_t height, std::int64_t width,
              std::int64_t classes) {
+  LOWBIT_EXPECTS(height >= kLenet5MinImageSize && width >= kLenet5MinImageSize,
+                 "lenet5: " + std::to_string(height) + "x" + std::to_string(width) +
+                     " images are smaller than the " + std::to_string(kLenet5MinImageSize) + "x" +
+                     std::to_string(kLenet5MinImageSize) + " LeNet-5 needs");
   Graph g;
   TensorId x = g.input("input", {channels, height, width});
   x = g.relu("relu1", g.conv2d("conv1", x, 6, 5, 1, 2));

@@ -162,6 +162,7 @@ Dataset load_idx_dataset(const std::string& images_path, const std::string& labe
                          std::int64_t limit) {
   expect_limit(limit);
   Dataset set;
+  set.images_path = images_path;
   {
     IdxReader images(images_path);
     const std::vector<std::int64_t> dims = images.header(0x00000803);
@@ -202,6 +203,13 @@ DatasetSplits load_mnist_directory(const std::string& dir, std::int64_t limit_tr
   const std::string test_labels = find_dataset_file(dir, "t10k-labels-idx1-ubyte");
   return {load_idx_dataset(train_images, train_labels, limit_train),
           load_idx_dataset(test_images, test_labels, limit_test)};
+}
+
+Dataset load_mnist_test_split(const std::string& dir, std::int64_t limit) {
+  expect_limit(limit);
+  const std::string images = find_dataset_file(dir, "t10k-images-idx3-ubyte");
+  const std::string labels = find_dataset_file(dir, "t10k-labels-idx1-ubyte");
+  return load_idx_dataset(images, labels, limit);
 }
 
 }  // namespace lowbit

@@ -5,16 +5,19 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <new>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -53,16 +56,47 @@ DeviceChoice device_from_name(const std::string& name) {
   return DeviceChoice::automatic;
 }
 
-/// A check on a numeric value, failing as "<value> is not <requirement>".
-/// Text that is no number passes here: CLI11's conversion rejects it next.
+/// A check on a numeric value, failing as "<value> is not <requirement>", or
+/// "is not a number" (CLI11 would read "" as 0).
 CLI::Validator number_check(const std::string& requirement,
                             const std::function<bool(double)>& accept) {
   return CLI::Validator(
       [requirement, accept](std::string& text) -> std::string {
         char* end = nullptr;
         const double value = std::strtod(text.c_str(), &end);
-        if (end == text.c_str() || *end != '\0') return {};
+        if (end == text.c_str() || *end != '\0') return "'" + text + "' is not a number";
         return accept(value) ? std::string() : text + " is not " + requirement;
+      },
+      "");  // the option's help text states the requirement
+}
+
+/// Whole decimal numbers that `Integer` holds, passed on in plain decimal:
+/// CLI11 would clamp 99999999999999999999 to the largest value, wrap -1 to
+/// 2^64 - 1, read "" as 0 and 010 as octal.
+template <class Integer>
+CLI::Validator whole_number_check() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        using Limits = std::numeric_limits<Integer>;
+        using Wide = std::conditional_t<Limits::is_signed, long long, unsigned long long>;
+        const bool minus = text.find('-') != std::string::npos;
+        char* end = nullptr;
+        errno = 0;  // strtoll and strtoull clamp, setting ERANGE
+        Wide value = 0;
+        if constexpr (Limits::is_signed)
+          value = std::strtoll(text.c_str(), &end, 10);
+        else
+          value = std::strtoull(text.c_str(), &end, 10);  // reads "-1" as 2^64 - 1
+        if (end == text.c_str() || *end != '\0') return "'" + text + "' is not a whole number";
+        if (minus && !Limits::is_signed) return text + " is negative";
+        bool fits = errno != ERANGE;
+        if constexpr (sizeof(Integer) < sizeof(Wide))
+          fits = fits && value >= Wide{Limits::min()} && value <= Wide{Limits::max()};
+        if (!fits)
+          return minus ? text + " is too small (the least is " + std::to_string(Limits::min()) + ")"
+                       : text + " is too large (the most is " + std::to_string(Limits::max()) + ")";
+        text = std::to_string(value);
+        return {};
       },
       "");  // the option's help text states the requirement
 }
@@ -78,6 +112,21 @@ const CLI::Validator kPositive =
 const CLI::Validator kUnitInterval =
     number_check("in [0, 1)", [](double v) { return v >= 0.0 && v < 1.0; });
 
+/// --quant-delay: a whole number of steps >= 0, or auto.
+const CLI::Validator kQuantDelayCheck(
+    [](std::string& text) -> std::string {
+      if (text == "auto") return {};
+      std::string problem = whole_number_check<std::int64_t>()(text);
+      if (problem.empty()) problem = kNonNegative(text);
+      return problem.empty() ? problem : problem + " (give STEPS >= 0 or auto)";
+    },
+    "");
+
+/// How --save and --metrics-json treat PATH (write_file()).
+constexpr const char* kOutputPathHelp =
+    "; a file is replaced atomically (through a symlink: its target, keeping the link), a FIFO "
+    "or device such as /dev/stdout is written into";
+
 /// `lowbit train`: the parsed flags and, for each option that shapes the run,
 /// how to apply it when given. With --resume, the run starts from the
 /// checkpoint's options and only the options given on the command line
@@ -87,9 +136,11 @@ struct TrainCommand {
   TrainOptions given;
   std::string device = "auto";
   std::string range = to_string(TrainOptions{}.quantize.range);
+  std::string quant_delay = "auto";
   bool graph = false;
   bool eager = false;
   std::string metrics_json;
+  int threads = 0;  ///< 0: one per core
   const CLI::Option* range_option = nullptr;
   std::vector<std::pair<const CLI::Option*, std::function<void(TrainOptions&)>>> overrides;
 };
@@ -102,6 +153,7 @@ struct EvalCommand {
   std::string device = "auto";
   std::int64_t limit_test = TrainOptions{}.limit_test;
   std::string metrics_json;
+  int threads = 0;  ///< 0: one per core
 };
 
 /// The member of `options` at `path`, a chain of member pointers such as
@@ -116,9 +168,11 @@ auto& member(TrainOptions& options, Path... path) {
 template <class... Path>
 CLI::Option* add_train_option(TrainCommand& command, const std::string& name,
                               const std::string& type, const std::string& help, Path... path) {
+  using Value = std::decay_t<decltype(member(command.given, path...))>;
   CLI::Option* option = command.app->add_option(name, member(command.given, path...), help)
                             ->type_name(type)
                             ->capture_default_str();
+  if constexpr (std::is_integral_v<Value>) option->check(whole_number_check<Value>());
   command.overrides.emplace_back(option, [&command, path...](TrainOptions& options) {
     member(options, path...) = member(command.given, path...);
   });
@@ -132,6 +186,15 @@ void add_device_option(CLI::App& app, std::string& device) {
       ->type_name("DEVICE")
       ->check(CLI::IsMember({"auto", "cuda", "cpu"}))
       ->capture_default_str();
+}
+
+void add_threads_option(CLI::App& app, int& threads) {
+  app.add_option("--threads", threads,
+                 "threads of the CPU backend (default: one per core); waiting threads sleep, so "
+                 "a busy core slows a run down but does not stall it")
+      ->type_name("N")
+      ->check(whole_number_check<int>())
+      ->check(kAtLeastOne);
 }
 
 void add_train_command(CLI::App& app, TrainCommand& command) {
@@ -167,11 +230,19 @@ void add_train_command(CLI::App& app, TrainCommand& command) {
                    "decay of the EMA that tracks activation ranges, in [0, 1)",
                    &TrainOptions::quantize, &QuantizeOptions::ema_decay)
       ->check(kUnitInterval);
-  add_train_option(command, "--quant-delay", "STEPS",
-                   "training steps before activations are quantized (their ranges track "
-                   "meanwhile)",
-                   &TrainOptions::quantize, &QuantizeOptions::quant_delay)
-      ->check(kNonNegative);
+  CLI::Option* quant_delay =
+      sub.add_option("--quant-delay", command.quant_delay,
+                     "training steps during which weights and activations pass through "
+                     "unquantized while activation ranges track (TensorFlow's quant_delay); "
+                     "auto: a tenth of the run's steps, at most 500, and 0 with --range lsq, "
+                     "which quantizes from the first step")
+          ->type_name("STEPS|auto")
+          ->check(kQuantDelayCheck)
+          ->capture_default_str();
+  command.overrides.emplace_back(quant_delay, [&command](TrainOptions& o) {
+    o.quantize.quant_delay =
+        command.quant_delay == "auto" ? kAutoQuantDelay : std::stoll(command.quant_delay);
+  });
   CLI::Option* range =
       sub.add_option("--range", command.range,
                      "ranges: ema (TensorFlow's EMA of activation min/max, weight max), "
@@ -184,8 +255,7 @@ void add_train_command(CLI::App& app, TrainCommand& command) {
   command.overrides.emplace_back(
       range, [&command](TrainOptions& o) { o.quantize.range = range_from_name(command.range); });
   add_train_option(command, "--seed", "N", "seed of the initialisation and the shuffling",
-                   &TrainOptions::seed)
-      ->check(kNonNegative);  // CLI11 would wrap -1 to 2^64 - 1
+                   &TrainOptions::seed);
   add_train_option(command, "--limit-train", "N", "train on the first N training examples (0: all)",
                    &TrainOptions::limit_train)
       ->check(kNonNegative);
@@ -193,14 +263,18 @@ void add_train_command(CLI::App& app, TrainCommand& command) {
                    &TrainOptions::limit_test)
       ->check(kNonNegative);
   sub.add_option("--save", command.given.save_path,
-                 "write a checkpoint (safetensors) to PATH after every epoch")
+                 std::string("write a checkpoint (safetensors) to PATH after every epoch") +
+                     kOutputPathHelp)
       ->type_name("PATH");
   sub.add_option("--resume", command.given.resume_path,
                  "continue training from the checkpoint at PATH; options not given on the "
-                 "command line come from the checkpoint")
+                 "command line come from the checkpoint; one that already holds --epochs "
+                 "epochs trains nothing (exit 0)")
       ->type_name("PATH");
   sub.add_option("--metrics-json", command.metrics_json,
-                 "write the results as JSON to PATH (accuracies are fractions in [0, 1])")
+                 std::string("write the results as JSON to PATH (accuracies are fractions in "
+                             "[0, 1])") +
+                     kOutputPathHelp)
       ->type_name("PATH");
   const char* graph_help =
       defaults.use_graph ? "capture each training step as a CUDA graph and replay it (default)"
@@ -213,6 +287,7 @@ void add_train_command(CLI::App& app, TrainCommand& command) {
   eager->excludes(graph);
   command.overrides.emplace_back(graph, [](TrainOptions& o) { o.use_graph = true; });
   command.overrides.emplace_back(eager, [](TrainOptions& o) { o.use_graph = false; });
+  add_threads_option(sub, command.threads);
 }
 
 void add_eval_command(CLI::App& app, EvalCommand& command) {
@@ -229,11 +304,25 @@ void add_eval_command(CLI::App& app, EvalCommand& command) {
   add_device_option(sub, command.device);
   sub.add_option("--limit-test", command.limit_test, "test on the first N test examples (0: all)")
       ->type_name("N")
+      ->check(whole_number_check<std::int64_t>())
       ->check(kNonNegative)
       ->capture_default_str();
+  add_threads_option(sub, command.threads);
   sub.add_option("--metrics-json", command.metrics_json,
-                 "write the results as JSON to PATH (accuracy is a fraction in [0, 1])")
+                 std::string("write the results as JSON to PATH (accuracy is a fraction in "
+                             "[0, 1])") +
+                     kOutputPathHelp)
       ->type_name("PATH");
+}
+
+/// OpenMP threads that spin while they wait hold their cores: next to one
+/// busy process on 2 cores, 2 threads trained at half of 1 thread's speed.
+/// libgomp reads OMP_WAIT_POLICY once, before main(), so the CLI sets it to
+/// passive and runs itself again; a policy set by the user stays.
+void wait_passively_in_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  if (::setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+  ::execv("/proc/self/exe", argv);  // returns only on failure: run on, threads spinning
 }
 
 std::string one_line(std::string text) {
@@ -276,22 +365,29 @@ void require_directory(const std::string& path, const std::string& what) {
 }
 
 /// Fails before any work when an output could not be written at the end.
-void require_parent_directory(const std::string& path, const std::string& flag) {
+void require_writable(const std::string& path, const std::string& flag) {
   if (path.empty()) return;
-  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  std::error_code ignored;
-  if (!parent.empty() && !std::filesystem::is_directory(parent, ignored))
-    throw std::runtime_error(flag + " " + path + ": no directory " + parent.string());
+  const std::string problem = write_problem(path);
+  if (!problem.empty()) throw std::runtime_error(flag + " " + path + ": " + problem);
 }
 
-/// Writes `text` to `path`; a reader sees the old file or the whole new one.
-void write_text_atomically(const std::string& path, const std::string& text) {
-  write_file_atomically(path, {{text.data(), text.size()}});
+/// Writes `text` to `path` as write_file() does: a file is replaced
+/// atomically, a FIFO or device written into. Flushes stdout first, so that
+/// with /dev/stdout the text comes after what was printed.
+void write_text(const std::string& path, const std::string& text) {
+  std::cout << std::flush;
+  write_file(path, {{text.data(), text.size()}});
 }
 
-DeviceSelection choose_device(const std::string& name) {
+/// A usage error found after parsing: one line, as report_parse_error's.
+int usage_error(const std::string& command, const std::string& message) {
+  std::cerr << "error: " << message << " (see lowbit " << command << " --help)\n";
+  return kUsageError;
+}
+
+DeviceSelection choose_device(const std::string& name, int cpu_threads) {
   const DeviceChoice choice = device_from_name(name);
-  DeviceSelection selection = select_device(choice);
+  DeviceSelection selection = select_device(choice, cpu_threads);
   std::cout << "device: " << selection.backend->description();
   if (choice == DeviceChoice::automatic && !selection.reason.empty())
     std::cout << " (" << selection.reason << ")";
@@ -299,7 +395,7 @@ DeviceSelection choose_device(const std::string& name) {
   return selection;
 }
 
-nlohmann::json train_metrics(const TrainReport& report, RangeMode range) {
+nlohmann::json train_metrics(const TrainReport& report, const QuantizeOptions& quantize) {
   nlohmann::json epochs = nlohmann::json::array();
   for (const EpochReport& epoch : report.epochs)
     epochs.push_back({{"epoch", epoch.epoch},
@@ -313,65 +409,86 @@ nlohmann::json train_metrics(const TrainReport& report, RangeMode range) {
                             {"device", report.device},
                             {"weight_bits", report.weight_bits},
                             {"act_bits", report.activation_bits},
-                            {"range", to_string(range)},
-                            {"skipped_ema_batches", report.skipped_ema_batches},
+                            {"range", describe_range(quantize)},
+                            {"quant_delay", report.quant_delay},
                             {"epochs", epochs}};
+  if (report.first_quantized_step > 0)
+    metrics["first_quantized_step"] = report.first_quantized_step;
+  if (report.skipped_ema_batches) metrics["skipped_ema_batches"] = *report.skipped_ema_batches;
   return metrics;
 }
 
 int run_train(const TrainCommand& command) {
   const TrainOptions& given = command.given;
   if (!given.resume_path.empty()) require_file(given.resume_path, "checkpoint");
-  TrainOptions options =
-      given.resume_path.empty() ? TrainOptions{} : checkpoint_options(given.resume_path);
+  const CheckpointInfo resumed =
+      given.resume_path.empty() ? CheckpointInfo{} : checkpoint_info(given.resume_path);
+  TrainOptions options = given.resume_path.empty() ? TrainOptions{} : resumed.options;
   for (const auto& [option, apply] : command.overrides)
     if (option->count() > 0) apply(options);
   if (given.resume_path.empty() && command.range_option->count() == 0)
     options.quantize.range =
         recommended_range(options.quantize.weight_bits, options.quantize.activation_bits);
+  if (options.quantize.range == RangeMode::lsq && options.quantize.quant_delay > 0)
+    return usage_error("train", "--quant-delay " + command.quant_delay + ": lsq ranges" +
+                                    (command.range_option->count() == 0
+                                         ? " (the default below 4 bits)"
+                                         : "") +
+                                    " quantize from the first step; give --range ema or lagged "
+                                    "to delay quantization");
+  if (!given.resume_path.empty() && resumed.epochs_done >= options.epochs) {
+    // Rerunning a finished job is not a failure: a preempted job's script can
+    // resume unconditionally.
+    std::cout << "nothing to train: " << given.resume_path << " already holds "
+              << resumed.epochs_done << (resumed.epochs_done == 1 ? " epoch" : " epochs")
+              << " of the " << options.epochs << " asked for; give --epochs N with N > "
+              << resumed.epochs_done << " to train further\n";
+    return 0;
+  }
   options.save_path = given.save_path;
   options.resume_path = given.resume_path;
-  require_parent_directory(options.save_path, "--save");
-  require_parent_directory(command.metrics_json, "--metrics-json");
+  require_writable(options.save_path, "--save");
+  require_writable(command.metrics_json, "--metrics-json");
 
-  DeviceSelection device = choose_device(command.device);
+  DeviceSelection device = choose_device(command.device, command.threads);
   require_directory(options.data_dir, "data directory");
   std::cout << "training LeNet-5 on " << options.data_dir << ": "
             << describe_bits(options.quantize)
-            << ", range " << to_string(options.quantize.range) << ", epochs " << options.epochs
+            << ", range " << describe_range(options.quantize) << ", epochs " << options.epochs
             << ", batch " << options.batch
             << (options.resume_path.empty() ? "" : ", resuming from " + options.resume_path)
             << '\n';
 
-  ProgressPrinter progress(std::cout, ::isatty(STDOUT_FILENO) == 1);
+  ProgressPrinter progress(std::cout, ::isatty(STDOUT_FILENO) == 1,
+                           [] { return terminal_columns(STDOUT_FILENO); });
   const TrainReport report = train(options, *device.backend, &progress);
   print_summary(std::cout, report, options.quantize, options.save_path);
   if (!command.metrics_json.empty())
-    write_text_atomically(command.metrics_json,
-                          train_metrics(report, options.quantize.range).dump(2) + "\n");
+    write_text(command.metrics_json, train_metrics(report, options.quantize).dump(2) + "\n");
   return 0;
 }
 
 int run_eval(const EvalCommand& command) {
   require_file(command.checkpoint, "checkpoint");
-  const TrainOptions trained = checkpoint_options(command.checkpoint);
+  const CheckpointInfo checkpoint = checkpoint_info(command.checkpoint);
+  const TrainOptions& trained = checkpoint.options;
   const std::string data = command.data_option->count() > 0 ? command.data : trained.data_dir;
-  require_parent_directory(command.metrics_json, "--metrics-json");
+  require_writable(command.metrics_json, "--metrics-json");
 
-  DeviceSelection device = choose_device(command.device);
+  DeviceSelection device = choose_device(command.device, command.threads);
   require_directory(data, "data directory");
   const EvalReport report = evaluate(command.checkpoint, data, command.limit_test, *device.backend);
   std::cout << "checkpoint: " << command.checkpoint << " ("
-            << describe_bits(trained.quantize) << ")\n"
+            << describe_trained_bits(trained.quantize, checkpoint.steps_done) << ")\n"
             << "test accuracy " << percent(report.test_accuracy) << " on "
             << group_thousands(static_cast<double>(report.examples)) << " examples of " << data
-            << ", loss " << report.loss << '\n';
+            << ", loss " << loss_text(report.loss) << '\n';
   if (!command.metrics_json.empty()) {
     const nlohmann::json metrics = {
         {"test_accuracy", report.test_accuracy}, {"loss", report.loss},
         {"examples", report.examples},           {"device", report.device},
         {"weight_bits", report.weight_bits},     {"act_bits", report.activation_bits}};
-    write_text_atomically(command.metrics_json, metrics.dump(2) + "\n");
+    write_text(command.metrics_json, metrics.dump(2) + "\n");
   }
   return 0;
 }
@@ -396,6 +513,7 @@ int run(int argc, char** argv) {
 }  // namespace lowbit::cli
 
 int main(int argc, char** argv) {
+  lowbit::cli::wait_passively_in_openmp(argv);
   // Every failure ends here as one "error:" line and exit status 1: no
   // uncaught exception (abort, core dump) escapes.
   try {

@@ -88,6 +88,7 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool 
 
   labels_ = backend.allocate(static_cast<std::size_t>(batch) * sizeof(std::int32_t));
   totals_ = backend.allocate(sizeof(LossTotals));
+  steps_done_ = backend.allocate(sizeof(std::int64_t));
   for (std::size_t i = 0; i < nodes.size(); ++i) {
     const Node& node = nodes[i];
     for (const TensorId out : node.outputs) {
@@ -125,6 +126,7 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool 
   }
   images_ = bind[static_cast<std::size_t>(nodes[0].outputs[0])].value;
   const std::vector<std::int64_t>& image_shape = graph.tensor(nodes[0].outputs[0]).shape;
+  input_shape_ = image_shape;
   example_size_ = graph.tensor(nodes[0].outputs[0]).size();
 
   const auto input = [&](int node_index, std::size_t slot) {
@@ -217,10 +219,11 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool 
         if (fused.count(i)) break;
         const auto& a = std::get<FakeQuantAttrs>(node.attrs);
         const bool ema = !a.weights && a.range != RangeMode::lsq;
+        counts_steps_ = counts_steps_ || (a.weights && a.quant_delay > 0);
         layer = std::make_unique<FakeQuantLayer>(
             node.name, backend, a, a.weights ? in_shape : with_batch(in_shape), input(i, 0),
             output(i), node.inputs.size() > 1 ? input(i, 1) : Binding{},
-            ema ? ema_state_of(node.name) : nullptr);
+            ema ? ema_state_of(node.name) : nullptr, steps_done_.as<std::int64_t>());
         break;
       }
     }
@@ -242,6 +245,23 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool 
 
 void Network::forward(Pass pass) {
   for (const auto& layer : layers_) layer->forward(pass);
+  if (pass == Pass::train && counts_steps_)
+    backend_.advance_cursor(steps_done_.as<std::int64_t>());
+}
+
+void Network::set_steps_done(std::int64_t steps) {
+  backend_.upload(steps_done_.data(), &steps, sizeof steps);
+}
+
+std::string Network::first_nonfinite_parameter() const {
+  std::vector<float> host(static_cast<std::size_t>(parameter_count_));
+  backend_.download(host.data(), parameters(), float_bytes(parameter_count_));
+  for (const ParameterSlot& slot : slots_) {
+    const float* p = host.data() + slot.offset;
+    if (!std::all_of(p, p + slot.count, [](float v) { return std::isfinite(v); }))
+      return slot.name;
+  }
+  return "";
 }
 
 void Network::backward() {

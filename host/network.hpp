@@ -28,6 +28,7 @@ class Network {
   /// follow them (the default; false runs every node on its own, for tests).
   Network(const Graph& graph, Backend& backend, std::int64_t batch, bool fuse = true);
 
+  /// Pass::train also counts the step (see set_steps_done).
   void forward(Pass pass);
   /// Gradients of every parameter (overwritten, not accumulated).
   void backward();
@@ -37,6 +38,8 @@ class Network {
   void initialize_parameters(std::uint64_t seed);
 
   std::int64_t batch() const { return batch_; }
+  /// One example as the Input node takes it: [channels, height, width].
+  const std::vector<std::int64_t>& input_shape() const { return input_shape_; }
   std::int64_t example_size() const { return example_size_; }
   int classes() const { return classes_; }
   float* images() const { return images_; }
@@ -55,6 +58,15 @@ class Network {
   EmaRangeState* ema_states() const { return ema_states_.as<EmaRangeState>(); }
   const std::vector<std::string>& ema_state_names() const { return ema_names_; }
 
+  /// Sets the training steps done, in backend memory, where weight quantizers
+  /// with a quant_delay read it (as EMA observers count their own): for a
+  /// network restored from a checkpoint.
+  void set_steps_done(std::int64_t steps);
+
+  /// The name of the first parameter holding a NaN or an infinity, or "" when
+  /// all are finite (waits for the queued work).
+  std::string first_nonfinite_parameter() const;
+
  private:
   struct GradientSum {  // grad[target] = Σ parts, before the producer's backward
     std::size_t before_layer;
@@ -65,6 +77,7 @@ class Network {
 
   Backend& backend_;
   std::int64_t batch_;
+  std::vector<std::int64_t> input_shape_;
   std::int64_t example_size_ = 0;
   int classes_ = 0;
   std::int64_t parameter_count_ = 0;
@@ -73,6 +86,8 @@ class Network {
   std::vector<std::string> ema_names_;
   std::vector<Buffer> tensors_;  // activation values and gradients
   Buffer parameters_, gradients_, ema_states_, labels_, totals_;
+  Buffer steps_done_;           // one std::int64_t
+  bool counts_steps_ = false;   // some weight quantizer has a quant_delay
   float* images_ = nullptr;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<GradientSum> gradient_sums_;

@@ -1,14 +1,21 @@
 #include "progress.hpp"
 
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ostream>
 #include <string>
+#include <utility>
 
 namespace lowbit::cli {
 namespace {
 
 constexpr int kBarWidth = 24;
+constexpr int kMinBarWidth = 5;  // narrower, a bar says nothing: drop it
 
 std::string fixed(double value, int decimals) {
   char text[64];
@@ -46,6 +53,8 @@ std::string duration(double seconds) {
   return text;
 }
 
+std::string loss_text(double loss) { return fixed(loss, 4); }
+
 std::string describe_bits(const QuantizeOptions& q) {
   if (q.weight_bits == 0 && q.activation_bits == 0) return "fp32";
   std::string text =
@@ -55,8 +64,31 @@ std::string describe_bits(const QuantizeOptions& q) {
   return text;
 }
 
-ProgressPrinter::ProgressPrinter(std::ostream& out, bool interactive)
-    : out_(out), interactive_(interactive) {}
+std::string describe_trained_bits(const QuantizeOptions& q, std::int64_t steps_done) {
+  const bool quantized = q.weight_bits != 0 || q.activation_bits != 0;
+  if (!quantized || steps_done >= q.quant_delay) return describe_bits(q);
+  return describe_bits(q) + "; evaluated in float: " + std::to_string(steps_done) +
+         " steps trained, quant delay " + std::to_string(q.quant_delay);
+}
+
+std::string describe_range(const QuantizeOptions& q) {
+  return q.weight_bits == 0 && q.activation_bits == 0 ? "none" : to_string(q.range);
+}
+
+int terminal_columns(int fd) {
+  winsize size{};
+  if (::isatty(fd) == 1 && ::ioctl(fd, TIOCGWINSZ, &size) == 0 && size.ws_col > 0)
+    return size.ws_col;
+  if (const char* columns = std::getenv("COLUMNS")) {
+    const int value = std::atoi(columns);
+    if (value > 0) return value;
+  }
+  return 80;
+}
+
+ProgressPrinter::ProgressPrinter(std::ostream& out, bool interactive,
+                                 std::function<int()> columns)
+    : out_(out), interactive_(interactive), columns_(std::move(columns)) {}
 
 ProgressPrinter::~ProgressPrinter() {
   if (bar_shown_) out_ << '\n' << std::flush;
@@ -81,12 +113,24 @@ void ProgressPrinter::progress(std::int64_t step, std::int64_t steps, double los
     out_ << epoch << "  step " << figures << '\n' << std::flush;
     return;
   }
-  const double done = steps > 0 ? static_cast<double>(step) / steps : 0.0;
-  const int filled =
-      static_cast<int>(std::lround(kBarWidth * std::fmin(std::fmax(done, 0.0), 1.0)));
+  // The last column stays free: a line that fills it wraps on some terminals,
+  // and \r could then no longer redraw it in place.
+  const std::size_t width = static_cast<std::size_t>(std::max(columns_() - 1, 1));
+  const std::size_t around_bar = epoch.size() + 4 + figures.size();  // " [", "] "
+  const int bar = width > around_bar
+                      ? static_cast<int>(std::min<std::size_t>(kBarWidth, width - around_bar))
+                      : 0;
+  std::string line;
+  if (bar >= kMinBarWidth) {
+    const double done = steps > 0 ? static_cast<double>(step) / steps : 0.0;
+    const int filled = static_cast<int>(std::lround(bar * std::fmin(std::fmax(done, 0.0), 1.0)));
+    line = epoch + " [" + std::string(filled, '#') + std::string(bar - filled, '.') + "] " +
+           figures;
+  } else {
+    line = (epoch + "  " + figures).substr(0, width);
+  }
   // \r and erase-line redraw the bar in place on the terminal.
-  out_ << '\r' << epoch << " [" << std::string(filled, '#') << std::string(kBarWidth - filled, '.')
-       << "] " << figures << "\033[K" << std::flush;
+  out_ << '\r' << line << "\033[K" << std::flush;
   bar_shown_ = true;
 }
 
@@ -102,17 +146,24 @@ void ProgressPrinter::epoch_finished(const EpochReport& report) {
 
 void print_summary(std::ostream& out, const TrainReport& report, const QuantizeOptions& quantize,
                    const std::string& checkpoint_path) {
-  const RangeMode range = quantize.range;
-  const bool quantized = report.weight_bits != 0 || report.activation_bits != 0;
+  const bool quantized = quantize.weight_bits != 0 || quantize.activation_bits != 0;
   out << "summary\n"
       << "  device              " << report.device << '\n'
-      << "  bits                " << describe_bits(quantize)
-      << '\n'
-      << "  range               " << (quantized ? to_string(range) : "none (fp32)") << '\n'
-      << "  test accuracy       " << percent(report.test_accuracy) << '\n'
-      << "  training speed      " << group_thousands(report.train_images_per_second) << " img/s\n"
-      << "  skipped EMA batches " << report.skipped_ema_batches << " (non-finite)\n"
-      << "  checkpoint          " << (checkpoint_path.empty() ? "not saved" : checkpoint_path)
+      << "  bits                " << describe_bits(quantize) << '\n'
+      << "  range               " << describe_range(quantize) << '\n';
+  if (quantized) {
+    out << "  quantized from      ";
+    if (report.first_quantized_step > 0)
+      out << "step " << report.first_quantized_step << " of " << report.steps_done;
+    else
+      out << "never: " << report.steps_done << " steps trained";
+    out << " (quant delay " << report.quant_delay << ")\n";
+  }
+  out << "  test accuracy       " << percent(report.test_accuracy) << '\n'
+      << "  training speed      " << group_thousands(report.train_images_per_second) << " img/s\n";
+  if (report.skipped_ema_batches)
+    out << "  skipped EMA batches " << *report.skipped_ema_batches << " (non-finite)\n";
+  out << "  checkpoint          " << (checkpoint_path.empty() ? "not saved" : checkpoint_path)
       << '\n'
       << std::flush;
 }

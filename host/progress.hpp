@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <string>
 
@@ -22,18 +23,34 @@ std::string percent(double fraction);
 /// "12.3 s", "4m05s" or "1h02m".
 std::string duration(double seconds);
 
+/// A loss as the progress lines print it: "0.5998".
+std::string loss_text(double loss);
+
 /// "weights 4-bit, activations 4-bit, logits 8-bit" (0 bits reads "fp32";
 /// logits only where their width differs), or "fp32" when nothing is quantized.
 std::string describe_bits(const QuantizeOptions& quantize);
 
+/// describe_bits() of a model trained for `steps_done` steps, saying when the
+/// quant delay has kept it float so far.
+std::string describe_trained_bits(const QuantizeOptions& quantize, std::int64_t steps_done);
+
+/// The range mode's name, or "none" when nothing is quantized.
+std::string describe_range(const QuantizeOptions& quantize);
+
+/// Columns of the terminal on file descriptor `fd`; where it is none (or
+/// says 0), $COLUMNS, else 80.
+int terminal_columns(int fd);
+
 /// Shows training progress. On a terminal, a bar with images/s, loss and ETA
-/// is redrawn in place; otherwise (a log file, a pipe) every update is one
+/// is redrawn in place, shortened to the terminal's width (a line that wraps
+/// could not be redrawn); otherwise (a log file, a pipe) every update is one
 /// plain line, so that logs stay readable. Each finished epoch gets a line
 /// "epoch 3/8  loss 0.4123  train 85.12%  test 86.40%  41,234 img/s  12.3 s".
 class ProgressPrinter final : public TrainObserver {
  public:
-  /// `interactive`: redraw the bar in place (only for a terminal).
-  ProgressPrinter(std::ostream& out, bool interactive);
+  /// `interactive`: redraw the bar in place (only for a terminal), within
+  /// `columns()` characters, asked at each redraw as the terminal may resize.
+  ProgressPrinter(std::ostream& out, bool interactive, std::function<int()> columns);
   /// Ends a bar left on the line (training threw), so that the error that
   /// follows starts on a line of its own.
   ~ProgressPrinter() override;
@@ -48,14 +65,16 @@ class ProgressPrinter final : public TrainObserver {
  private:
   std::ostream& out_;
   bool interactive_;
+  std::function<int()> columns_;
   std::int64_t epoch_ = 0;
   std::int64_t epochs_ = 0;
   std::chrono::steady_clock::time_point epoch_start_{};
   bool bar_shown_ = false;  ///< a bar is on the current terminal line
 };
 
-/// The block printed after training: device, widths, range mode, final test
-/// accuracy, throughput, skipped EMA batches and the checkpoint, if any.
+/// The block printed after training: device, widths, range mode, the step
+/// quantization started at, final test accuracy, throughput, skipped EMA
+/// batches (where there is an EMA) and the checkpoint, if any.
 void print_summary(std::ostream& out, const TrainReport& report, const QuantizeOptions& quantize,
                    const std::string& checkpoint_path);
 

@@ -25,6 +25,10 @@ void check_options(const Graph& graph, const QuantizeOptions& o) {
   LOWBIT_EXPECTS(o.freeze_ranges_step >= 0, "quantize: freeze_ranges_step must be >= 0");
   LOWBIT_EXPECTS(o.rounding == Rounding::tensorflow || o.range != RangeMode::lsq,
                  "quantize: lsq ranges use their own grid; choose the tensorflow rounding");
+  // LSQ sets its step sizes from the first batch and learns them from there:
+  // a delay would leave them unlearned, set from weights that have moved since.
+  LOWBIT_EXPECTS(o.range != RangeMode::lsq || o.quant_delay == 0,
+                 "quantize: lsq ranges quantize from the first step; quant_delay must be 0");
   // PyTorch's observers update, then quantize: there is no lagged or delayed form.
   LOWBIT_EXPECTS(o.rounding == Rounding::tensorflow ||
                      (o.range == RangeMode::ema && o.quant_delay == 0),
@@ -67,6 +71,7 @@ FakeQuantAttrs weight_attrs(const QuantizeOptions& o, int bits) {
   a.symmetric = o.symmetric_weights;
   a.narrow_range = o.symmetric_weights && o.range != RangeMode::lsq;
   a.rounding = o.rounding;
+  a.quant_delay = o.quant_delay;  // TensorFlow delays weights and activations alike
   if (o.range == RangeMode::lsq) a.range = RangeMode::lsq;  // LSQ learns weight steps too
   return a;
 }

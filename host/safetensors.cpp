@@ -369,7 +369,7 @@ void save(const std::string& path, const File& file) {
   const std::size_t digits_at = checksum_prefix().size();
   header.replace(digits_at, kChecksumDigits, hex8(file_checksum(parts, kLengthBytes + digits_at)));
 
-  write_file_atomically(path, parts);
+  write_file(path, parts);
 }
 
 File load(const std::string& path) {

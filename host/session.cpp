@@ -9,6 +9,34 @@
 
 namespace lowbit {
 
+namespace {
+
+std::string image_size(const Dataset& data) {
+  return std::to_string(data.rows) + "x" + std::to_string(data.cols);
+}
+
+std::string origin(const Dataset& data, const char* split) {
+  return data.images_path.empty() ? split : data.images_path;
+}
+
+/// LeNet-5 for the images of `data`. Both splits go through the one model
+/// (and the gather that reads them with its stride), so they must agree.
+Graph lenet5_for(const DatasetSplits& data) {
+  const Dataset& test = data.test;
+  LOWBIT_EXPECTS(data.train.count == 0 ||
+                     (data.train.rows == test.rows && data.train.cols == test.cols),
+                 origin(data.train, "the training split") + " holds " + image_size(data.train) +
+                     " images but " + origin(test, "the test split") + " holds " +
+                     image_size(test) + ": the training and test images must have the same size");
+  const std::string min = std::to_string(kLenet5MinImageSize);
+  LOWBIT_EXPECTS(test.rows >= kLenet5MinImageSize && test.cols >= kLenet5MinImageSize,
+                 origin(test, "the test split") + " holds " + image_size(test) +
+                     " images, smaller than the " + min + "x" + min + " LeNet-5 needs");
+  return lenet5(1, test.rows, test.cols, 10);
+}
+
+}  // namespace
+
 DeviceDataset::DeviceDataset(Backend& backend, const Dataset& data) : count(data.count) {
   images = backend.allocate(data.images.size());
   labels = backend.allocate(data.labels.size());
@@ -18,8 +46,7 @@ DeviceDataset::DeviceDataset(Backend& backend, const Dataset& data) : count(data
 
 Session::Session(const TrainOptions& options, Backend& backend, const DatasetSplits& data)
     : options_(options), backend_(backend),
-      network_(quantize(lenet5(1, data.test.rows, data.test.cols, 10), options.quantize), backend,
-               options.batch),
+      network_(quantize(lenet5_for(data), options.quantize), backend, options.batch),
       test_(backend, data.test), cursor_(backend.allocate(sizeof(std::int64_t))) {
   if (data.train.count > 0) {
     train_ = std::make_unique<DeviceDataset>(backend, data.train);

@@ -24,8 +24,9 @@ struct DeviceDataset {
 class Session {
  public:
   /// Builds quantize(lenet5(...), options.quantize) for `options.batch` and
-  /// uploads both splits. An empty training split makes an evaluation-only
-  /// session (no train_step()).
+  /// the test images' size, and uploads both splits. An empty training split
+  /// makes an evaluation-only session (no train_step()). Throws, naming the
+  /// files, when the splits' image sizes differ or are too small for LeNet-5.
   Session(const TrainOptions& options, Backend& backend, const DatasetSplits& data);
 
   Network& network() { return network_; }

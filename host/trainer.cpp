@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <string>
 
 #include "checkpoint.hpp"
 #include "lowbit/error.hpp"
@@ -9,9 +12,14 @@
 
 namespace lowbit {
 
+std::int64_t auto_quant_delay(std::int64_t total_steps, RangeMode range) {
+  if (range == RangeMode::lsq) return 0;
+  return std::min<std::int64_t>(500, total_steps / 10);
+}
+
 QuantizeOptions default_train_quantization() {
   QuantizeOptions q;
-  q.quant_delay = 500;
+  q.quant_delay = kAutoQuantDelay;
   return q;
 }
 
@@ -20,9 +28,9 @@ RangeMode recommended_range(int weight_bits, int activation_bits) {
   return low(weight_bits) || low(activation_bits) ? RangeMode::lsq : RangeMode::ema;
 }
 
-DeviceSelection select_device(DeviceChoice choice) {
+DeviceSelection select_device(DeviceChoice choice, int cpu_threads) {
   switch (choice) {
-    case DeviceChoice::cpu: return {make_cpu_backend(), "requested with --device cpu"};
+    case DeviceChoice::cpu: return {make_cpu_backend(cpu_threads), "requested with --device cpu"};
     case DeviceChoice::cuda: {
       const std::string problem = cuda_device_problem();
       LOWBIT_EXPECTS(problem.empty(), "--device cuda: " + problem + " (use --device cpu)");
@@ -32,7 +40,7 @@ DeviceSelection select_device(DeviceChoice choice) {
   }
   const std::string problem = cuda_device_problem();
   if (problem.empty()) return {make_cuda_backend(), "auto: a CUDA device is present"};
-  return {make_cpu_backend(), "auto: " + problem};
+  return {make_cpu_backend(cpu_threads), "auto: " + problem};
 }
 
 namespace {
@@ -88,6 +96,68 @@ void check_resumable(const TrainOptions& now, const TrainOptions& saved, const s
        "input normalisation");
 }
 
+/// `requested` with its quant delay resolved: kAutoQuantDelay becomes the
+/// resumed checkpoint's delay, or auto_quant_delay() of the run's steps.
+TrainOptions with_quant_delay(const TrainOptions& requested, const Checkpoint* resumed,
+                              std::int64_t train_examples) {
+  TrainOptions options = requested;
+  QuantizeOptions& q = options.quantize;
+  if (q.quant_delay != kAutoQuantDelay) return options;
+  q.quant_delay = resumed != nullptr ? resumed->options.quantize.quant_delay
+                                     : auto_quant_delay(options.epochs * (train_examples /
+                                                                          options.batch),
+                                                        q.range);
+  return options;
+}
+
+/// The first training step (1-based) that quantizes activations, or weights
+/// where activations stay float: after the delay, and an EMA needs one update
+/// to quantize with, which lagged mode (the range before the batch) has from
+/// the second step on. 0 when none of `steps_done` did.
+std::int64_t first_quantized_step(const QuantizeOptions& q, std::int64_t steps_done) {
+  if (q.weight_bits == 0 && q.activation_bits == 0) return 0;
+  std::int64_t first = q.quant_delay + 1;
+  if (q.activation_bits > 0 && q.range == RangeMode::lagged)
+    first = std::max<std::int64_t>(first, 2);
+  return first <= steps_done ? first : 0;
+}
+
+std::string lr_text(float learning_rate) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", static_cast<double>(learning_rate));
+  return text;
+}
+
+/// The error that stops a diverged run: what happened, the likely cure, and
+/// the checkpoint file's last good epoch (`saved_epochs`, 0: none).
+Error divergence(const std::string& what, const TrainOptions& o, std::int64_t saved_epochs) {
+  std::string message = "training diverged: " + what + "; try a lower --lr than " +
+                        lr_text(o.sgd.learning_rate);
+  if (!o.save_path.empty() && saved_epochs > 0)
+    message += "; " + o.save_path + " keeps epoch " + std::to_string(saved_epochs);
+  return Error(message, __FILE__, __LINE__);
+}
+
+/// Throws unless the loss summed since the epoch began is finite; it was up to
+/// the sync after step `last_finite`, so it turned in (last_finite, step].
+void expect_finite_loss(const LossTotals& t, std::int64_t epoch, std::int64_t last_finite,
+                        std::int64_t step, const TrainOptions& o, std::int64_t saved_epochs) {
+  if (std::isfinite(t.loss_sum)) return;
+  const std::string when = step == last_finite + 1
+                               ? "at step " + std::to_string(step)
+                               : "between steps " + std::to_string(last_finite + 1) + " and " +
+                                     std::to_string(step);
+  throw divergence("the loss became non-finite in epoch " + std::to_string(epoch) + " " + when,
+                   o, saved_epochs);
+}
+
+/// Throws, naming `what`, unless every parameter of `network` is finite.
+void expect_finite_parameters(const Network& network, const std::string& what) {
+  const std::string bad = network.first_nonfinite_parameter();
+  LOWBIT_EXPECTS(bad.empty(), what + ": " + bad + " holds NaN or infinite values (the run that "
+                                                  "saved it diverged)");
+}
+
 double accuracy(const LossTotals& t) {
   return t.examples > 0 ? static_cast<double>(t.correct) / static_cast<double>(t.examples) : 0.0;
 }
@@ -98,24 +168,32 @@ double mean_loss(const LossTotals& t) {
 
 }  // namespace
 
-TrainReport train(const TrainOptions& options, Backend& backend, TrainObserver* observer) {
-  check_options(options);
+TrainReport train(const TrainOptions& requested, Backend& backend, TrainObserver* observer) {
+  check_options(requested);
+  const bool resuming = !requested.resume_path.empty();
   Checkpoint resumed;
-  if (!options.resume_path.empty()) {
-    resumed = read_checkpoint(options.resume_path);
-    check_resumable(options, resumed.options, options.resume_path);
-  }
+  if (resuming) resumed = read_checkpoint(requested.resume_path);
   const DatasetSplits data =
-      load_mnist_directory(options.data_dir, options.limit_train, options.limit_test);
+      load_mnist_directory(requested.data_dir, requested.limit_train, requested.limit_test);
+  const TrainOptions options =
+      with_quant_delay(requested, resuming ? &resumed : nullptr, data.train.count);
+  if (resuming) {
+    check_resumable(options, resumed.options, options.resume_path);
+    expect_input_matches(resumed, data.test);
+  }
   Session session(options, backend, data);
   TrainProgress progress;
-  if (options.resume_path.empty()) {
+  if (!resuming) {
     session.network().initialize_parameters(options.seed);
     if (options.quantize.range == RangeMode::lsq) session.calibrate();
   } else {
     restore_checkpoint(resumed, session.network(), backend, session.velocity());
     progress = resumed.progress;
+    session.network().set_steps_done(progress.steps_done);
+    expect_finite_parameters(session.network(), options.resume_path);
   }
+  // The epochs a divergence would leave in the checkpoint file.
+  std::int64_t saved_epochs = options.save_path == options.resume_path ? progress.epochs_done : 0;
 
   TrainReport report;
   report.device = backend.description();
@@ -129,12 +207,16 @@ TrainReport train(const TrainOptions& options, Backend& backend, TrainObserver* 
     if (observer) observer->epoch_started(epoch + 1, options.epochs, steps);
     session.begin_epoch(epoch);
     const Clock::time_point start = Clock::now();
+    std::int64_t last_finite = 0;
     for (std::int64_t step = 1; step <= steps; ++step) {
       session.run_step();
-      if (observer && (step % log_every == 0 || step == steps)) {
+      if (step % log_every == 0 || step == steps) {
         const LossTotals t = session.totals();  // the one sync per log interval
-        observer->progress(step, steps, mean_loss(t),
-                           static_cast<double>(step * options.batch) / seconds_since(start));
+        expect_finite_loss(t, epoch + 1, last_finite, step, options, saved_epochs);
+        last_finite = step;
+        if (observer)
+          observer->progress(step, steps, mean_loss(t),
+                             static_cast<double>(step * options.batch) / seconds_since(start));
       }
     }
     const LossTotals train_totals = session.totals();
@@ -149,9 +231,16 @@ TrainReport train(const TrainOptions& options, Backend& backend, TrainObserver* 
     e.test_accuracy = accuracy(session.evaluate());
     train_seconds += seconds;
     train_images += steps * options.batch;
-    if (!options.save_path.empty())
+    // The last update of an epoch can overflow with the loss still finite.
+    const std::string nonfinite = session.network().first_nonfinite_parameter();
+    if (!nonfinite.empty())
+      throw divergence(nonfinite + " became non-finite in epoch " + std::to_string(epoch + 1),
+                       options, saved_epochs);
+    if (!options.save_path.empty()) {
       save_checkpoint(options.save_path, options, progress, session.network(), backend,
                       session.velocity());
+      saved_epochs = progress.epochs_done;
+    }
     report.epochs.push_back(e);
     if (observer) observer->epoch_finished(e);
   }
@@ -159,11 +248,20 @@ TrainReport train(const TrainOptions& options, Backend& backend, TrainObserver* 
       report.epochs.empty() ? accuracy(session.evaluate()) : report.epochs.back().test_accuracy;
   report.train_images_per_second =
       train_seconds > 0.0 ? static_cast<double>(train_images) / train_seconds : 0.0;
-  report.skipped_ema_batches = session.skipped_ema_batches();
+  if (!session.network().ema_state_names().empty())
+    report.skipped_ema_batches = session.skipped_ema_batches();
+  report.quant_delay = options.quantize.quant_delay;
+  report.steps_done = progress.steps_done;
+  report.first_quantized_step = first_quantized_step(options.quantize, progress.steps_done);
   return report;
 }
 
-TrainOptions checkpoint_options(const std::string& path) { return read_checkpoint(path).options; }
+TrainOptions checkpoint_options(const std::string& path) { return checkpoint_info(path).options; }
+
+CheckpointInfo checkpoint_info(const std::string& path) {
+  const Checkpoint checkpoint = read_checkpoint(path);
+  return {checkpoint.options, checkpoint.progress.epochs_done, checkpoint.progress.steps_done};
+}
 
 EvalReport evaluate(const std::string& checkpoint_path, const std::string& data_dir,
                     std::int64_t limit_test, Backend& backend) {
@@ -172,9 +270,12 @@ EvalReport evaluate(const std::string& checkpoint_path, const std::string& data_
   options.limit_test = limit_test;
   LOWBIT_EXPECTS(limit_test >= 0, "eval: --limit-test must be >= 0");
   DatasetSplits data;
-  data.test = load_mnist_directory(data_dir, 1, limit_test).test;
+  data.test = load_mnist_test_split(data_dir, limit_test);
+  expect_input_matches(checkpoint, data.test);
   Session session(options, backend, data);
   restore_checkpoint(checkpoint, session.network(), backend, nullptr);
+  session.network().set_steps_done(checkpoint.progress.steps_done);
+  expect_finite_parameters(session.network(), checkpoint_path);
   const LossTotals totals = session.evaluate();
   EvalReport report;
   report.device = backend.description();

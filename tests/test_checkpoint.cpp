@@ -2,12 +2,20 @@
 // corruption detection, and option checks on resume.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <limits>
+#include <nlohmann/json.hpp>
 
 #include "checkpoint.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/graph.hpp"
+#include "lowbit/quantize.hpp"
+#include "lowbit/safetensors.hpp"
 #include "lowbit/trainer.hpp"
+#include "network.hpp"
 #include "test_util.hpp"
 
 namespace lowbit {
@@ -15,11 +23,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
+/// 6 steps an epoch; a quant delay of 8 (not for lsq, which has none), so
+/// that resuming after one epoch lands inside the delay.
 TrainOptions tiny_run(RangeMode mode) {
   TrainOptions o;
   o.data_dir = test::fashion_mnist_dir();
   o.quantize.range = mode;
-  o.quantize.quant_delay = 3;
+  o.quantize.quant_delay = mode == RangeMode::lsq ? 0 : 8;
   o.limit_train = 384;
   o.limit_test = 256;
   o.batch = 64;
@@ -92,9 +102,37 @@ TEST(Checkpoint, EvaluationReproducesTheTrainingRunsAccuracy) {
   // Saving what was loaded gives the same bytes.
   const TrainOptions saved = checkpoint_options(o.save_path);
   EXPECT_EQ(saved.quantize.weight_bits, o.quantize.weight_bits);
-  EXPECT_EQ(saved.quantize.quant_delay, 3);
+  EXPECT_EQ(saved.quantize.quant_delay, 8);
   EXPECT_EQ(saved.batch, 64);
   EXPECT_EQ(saved.seed, o.seed);
+  fs::remove(o.save_path);
+}
+
+// A checkpoint whose weights are not all finite (its run diverged) is
+// refused for evaluation and for resuming, naming the parameter.
+TEST(Checkpoint, NonFiniteWeightsAreRefused) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  TrainOptions o = tiny_run(RangeMode::ema);
+  o.save_path = test::temp_path("nonfinite");
+  train(o, *cpu, nullptr);
+  const Checkpoint c = read_checkpoint(o.save_path);
+  Network net(quantize(lenet5(), c.options.quantize), *cpu, c.options.batch);
+  restore_checkpoint(c, net, *cpu, nullptr);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const ParameterSlot& slot : net.parameter_slots())
+    if (slot.name == "fc2.weight")
+      cpu->upload(net.parameters() + slot.offset + 5, &nan, sizeof nan);
+  const std::vector<float> velocity(static_cast<std::size_t>(net.parameter_count()));
+  save_checkpoint(o.save_path, c.options, c.progress, net, *cpu, velocity.data());
+
+  const std::string problem = o.save_path + ": fc2.weight holds NaN or infinite values";
+  EXPECT_TRUE(test::throws_mentioning([&] { evaluate(o.save_path, o.data_dir, 64, *cpu); },
+                                      problem));
+  TrainOptions resume = o;
+  resume.resume_path = o.save_path;
+  resume.epochs = 2;
+  EXPECT_TRUE(test::throws_mentioning([&] { train(resume, *cpu, nullptr); }, problem));
   fs::remove(o.save_path);
 }
 
@@ -151,6 +189,169 @@ TEST(Checkpoint, ResumeRejectsDifferentTrainingOptions) {
   other.batch = 32;
   EXPECT_THROW(train(other, *cpu, nullptr), Error);
   fs::remove(o.save_path);
+}
+
+// Files that pass the checksum yet make no sense: written by another tool,
+// by hand, or by a bug. Each is refused naming the file and the field.
+class CheckpointContents : public ::testing::Test {
+ protected:
+  /// A checkpoint of an untrained LeNet-5 on 28x28 images after "1 epoch of
+  /// 10 steps": no dataset needed.
+  void SetUp() override {
+    options_.quantize.quant_delay = 3;  // a run's, as train() resolves it
+    const auto cpu = make_cpu_backend();
+    Network network(quantize(lenet5(), options_.quantize), *cpu, 1);
+    network.initialize_parameters(options_.seed);
+    const Buffer velocity =
+        cpu->allocate(static_cast<std::size_t>(network.parameter_count()) * sizeof(float));
+    save_checkpoint(path_, options_, {1, 10}, network, *cpu, velocity.as<float>());
+  }
+
+  /// Rewrites the checkpoint through `edit` with a valid checksum.
+  void rewrite(const std::function<void(safetensors::File&)>& edit) const {
+    safetensors::File file = safetensors::load(path_);
+    file.metadata.erase(safetensors::kChecksumKey);
+    edit(file);
+    safetensors::save(path_, file);
+  }
+
+  void set_option(const std::string& key, const nlohmann::json& value) const {
+    rewrite([&](safetensors::File& file) {
+      nlohmann::json options = nlohmann::json::parse(file.metadata.at("lowbit.options"));
+      options[key] = value;
+      file.metadata["lowbit.options"] = options.dump();
+    });
+  }
+
+  /// Overwrites the values of the first tensor whose name ends with `suffix`
+  /// and returns its name.
+  template <class T>
+  std::string set_tensor(const std::string& suffix, const std::vector<T>& values) const {
+    std::string name;
+    rewrite([&](safetensors::File& file) {
+      for (safetensors::Tensor& t : file.tensors) {
+        if (t.name.size() < suffix.size() ||
+            t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0)
+          continue;
+        EXPECT_EQ(t.data.size(), values.size() * sizeof(T)) << t.name;
+        std::memcpy(t.data.data(), values.data(), t.data.size());
+        name = t.name;
+        return;
+      }
+      ADD_FAILURE() << "no tensor ends with " << suffix;
+    });
+    return name;
+  }
+
+  /// read_checkpoint() fails naming the file and saying `problem`.
+  ::testing::AssertionResult refused(const std::string& problem) const {
+    return test::throws_mentioning([&] { read_checkpoint(path_); }, path_ + ": " + problem);
+  }
+
+  TrainOptions options_;
+  test::ScratchDirectory scratch_;
+  std::string path_ = (scratch_.path() / "checkpoint.safetensors").string();
+};
+
+TEST_F(CheckpointContents, AValidCheckpointLoads) {
+  const Checkpoint c = read_checkpoint(path_);
+  EXPECT_EQ(c.path, path_);
+  EXPECT_EQ(c.input_shape, (std::vector<std::int64_t>{1, 28, 28}));
+  EXPECT_EQ(c.progress.epochs_done, 1);
+  EXPECT_EQ(c.progress.steps_done, 10);
+}
+
+TEST_F(CheckpointContents, NegativeProgressIsRefused) {
+  set_tensor<std::int64_t>("trainer.progress", {-5, 10, 1});
+  EXPECT_TRUE(refused("trainer.progress epochs_done is -5, expected in [0, " +
+                      std::to_string(options_.epochs) + "]"));
+}
+
+TEST_F(CheckpointContents, ProgressBeyondTheRunIsRefused) {
+  const std::int64_t beyond = options_.epochs + 1;
+  set_tensor<std::int64_t>("trainer.progress", {beyond, 10 * beyond, 1});
+  EXPECT_TRUE(refused("trainer.progress epochs_done is " + std::to_string(beyond) +
+                      ", expected in [0, " + std::to_string(options_.epochs) +
+                      "] (the run's epochs)"));
+  set_tensor<std::int64_t>("trainer.progress", {2, 1, 1});
+  EXPECT_TRUE(refused("trainer.progress steps_done is 1, expected >= epochs_done (2)"));
+  set_tensor<std::int64_t>("trainer.progress", {1, 10, 7});
+  EXPECT_TRUE(refused("trainer.progress seed is 7, expected the options' seed 1"));
+}
+
+TEST_F(CheckpointContents, ProgressOfTheWrongTypeIsRefused) {
+  rewrite([](safetensors::File& file) {
+    for (safetensors::Tensor& t : file.tensors)
+      if (t.name == "trainer.progress") t.dtype = safetensors::DType::F64;
+  });
+  EXPECT_TRUE(refused("trainer.progress must hold 3 int64 values"));
+}
+
+TEST_F(CheckpointContents, InvertedOrNonFiniteEmaRangesAreRefused) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::string name = set_tensor<float>(".ema.range", {1.0f, -1.0f});
+  ASSERT_FALSE(name.empty());
+  EXPECT_TRUE(refused(name + " is [1, -1], expected a finite [min, max] with min <= 0 <= max"));
+  set_tensor<float>(".ema.range", {nan, 2.0f});
+  EXPECT_TRUE(refused(name + " is [nan, 2]"));
+  set_tensor<float>(".ema.range", {0.5f, 2.0f});  // an EMA of min(x, 0) is never above 0
+  EXPECT_TRUE(refused(name + " is [0.5, 2]"));
+}
+
+TEST_F(CheckpointContents, EmaCountersAndPowerOutsideTheirInvariantsAreRefused) {
+  const std::string power = set_tensor<float>(".ema.decay_pow", {2.0f});
+  EXPECT_TRUE(refused(power + " is 2, expected in [0, 1]"));
+  set_tensor<float>(".ema.decay_pow", {1.0f});
+  const std::string counters = set_tensor<std::int64_t>(".ema.counters", {3, 4, 0});
+  EXPECT_TRUE(refused(counters + " is [3, 4, 0], expected [steps, updates, skipped] with "
+                                 "updates + skipped <= steps"));
+  set_tensor<std::int64_t>(".ema.counters", {-1, 0, 0});
+  EXPECT_TRUE(refused(counters + " is [-1, 0, 0]"));
+}
+
+TEST_F(CheckpointContents, AnotherModelIsRefused) {
+  set_option("model", "resnet18");
+  EXPECT_TRUE(refused("the model is \"resnet18\", expected \"lenet5\""));
+}
+
+TEST_F(CheckpointContents, AnInputShapeLeNet5CannotTakeIsRefused) {
+  set_option("input_shape", {1, 8, 8});
+  EXPECT_TRUE(refused("input_shape is [1, 8, 8], expected [1, H, W] with H, W >= 12"));
+  set_option("input_shape", {3, 28, 28});
+  EXPECT_TRUE(refused("input_shape is [3, 28, 28]"));
+  set_option("input_shape", {28, 28});
+  EXPECT_TRUE(refused("input_shape is [28, 28]"));
+}
+
+TEST_F(CheckpointContents, OptionsOutOfRangeAreRefused) {
+  set_option("batch", 0);
+  EXPECT_TRUE(refused("batch is 0, expected >= 1"));
+  set_option("batch", 128);
+  set_option("normalization_std", 0.0);
+  EXPECT_TRUE(refused("normalization_std is 0, expected > 0"));
+  set_option("normalization_std", 0.353);
+  set_option("momentum", 1.5);
+  EXPECT_TRUE(refused("momentum is 1.5, expected in [0, 1)"));
+  set_option("momentum", 0.9);
+  set_option("weight_bits", 1);
+  EXPECT_TRUE(refused("the checkpoint's quantization options are invalid: "));
+  set_option("weight_bits", 4);
+  set_option("rounding", "bankers");
+  EXPECT_TRUE(refused("bad options in the checkpoint: unknown rounding 'bankers'"));
+}
+
+TEST_F(CheckpointContents, DataOfAnotherSizeThanTheModelTakesIsRefused) {
+  const Checkpoint c = read_checkpoint(path_);
+  Dataset data;
+  data.rows = 32;
+  data.cols = 32;
+  data.images_path = "data/t10k-images-idx3-ubyte";
+  EXPECT_TRUE(test::throws_mentioning(
+      [&] { expect_input_matches(c, data); },
+      "data/t10k-images-idx3-ubyte holds 32x32 images, but the model in " + path_ +
+          " takes 28x28"));
+  data.rows = data.cols = 28;
+  EXPECT_NO_THROW(expect_input_matches(c, data));
 }
 
 }  // namespace

@@ -11,14 +11,19 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "checkpoint.hpp"
 #include "lowbit/data.hpp"
 #include "lowbit/graph.hpp"
+#include "lowbit/quantize.hpp"
 #include "lowbit/trainer.hpp"
+#include "network.hpp"
 #include "test_util.hpp"
 
 namespace lowbit {
@@ -110,7 +115,9 @@ TEST_F(CliHelp, TrainListsEveryFlagWithItsDefault) {
     EXPECT_NE(result.out.find(flag), std::string::npos) << flag << " missing from\n" << result.out;
   const TrainOptions defaults;
   EXPECT_NE(result.out.find(defaults.data_dir), std::string::npos);
-  EXPECT_NE(result.out.find(std::to_string(defaults.quantize.quant_delay)), std::string::npos);
+  EXPECT_NE(result.out.find("--quant-delay STEPS|auto"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("a tenth of the run's steps, at most 500"), std::string::npos);
+  EXPECT_NE(result.out.find("--threads"), std::string::npos);
   EXPECT_NE(result.out.find(std::to_string(defaults.batch)), std::string::npos);
   EXPECT_NE(result.out.find("[0, 1]"), std::string::npos) << "--metrics-json should say accuracies "
                                                              "are fractions";
@@ -119,7 +126,8 @@ TEST_F(CliHelp, TrainListsEveryFlagWithItsDefault) {
 TEST_F(CliHelp, EvalListsItsFlags) {
   const CliResult result = run({"eval", "--help"});
   EXPECT_EQ(result.status, 0) << result.err;
-  for (const char* flag : {"--checkpoint", "--data", "--device", "--limit-test", "--metrics-json"})
+  for (const char* flag :
+       {"--checkpoint", "--data", "--device", "--limit-test", "--metrics-json", "--threads"})
     EXPECT_NE(result.out.find(flag), std::string::npos) << flag << " missing from\n" << result.out;
 }
 
@@ -174,6 +182,10 @@ TEST_F(CliUsage, BadValuesAreOneLineNamingTheFlag) {
       {{"--limit-train=-1"}, "--limit-train"},
       {{"--seed=-1"}, "--seed"},
       {{"--graph", "--eager"}, "--eager"},
+      {{"--quant-delay", "soon"}, "--quant-delay"},
+      {{"--threads", "0"}, "--threads"},
+      {{"--batch", "0x10"}, "--batch"},     // CLI11 would read 16
+      {{"--limit-test", "1e3"}, "--limit-test"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = {"train"};
@@ -183,6 +195,48 @@ TEST_F(CliUsage, BadValuesAreOneLineNamingTheFlag) {
     EXPECT_TRUE(one_error_line(result)) << c.args.front();
     EXPECT_NE(result.err.find(c.named), std::string::npos) << result.err;
     EXPECT_EQ(result.out, "") << "a usage error must not start any work";
+  }
+}
+
+// CLI11 alone clamps numbers its type cannot hold, and reads "" as 0.
+TEST_F(CliUsage, NumbersOutOfRangeOrEmptyAreRefusedNotClamped) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"train", "--epochs", "99999999999999999999"},
+       "error: --epochs: 99999999999999999999 is too large (the most is 9223372036854775807)"},
+      {{"train", "--seed", "18446744073709551616"},
+       "error: --seed: 18446744073709551616 is too large (the most is 18446744073709551615)"},
+      {{"train", "--seed", "-1"}, "error: --seed: -1 is negative"},
+      {{"train", "--weight-bits", ""}, "error: --weight-bits: '' is not a whole number"},
+      {{"train", "--weight-bits", "99999999999"},
+       "error: --weight-bits: 99999999999 is too large (the most is 2147483647)"},
+      {{"train", "--lr", ""}, "error: --lr: '' is not a number"},
+      {{"eval", "--checkpoint", "c", "--limit-test", "99999999999999999999"},
+       "error: --limit-test: 99999999999999999999 is too large"},
+  };
+  for (const auto& [args, message] : cases) {
+    const CliResult result = run(args);
+    EXPECT_EQ(result.status, 2) << args[1];
+    EXPECT_TRUE(one_error_line(result)) << args[1];
+    EXPECT_EQ(result.err.rfind(message, 0), 0u) << "expected " << message << "\ngot " << result.err;
+  }
+}
+
+// lsq learns its step sizes from the first batch on: a delay is refused, also
+// where lsq is the default (below 4 bits).
+TEST_F(CliUsage, QuantDelayWithLsqRangesIsRefused) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"train", "--range", "lsq", "--quant-delay", "5"},
+        std::vector<std::string>{"train", "--weight-bits", "2", "--quant-delay", "5"}}) {
+    const CliResult result = run(args);
+    EXPECT_EQ(result.status, 2);
+    EXPECT_TRUE(one_error_line(result));
+    EXPECT_NE(result.err.find("error: --quant-delay 5: lsq ranges"), std::string::npos)
+        << result.err;
+    EXPECT_NE(result.err.find("quantize from the first step; give --range ema or lagged to "
+                              "delay quantization"),
+              std::string::npos)
+        << result.err;
+    EXPECT_EQ(result.out, "");
   }
 }
 
@@ -370,6 +424,268 @@ TEST_F(CliTrain, RangeDefaultsToLsqBelowFourBits) {
   EXPECT_EQ(range_of({"--weight-bits", "2", "--act-bits", "2"}), "lsq");
   EXPECT_EQ(range_of({"--weight-bits", "8", "--act-bits", "3"}), "lsq");
   EXPECT_EQ(range_of({"--weight-bits", "2", "--act-bits", "2", "--range", "ema"}), "ema");
+}
+
+// The summary tells the truth about the quant delay: the default (auto) is a
+// tenth of the run's steps, so a short run quantizes for most of them; a
+// delay the run never reaches is said so, by train and by eval.
+TEST_F(CliTrain, SummarySaysWhenQuantizationStarted) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::vector<std::string> run_of_20_steps = {"train", "--device", "cpu", "--data", data_,
+                                                    "--epochs", "1", "--limit-train", "1280",
+                                                    "--limit-test", "128", "--batch", "64"};
+  const std::string metrics = path("auto.json");
+  std::vector<std::string> args = run_of_20_steps;
+  args.insert(args.end(), {"--metrics-json", metrics});
+  CliResult result = run(args);
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_NE(result.out.find("\n  quantized from      step 3 of 20 (quant delay 2)\n"),
+            std::string::npos)
+      << result.out;
+  EXPECT_EQ(read_json(metrics).at("quant_delay").get<int>(), 2);
+  EXPECT_EQ(read_json(metrics).at("first_quantized_step").get<int>(), 3);
+
+  const std::string checkpoint = path("delayed.safetensors");
+  args = run_of_20_steps;
+  args.insert(args.end(), {"--quant-delay", "100", "--save", checkpoint});
+  result = run(args);
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_NE(result.out.find("\n  quantized from      never: 20 steps trained (quant delay 100)\n"),
+            std::string::npos)
+      << result.out;
+  result = run({"eval", "--device", "cpu", "--data", data_, "--limit-test", "128",
+                "--checkpoint", checkpoint});
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_NE(result.out.find("checkpoint: " + checkpoint +
+                            " (weights 4-bit, activations 4-bit, logits 8-bit; evaluated in "
+                            "float: 20 steps trained, quant delay 100)\n"),
+            std::string::npos)
+      << result.out;
+}
+
+// fp32 has no range mode and no EMA: the header, the summary and the metrics
+// say "none" and leave out the skipped-EMA count.
+TEST_F(CliTrain, Fp32ReportsNoRangeAndNoEma) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string metrics = path("fp32.json");
+  const CliResult result = run({"train", "--device", "cpu", "--data", data_, "--epochs", "1",
+                                "--limit-train", "128", "--limit-test", "64", "--batch", "64",
+                                "--weight-bits", "0", "--act-bits", "0", "--metrics-json",
+                                metrics});
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_NE(result.out.find(": fp32, range none, epochs 1"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("\n  range               none\n"), std::string::npos) << result.out;
+  EXPECT_EQ(result.out.find("EMA"), std::string::npos) << result.out;
+  EXPECT_EQ(result.out.find("quantized from"), std::string::npos) << result.out;
+  const nlohmann::json json = read_json(metrics);
+  EXPECT_EQ(json.at("range").get<std::string>(), "none");
+  EXPECT_FALSE(json.contains("skipped_ema_batches"));
+}
+
+TEST_F(CliTrain, DivergenceExits1NamingTheStepsAndKeepsTheCheckpoint) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string checkpoint = path("good.safetensors");
+  std::vector<std::string> args = {"train", "--device", "cpu", "--data", data_, "--epochs", "1",
+                                   "--limit-train", "640", "--limit-test", "64", "--batch", "64",
+                                   "--save", checkpoint};
+  ASSERT_EQ(run(args).status, 0);
+  const std::string good = read_text(checkpoint);
+  args = {"train", "--device", "cpu", "--data", data_, "--resume", checkpoint, "--epochs", "2",
+          "--lr", "1e30", "--save", checkpoint};
+  const CliResult result = run(args);
+  EXPECT_EQ(result.status, 1);
+  EXPECT_EQ(result.err, "error: training diverged: the loss became non-finite in epoch 2 at step "
+                        "2; try a lower --lr than 1e+30; " + checkpoint + " keeps epoch 1\n");
+  EXPECT_EQ(result.out.find("summary"), std::string::npos) << result.out;
+  EXPECT_TRUE(read_text(checkpoint) == good) << "the checkpoint must not be overwritten";
+}
+
+TEST_F(CliTrain, EvalRefusesACheckpointWithNonFiniteWeights) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string checkpoint = path("nan.safetensors");
+  ASSERT_EQ(run({"train", "--device", "cpu", "--data", data_, "--epochs", "1", "--limit-train",
+                 "128", "--limit-test", "64", "--batch", "64", "--save", checkpoint})
+                .status,
+            0);
+  // What a diverged run would have saved, had it not stopped: NaN in fc1.
+  const Checkpoint saved = read_checkpoint(checkpoint);
+  const auto cpu = make_cpu_backend();
+  Network network(quantize(lenet5(), saved.options.quantize), *cpu, saved.options.batch);
+  restore_checkpoint(saved, network, *cpu, nullptr);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const ParameterSlot& slot : network.parameter_slots())
+    if (slot.name == "fc1.weight")
+      cpu->upload(network.parameters() + slot.offset, &nan, sizeof nan);
+  const std::vector<float> velocity(static_cast<std::size_t>(network.parameter_count()));
+  save_checkpoint(checkpoint, saved.options, saved.progress, network, *cpu, velocity.data());
+
+  const CliResult result = run({"eval", "--device", "cpu", "--data", data_, "--checkpoint",
+                                checkpoint});
+  EXPECT_EQ(result.status, 1);
+  EXPECT_EQ(result.err, "error: " + checkpoint + ": fc1.weight holds NaN or infinite values (the "
+                        "run that saved it diverged)\n");
+}
+
+// Resuming a finished run is no failure (a preempted job can resume blindly),
+// but it says that nothing was trained, and shows no speed.
+TEST_F(CliTrain, ResumingAFinishedRunSaysThereIsNothingToTrain) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string checkpoint = path("done.safetensors");
+  ASSERT_EQ(run({"train", "--device", "cpu", "--data", data_, "--epochs", "1", "--limit-train",
+                 "128", "--limit-test", "64", "--batch", "64", "--save", checkpoint})
+                .status,
+            0);
+  const CliResult result = run({"train", "--device", "cpu", "--resume", checkpoint});
+  EXPECT_EQ(result.status, 0) << result.err;
+  EXPECT_EQ(result.out, "nothing to train: " + checkpoint +
+                            " already holds 1 epoch of the 1 asked for; give --epochs N with N > 1 "
+                            "to train further\n");
+  EXPECT_EQ(result.err, "");
+}
+
+TEST_F(CliTrain, EvalPrintsTheLossWithFourDecimalsAndHonoursThreads) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string checkpoint = path("loss.safetensors");
+  ASSERT_EQ(run({"train", "--device", "cpu", "--data", data_, "--epochs", "1", "--limit-train",
+                 "128", "--limit-test", "64", "--batch", "64", "--save", checkpoint})
+                .status,
+            0);
+  const std::string metrics = path("loss.json");
+  const CliResult result = run({"eval", "--device", "cpu", "--threads", "1", "--checkpoint",
+                                checkpoint, "--metrics-json", metrics});
+  ASSERT_EQ(result.status, 0) << result.err;
+  EXPECT_EQ(result.out.rfind("device: cpu (1 thread)\n", 0), 0u) << result.out;
+  char loss[32];
+  std::snprintf(loss, sizeof loss, ", loss %.4f\n", read_json(metrics).at("loss").get<double>());
+  EXPECT_NE(result.out.find(loss), std::string::npos) << "expected \"" << loss << "\" in\n"
+                                                      << result.out;
+}
+
+using CliData = Cli;
+using CliOutput = Cli;
+
+std::string image_size(std::uint32_t side) {
+  return std::to_string(side) + "x" + std::to_string(side);
+}
+
+// The model takes the test images' size and both splits go through it: a
+// training split of another size was read past its end (1x1 against 200x200
+// crashed; 28x28 against 32x32 trained on garbage).
+TEST_F(CliData, TrainRefusesSplitsOfDifferentImageSizes) {
+  for (const auto& [train_side, test_side] : {std::pair{1u, 200u}, std::pair{28u, 32u}}) {
+    const fs::path data = dir_ / ("data" + std::to_string(train_side));
+    fs::create_directory(data);
+    const std::string train_images =
+        test::write_mnist_split(data, "train", 8, train_side, train_side);
+    const std::string test_images = test::write_mnist_split(data, "t10k", 4, test_side, test_side);
+    const CliResult result = run({"train", "--device", "cpu", "--data", data.string(), "--epochs",
+                                  "1", "--batch", "8"});
+    EXPECT_EQ(result.status, 1);
+    EXPECT_EQ(result.err, "error: " + train_images + " holds " + image_size(train_side) +
+                              " images but " + test_images + " holds " + image_size(test_side) +
+                              ": the training and test images must have the same size\n");
+  }
+}
+
+TEST_F(CliData, TrainRefusesImagesTooSmallForLeNet5) {
+  test::write_mnist_split(dir_, "train", 8, 8, 8);
+  const std::string test_images = test::write_mnist_split(dir_, "t10k", 4, 8, 8);
+  const CliResult result =
+      run({"train", "--device", "cpu", "--data", dir_.string(), "--epochs", "1", "--batch", "8"});
+  EXPECT_EQ(result.status, 1);
+  EXPECT_EQ(result.err, "error: " + test_images +
+                            " holds 8x8 images, smaller than the 12x12 LeNet-5 needs\n");
+}
+
+// A checkpoint's model takes one image size; eval reads only the test files.
+TEST_F(CliData, EvalNeedsOnlyTheTestFilesOfTheCheckpointsImageSize) {
+  const fs::path small = dir_ / "small";
+  fs::create_directory(small);
+  test::write_mnist_split(small, "train", 16, 12, 12);
+  test::write_mnist_split(small, "t10k", 8, 12, 12);
+  const std::string checkpoint = path("small.safetensors");
+  const CliResult trained = run({"train", "--device", "cpu", "--data", small.string(), "--epochs",
+                                 "1", "--batch", "8", "--save", checkpoint});
+  ASSERT_EQ(trained.status, 0) << trained.err;
+
+  const fs::path test_only = dir_ / "test-only";
+  fs::create_directory(test_only);
+  test::write_mnist_split(test_only, "t10k", 8, 12, 12);
+  const CliResult evaluated =
+      run({"eval", "--device", "cpu", "--data", test_only.string(), "--checkpoint", checkpoint});
+  EXPECT_EQ(evaluated.status, 0) << evaluated.err;
+  EXPECT_NE(evaluated.out.find("test accuracy"), std::string::npos) << evaluated.out;
+
+  const fs::path larger = dir_ / "larger";
+  fs::create_directory(larger);
+  test::write_mnist_split(larger, "train", 16, 16, 16);
+  const std::string larger_images = test::write_mnist_split(larger, "t10k", 8, 16, 16);
+  const std::string expected = "error: " + larger_images +
+                               " holds 16x16 images, but the model in " + checkpoint +
+                               " takes 12x12\n";
+  const CliResult eval_larger =
+      run({"eval", "--device", "cpu", "--data", larger.string(), "--checkpoint", checkpoint});
+  EXPECT_EQ(eval_larger.status, 1);
+  EXPECT_EQ(eval_larger.err, expected);
+  const CliResult resume_larger = run({"train", "--device", "cpu", "--data", larger.string(),
+                                       "--resume", checkpoint, "--epochs", "2"});
+  EXPECT_EQ(resume_larger.status, 1);
+  EXPECT_EQ(resume_larger.err, expected);
+}
+
+// Checked before the device is chosen or any data read: with a dataset that
+// trains, nothing reaches stdout.
+TEST_F(CliOutput, UnwritableOutputsFailBeforeAnyWork) {
+  test::write_mnist_split(dir_, "train", 8, 12, 12);
+  test::write_mnist_split(dir_, "t10k", 4, 12, 12);
+  fs::create_directory(path("a-directory"));
+  std::ofstream(path("a-file")) << "x";
+  struct Case {
+    std::string flag, target, problem;
+  };
+  std::vector<Case> cases = {
+      {"--save", path("a-directory"), "is a directory"},
+      {"--save", path("missing/c.safetensors"), "directory " + path("missing") + " does not exist"},
+      {"--save", path("a-file/c.safetensors"), path("a-file") + " is not a directory"},
+      {"--metrics-json", path("a-directory"), "is a directory"},
+  };
+  if (::geteuid() != 0) {  // root writes anywhere
+    fs::create_directory(path("read-only"));
+    fs::permissions(path("read-only"), fs::perms::owner_read | fs::perms::owner_exec);
+    cases.push_back({"--save", path("read-only/c.safetensors"),
+                     "cannot create files in " + path("read-only") + ": Permission denied"});
+  }
+  for (const Case& c : cases) {
+    const CliResult result = run({"train", "--device", "cpu", "--data", dir_.string(), "--epochs",
+                                  "1", "--batch", "8", c.flag, c.target});
+    EXPECT_EQ(result.status, 1) << c.target;
+    EXPECT_EQ(result.err, "error: " + c.flag + " " + c.target + ": " + c.problem + "\n");
+    EXPECT_EQ(result.out, "") << "an unwritable " << c.flag << " must fail before any work";
+  }
+}
+
+// /dev/stdout is written into, after what was printed (stdout here is a
+// file, which a rename would have replaced); a symbolic link given to --save
+// stays, and the checkpoint lands where it points.
+TEST_F(CliOutput, MetricsToStdoutAndASaveThroughASymlink) {
+  test::write_mnist_split(dir_, "train", 8, 12, 12);
+  test::write_mnist_split(dir_, "t10k", 4, 12, 12);
+  fs::create_directory(path("runs"));
+  fs::create_symlink("runs/latest.safetensors", path("latest.safetensors"));
+  const CliResult result = run({"train", "--device", "cpu", "--data", dir_.string(), "--epochs",
+                                "1", "--batch", "8", "--save", path("latest.safetensors"),
+                                "--metrics-json", "/dev/stdout"});
+  ASSERT_EQ(result.status, 0) << result.err;
+  const std::size_t json_at = result.out.find("\n{");
+  ASSERT_NE(json_at, std::string::npos) << result.out;
+  EXPECT_NE(result.out.substr(0, json_at).find("epoch 1/1"), std::string::npos) << result.out;
+  const nlohmann::json metrics = nlohmann::json::parse(result.out.substr(json_at + 1));
+  EXPECT_TRUE(metrics.contains("test_accuracy")) << metrics;
+  EXPECT_TRUE(fs::is_symlink(path("latest.safetensors")));
+  EXPECT_TRUE(fs::is_regular_file(path("runs/latest.safetensors")));
+  const CliResult evaluated = run({"eval", "--device", "cpu", "--data", dir_.string(),
+                                   "--checkpoint", path("latest.safetensors")});
+  EXPECT_EQ(evaluated.status, 0) << evaluated.err;
 }
 
 }  // namespace

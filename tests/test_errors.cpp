@@ -7,7 +7,9 @@
 
 #include <string>
 
+#include "lowbit/data.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/types.hpp"
 
 namespace lowbit {
 namespace {
@@ -32,6 +34,25 @@ TEST(Errors, ExpectsNamesTheProblemAndTheLine) {
     EXPECT_NE(std::string(e.file()).find("test_errors.cpp"), std::string::npos);
     EXPECT_GT(e.line(), 0);
   }
+}
+
+// The build maps the source root away (-fmacro-prefix-map), so that messages
+// users see name the source file, not the build machine's directories.
+TEST(Errors, LibraryLocationsAreRelativeToTheSourceTree) {
+  const auto where = [](void (*f)()) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      EXPECT_NE(e.file()[0], '/') << e.what();
+      return e.file();
+    }
+    return "no exception";
+  };
+  EXPECT_EQ(where([] { ChannelLayout::per_channel({2, 3}, 5); }), "cuda/checks.cpp");
+  EXPECT_EQ(where([] { load_idx_dataset("/nonexistent/images", "/nonexistent/labels"); }),
+            "host/idx.cpp");
+  const std::string what = message_of([] { ChannelLayout::per_channel({2, 3}, 5); });
+  EXPECT_NE(what.find(" (at cuda/checks.cpp:"), std::string::npos) << what;
 }
 
 TEST(Errors, CudaTryNamesCallAndError) {

@@ -32,16 +32,7 @@ using Bytes = std::vector<std::uint8_t>;
 constexpr std::uint32_t kImagesMagic = 0x00000803;
 constexpr std::uint32_t kLabelsMagic = 0x00000801;
 
-Bytes idx_file(std::uint32_t magic, const std::vector<std::uint32_t>& dims, const Bytes& payload) {
-  std::vector<std::uint32_t> words{magic};
-  words.insert(words.end(), dims.begin(), dims.end());
-  Bytes out;
-  for (const std::uint32_t word : words)
-    for (int shift = 24; shift >= 0; shift -= 8)
-      out.push_back(static_cast<std::uint8_t>(word >> shift));
-  out.insert(out.end(), payload.begin(), payload.end());
-  return out;
-}
+using test::idx_file;
 
 // Three 2x4 images whose pixels differ, and their labels.
 Bytes pixels(std::size_t n = 24) {
@@ -316,6 +307,17 @@ TEST_F(IdxDirectory, MissingFileListsThePathsTriedAndTheFix) {
   EXPECT_THAT(error_of([&] { load_mnist_directory(dir_.string()); }),
               AllOf(HasSubstr(tried + " and " + tried + ".gz"),
                     HasSubstr("apt-get install dataset-fashion-mnist"), HasSubstr("--data DIR")));
+}
+
+TEST_F(IdxDirectory, TestSplitAloneNeedsOnlyTheTestFiles) {
+  write_split("t10k", valid_images(), valid_labels(), true);
+  const Dataset test = load_mnist_test_split(dir_.string(), 2);
+  EXPECT_EQ(test.count, 2);
+  EXPECT_EQ(test.labels, (Bytes{0, 9}));
+  EXPECT_EQ(test.images_path, (dir_ / "t10k-images-idx3-ubyte.gz").string());
+  EXPECT_THAT(error_of([&] { load_mnist_directory(dir_.string()); }),
+              HasSubstr("train-images-idx3-ubyte"));
+  EXPECT_THAT(error_of([&] { load_mnist_test_split(dir_.string(), -1); }), HasSubstr("-1"));
 }
 
 TEST_F(IdxDirectory, NegativeLimitIsAnError) {

@@ -102,7 +102,7 @@ TEST(Layers, WeightFakeQuantIsBitExactWithTheKernel) {
   attrs.bits = 3;
   attrs.per_channel = attrs.symmetric = attrs.narrow_range = true;
   FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), dx.as<float>()},
-                       {y.as<float>(), dy.as<float>()}, {}, nullptr);
+                       {y.as<float>(), dy.as<float>()}, {}, nullptr, nullptr);
   layer.forward(Pass::train);
 
   const ChannelLayout layout = ChannelLayout::per_channel(shape, 0);
@@ -135,7 +135,7 @@ TEST(Layers, PyTorchWeightFakeQuantIsBitExactWithTheKernels) {
   attrs.bits = 4;
   attrs.rounding = Rounding::pytorch;
   FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), nullptr},
-                       {y.as<float>(), dy.as<float>()}, {}, nullptr);
+                       {y.as<float>(), dy.as<float>()}, {}, nullptr, nullptr);
   layer.forward(Pass::train);
 
   // PyTorch's per-channel symmetric qint4: scale from max|w|, zero point 0.
@@ -151,6 +151,78 @@ TEST(Layers, PyTorchWeightFakeQuantIsBitExactWithTheKernels) {
   EXPECT_TRUE(test::same_bits(expected, download_floats(*backend, y.as<float>(), 120)));
 }
 
+// TensorFlow's quant_delay holds back the weights too: they pass through, and
+// so does their gradient, until the step count reaches the delay.
+TEST(Layers, DelayedWeightFakeQuantPassesWeightsThroughUntilTheDelay) {
+  const auto backend = make_cpu_backend();
+  const std::vector<std::int64_t> shape{4, 3, 5, 5};
+  const std::int64_t n = 4 * 75;
+  const std::vector<float> w = test::random_values(n, 12, 0.3f);
+  const std::vector<float> grad = test::random_values(n, 13, 1.0f);
+  Buffer x = backend->allocate(n * 4), y = backend->allocate(n * 4);
+  Buffer dy = backend->allocate(n * 4), dx = backend->allocate(n * 4);
+  Buffer steps = backend->allocate(sizeof(std::int64_t));
+  backend->upload(x.data(), w.data(), n * 4);
+  backend->upload(dy.data(), grad.data(), n * 4);
+  FakeQuantAttrs attrs;
+  attrs.weights = attrs.per_channel = attrs.symmetric = attrs.narrow_range = true;
+  attrs.bits = 2;
+  attrs.quant_delay = 2;
+  FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), dx.as<float>()},
+                       {y.as<float>(), dy.as<float>()}, {}, nullptr, steps.as<std::int64_t>());
+  const ChannelLayout layout = ChannelLayout::per_channel(shape, 0);
+  std::vector<float> quantized(w.size()), min(4), max(4), ws;
+  std::vector<std::uint32_t> mask(static_cast<std::size_t>(mask_words(n)));
+  ref::fake_quant_weights(w.data(), quantized.data(), layout, {2, true}, true, min.data(),
+                          max.data(), mask.data(), test::host_workspace(ws, layout));
+  std::vector<float> quantized_dx(w.size());
+  ref::ste_backward(grad.data(), mask.data(), MaskFormat::pass, n, quantized_dx.data());
+  ASSERT_FALSE(test::same_bits(quantized, w)) << "2-bit weights must differ from float ones";
+
+  for (const std::int64_t done : {0, 1, 2, 7}) {
+    backend->upload(steps.data(), &done, sizeof done);
+    layer.forward(Pass::train);
+    layer.backward();
+    const bool delayed = done < attrs.quant_delay;
+    EXPECT_TRUE(
+        test::same_bits(delayed ? w : quantized, download_floats(*backend, y.as<float>(), n)))
+        << done << " steps done";
+    EXPECT_TRUE(test::same_bits(delayed ? grad : quantized_dx,
+                                download_floats(*backend, dx.as<float>(), n)))
+        << done << " steps done";
+  }
+}
+
+// Until the quant delay ends, a quantized network computes exactly what the
+// float one does, weights included, in training and in evaluation; the steps
+// it counts end the delay.
+TEST(Layers, QuantizedNetworkEqualsTheFloatOneDuringTheDelay) {
+  const auto backend = make_cpu_backend();
+  QuantizeOptions o;
+  o.quant_delay = 2;
+  Network quantized(quantize(lenet5(1, 12, 12, 5), o), *backend, 3);
+  Network plain(lenet5(1, 12, 12, 5), *backend, 3);
+  const auto loss_of = [&](Network& net, std::uint32_t seed, Pass pass) {
+    net.initialize_parameters(4);  // the same weights every step: only the delay differs
+    feed_random_batch(*backend, net, seed);
+    backend->fill_zero(net.totals(), sizeof(LossTotals));
+    net.forward(pass);
+    LossTotals t;
+    backend->download(&t, net.totals(), sizeof(t));
+    return t.loss_sum;
+  };
+  EXPECT_EQ(loss_of(quantized, 49, Pass::eval), loss_of(plain, 49, Pass::eval));
+  for (std::uint32_t step = 0; step < 3; ++step) {
+    const double q = loss_of(quantized, 50 + step, Pass::train);
+    const double f = loss_of(plain, 50 + step, Pass::train);
+    if (step < 2)
+      EXPECT_EQ(q, f) << "step " << step << " is within the delay";
+    else
+      EXPECT_NE(q, f) << "step " << step << " quantizes";
+  }
+  EXPECT_NE(loss_of(quantized, 60, Pass::eval), loss_of(plain, 60, Pass::eval));
+}
+
 TEST(Layers, EmaFakeQuantTracksTrainingAndFreezesInEvaluation) {
   const auto backend = make_cpu_backend();
   const std::int64_t n = 4 * 37;
@@ -162,7 +234,7 @@ TEST(Layers, EmaFakeQuantTracksTrainingAndFreezesInEvaluation) {
   attrs.ema_decay = 0.9f;
   attrs.quant_delay = 1;
   FakeQuantLayer layer("q", *backend, attrs, {4, 37}, {x.as<float>(), nullptr},
-                       {y.as<float>(), dy.as<float>()}, {}, state.as<EmaRangeState>());
+                       {y.as<float>(), dy.as<float>()}, {}, state.as<EmaRangeState>(), nullptr);
   EmaRangeState expected_state;
   ref::ema_state_init(&expected_state);
   EmaConfig config;

@@ -66,6 +66,7 @@ TEST(Quantize, LeNet5NodeByNode) {
   const FakeQuantAttrs& w = quant_attrs(g, "conv2/weight_quant");
   EXPECT_TRUE(w.weights && w.per_channel && w.symmetric && w.narrow_range);
   EXPECT_EQ(w.bits, 4);
+  EXPECT_EQ(w.quant_delay, 7) << "TensorFlow's quant_delay holds back weights too";
   EXPECT_EQ(g.tensor(g.nodes()[6].outputs[0]).role, TensorRole::derived);
   const FakeQuantAttrs& a = quant_attrs(g, "relu1/act_quant");
   EXPECT_FALSE(a.weights);
@@ -225,6 +226,10 @@ TEST(Quantize, RejectsBadOptions) {
   rejects(o);
   o = {};
   o.rounding = Rounding::pytorch;
+  o.quant_delay = 10;
+  rejects(o);
+  o = {};
+  o.range = RangeMode::lsq;  // learned steps start at the first batch
   o.quant_delay = 10;
   rejects(o);
   EXPECT_THROW(quantize(quantize(g, {}), {}), Error);  // already quantized

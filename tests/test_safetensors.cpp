@@ -171,25 +171,10 @@ void expect_same_tensors(const File& expected, const File& got) {
 /// Each test gets a fresh directory, so that leftover files can be listed.
 class SafetensorsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "lowbit_safetensors_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
 
-  /// Names in the directory, sorted.
-  std::vector<std::string> entries() const {
-    std::vector<std::string> names;
-    for (const auto& entry : fs::directory_iterator(dir_))
-      names.push_back(entry.path().filename().string());
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
-  fs::path dir_;
+  test::ScratchDirectory scratch_;
+  fs::path dir_ = scratch_.path();
 };
 
 class SafetensorsRoundTrip : public SafetensorsTest {};
@@ -225,7 +210,7 @@ TEST_F(SafetensorsRoundTrip, IsBitIdenticalInOrderWithMetadata) {
   // Saving what was loaded reproduces the file byte for byte.
   save(path("b.safetensors"), loaded);
   EXPECT_EQ(read_bytes(path("a.safetensors")), read_bytes(path("b.safetensors")));
-  EXPECT_EQ(entries(), (std::vector<std::string>{"a.safetensors", "b.safetensors"}));
+  EXPECT_EQ(scratch_.names(), (std::vector<std::string>{"a.safetensors", "b.safetensors"}));
 }
 
 TEST_F(SafetensorsRoundTrip, NoTensorsAndNoMetadata) {
@@ -470,21 +455,21 @@ TEST_F(SafetensorsAtomicSave, ReplacesAnExistingFile) {
   second.tensors.push_back({"only", DType::F32, {1}, bytes_of(std::vector<float>{42.0f})});
   save(path("ckpt.safetensors"), second);
   expect_same_tensors(second, load(path("ckpt.safetensors")));
-  EXPECT_EQ(entries(), std::vector<std::string>{"ckpt.safetensors"});
+  EXPECT_EQ(scratch_.names(), std::vector<std::string>{"ckpt.safetensors"});
 }
 
 TEST_F(SafetensorsAtomicSave, MissingDirectoryThrowsAndCreatesNothing) {
   const std::string target = path("no_such_dir/ckpt.safetensors");
   EXPECT_TRUE(save_fails(target, sample_file(), "No such file or directory"));
-  EXPECT_TRUE(entries().empty());
+  EXPECT_TRUE(scratch_.names().empty());
 }
 
 TEST_F(SafetensorsAtomicSave, PathThatIsADirectoryThrowsAndLeavesNoTempFile) {
   fs::create_directory(path("ckpt.safetensors"));
-  EXPECT_TRUE(save_fails(path("ckpt.safetensors"), sample_file(), "cannot rename"));
+  EXPECT_TRUE(save_fails(path("ckpt.safetensors"), sample_file(), "is a directory"));
   EXPECT_TRUE(fs::is_directory(path("ckpt.safetensors")));
   EXPECT_TRUE(fs::is_empty(path("ckpt.safetensors")));
-  EXPECT_EQ(entries(), std::vector<std::string>{"ckpt.safetensors"});
+  EXPECT_EQ(scratch_.names(), std::vector<std::string>{"ckpt.safetensors"});
 }
 
 /// Lowers the file size limit and ignores SIGXFSZ, so that writes past
@@ -522,7 +507,7 @@ TEST_F(SafetensorsAtomicSave, FailedWriteKeepsThePreviousFile) {
   }
   EXPECT_EQ(read_bytes(path("ckpt.safetensors")), before);
   expect_same_tensors(first, load(path("ckpt.safetensors")));
-  EXPECT_EQ(entries(), std::vector<std::string>{"ckpt.safetensors"});
+  EXPECT_EQ(scratch_.names(), std::vector<std::string>{"ckpt.safetensors"});
 }
 
 TEST_F(SafetensorsSaveChecks, BadInputThrowsAndKeepsThePreviousFile) {
@@ -558,7 +543,7 @@ TEST_F(SafetensorsSaveChecks, BadInputThrowsAndKeepsThePreviousFile) {
     EXPECT_TRUE(save_fails(path("ckpt.safetensors"), c.file, c.problem)) << c.problem;
     EXPECT_EQ(read_bytes(path("ckpt.safetensors")), before) << c.problem;
   }
-  EXPECT_EQ(entries(), std::vector<std::string>{"ckpt.safetensors"});
+  EXPECT_EQ(scratch_.names(), std::vector<std::string>{"ckpt.safetensors"});
 }
 
 }  // namespace

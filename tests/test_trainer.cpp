@@ -14,13 +14,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-/// A run small enough for CI: real images, a few epochs of a few steps.
+/// A run small enough for CI: real images, a few epochs of a few steps, and
+/// the default quant delay (a tenth of the steps).
 TrainOptions small_run(int bits, std::int64_t limit_train = 512) {
   TrainOptions o;
   o.data_dir = test::fashion_mnist_dir();
   o.quantize.weight_bits = bits;
   o.quantize.activation_bits = bits;
-  o.quantize.quant_delay = 4;
   o.limit_train = limit_train;
   o.limit_test = 500;
   o.epochs = 1;
@@ -63,12 +63,78 @@ TEST(Trainer, LearnsFashionMnistAt4BitsOnTheCpu) {
   EXPECT_EQ(r.test_accuracy, r.epochs[1].test_accuracy);
   EXPECT_EQ(r.weight_bits, 4);
   EXPECT_EQ(r.skipped_ema_batches, 0u);
+  EXPECT_EQ(r.steps_done, 2 * 48);
+  EXPECT_EQ(r.quant_delay, 9) << "a tenth of the run's 96 steps";
+  EXPECT_EQ(r.first_quantized_step, 10);
   EXPECT_NE(r.device.find("cpu"), std::string::npos);
   EXPECT_GT(r.train_images_per_second, 0.0);
   EXPECT_EQ(recorder.started, (std::vector<std::int64_t>{1, 2}));
   EXPECT_EQ(recorder.steps_per_epoch, 3072 / 64);
   EXPECT_EQ(recorder.last_step, 3072 / 64);
   EXPECT_EQ(recorder.finished.size(), 2u);
+}
+
+TEST(Trainer, AutoQuantDelayQuantizesMostOfEveryRun) {
+  EXPECT_EQ(auto_quant_delay(468, RangeMode::ema), 46);     // README's quick run: 1 epoch
+  EXPECT_EQ(auto_quant_delay(3744, RangeMode::lagged), 374);  // the default 8 epochs
+  EXPECT_EQ(auto_quant_delay(100000, RangeMode::ema), 500);
+  EXPECT_EQ(auto_quant_delay(9, RangeMode::ema), 0);
+  EXPECT_EQ(auto_quant_delay(3744, RangeMode::lsq), 0) << "lsq quantizes from the first step";
+  EXPECT_EQ(TrainOptions{}.quantize.quant_delay, kAutoQuantDelay);
+}
+
+TEST(Trainer, ReportsWhenQuantizationStartedOrThatItNeverDid) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  TrainOptions o = small_run(4);  // 8 steps
+  o.quantize.quant_delay = 8;
+  TrainReport r = train(o, *cpu, nullptr);
+  EXPECT_EQ(r.steps_done, 8);
+  EXPECT_EQ(r.first_quantized_step, 0) << "the delay outlasted the run";
+  o.quantize.quant_delay = 0;
+  o.quantize.range = RangeMode::lagged;  // quantizes with the EMA of the batches before
+  EXPECT_EQ(train(o, *cpu, nullptr).first_quantized_step, 2);
+  o.quantize.range = RangeMode::lsq;
+  r = train(o, *cpu, nullptr);
+  EXPECT_EQ(r.first_quantized_step, 1);
+  EXPECT_FALSE(r.skipped_ema_batches.has_value()) << "lsq has no EMA";
+  o = small_run(0);
+  r = train(o, *cpu, nullptr);
+  EXPECT_EQ(r.first_quantized_step, 0) << "fp32";
+  EXPECT_FALSE(r.skipped_ema_batches.has_value()) << "fp32 has no EMA";
+  o = small_run(4);
+  o.quantize.range = RangeMode::lsq;
+  o.quantize.quant_delay = 3;
+  EXPECT_THROW(train(o, *cpu, nullptr), Error) << "lsq quantizes from the first step";
+}
+
+TEST(Trainer, DivergenceStopsTrainingAndKeepsTheLastCheckpoint) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  TrainOptions o = small_run(4, 3072);  // 48 steps, a sync every 2
+  o.sgd.learning_rate = 1e30f;
+  EXPECT_TRUE(test::throws_mentioning([&] { train(o, *cpu, nullptr); },
+                                      "training diverged: the loss became non-finite in epoch 1 "
+                                      "between steps 1 and 2; try a lower --lr than 1e+30"));
+
+  // A run that diverges in its second epoch leaves the first epoch's checkpoint.
+  o = small_run(4, 3072);
+  o.save_path = test::temp_path("diverged");
+  train(o, *cpu, nullptr);
+  const Checkpoint saved = read_checkpoint(o.save_path);
+  o.resume_path = o.save_path;
+  o.epochs = 2;
+  o.sgd.learning_rate = 1e30f;
+  EXPECT_TRUE(test::throws_mentioning([&] { train(o, *cpu, nullptr); },
+                                      "non-finite in epoch 2 between steps 1 and 2; try a lower "
+                                      "--lr than 1e+30; " + o.save_path + " keeps epoch 1"));
+  const Checkpoint kept = read_checkpoint(o.save_path);
+  EXPECT_EQ(kept.progress.epochs_done, 1);
+  ASSERT_EQ(kept.file.tensors.size(), saved.file.tensors.size());
+  for (std::size_t i = 0; i < kept.file.tensors.size(); ++i)
+    EXPECT_TRUE(kept.file.tensors[i].data == saved.file.tensors[i].data)
+        << kept.file.tensors[i].name;
+  fs::remove(o.save_path);
 }
 
 TEST(Trainer, EveryRangeModeAndWidthTrains) {

@@ -6,10 +6,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <sstream>
 #include <string>
@@ -142,10 +144,55 @@ class ScratchDirectory {
     std::filesystem::remove_all(path_, ignored);
   }
   const std::filesystem::path& path() const { return path_; }
+  /// The names of the files in it, sorted (to see what a test left behind).
+  std::vector<std::string> names() const {
+    std::vector<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(path_))
+      names.push_back(entry.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  }
 
  private:
   std::filesystem::path path_;
 };
+
+/// An IDX file: the magic and the dimensions as big-endian uint32, then the
+/// payload.
+inline std::vector<std::uint8_t> idx_file(std::uint32_t magic,
+                                          const std::vector<std::uint32_t>& dims,
+                                          const std::vector<std::uint8_t>& payload) {
+  std::vector<std::uint32_t> words{magic};
+  words.insert(words.end(), dims.begin(), dims.end());
+  std::vector<std::uint8_t> out;
+  for (const std::uint32_t word : words)
+    for (int shift = 24; shift >= 0; shift -= 8)
+      out.push_back(static_cast<std::uint8_t>(word >> shift));
+  out.insert(out.end(), payload.begin(), payload.end());
+  return out;
+}
+
+/// Writes the raw IDX files of an MNIST-format split, `dir`/`split`-images-
+/// idx3-ubyte and `split`-labels-idx1-ubyte ("train" or "t10k"): `count`
+/// images of rows x cols seeded pixels, labels 0, 1, .., 9, 0, ...; returns
+/// the images file's path.
+inline std::string write_mnist_split(const std::filesystem::path& dir, const std::string& split,
+                                     std::uint32_t count, std::uint32_t rows, std::uint32_t cols) {
+  std::mt19937 rng(count * 31 + rows * 7 + cols);
+  std::vector<std::uint8_t> pixels(std::size_t{count} * rows * cols);
+  for (std::uint8_t& p : pixels) p = static_cast<std::uint8_t>(rng());
+  std::vector<std::uint8_t> labels(count);
+  for (std::uint32_t i = 0; i < count; ++i) labels[i] = static_cast<std::uint8_t>(i % 10);
+  const auto write = [&](const std::string& name, const std::vector<std::uint8_t>& bytes) {
+    const std::string path = (dir / name).string();
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()),
+               static_cast<std::streamsize>(bytes.size()));
+    return path;
+  };
+  write(split + "-labels-idx1-ubyte", idx_file(0x00000801, {count}, labels));
+  return write(split + "-images-idx3-ubyte", idx_file(0x00000803, {count, rows, cols}, pixels));
+}
 
 /// Whether f throws a lowbit::Error whose message contains `needle`.
 template <class F>

@@ -235,6 +235,78 @@ TEST(GpuWeightRange, MatchesReference) {
   }
 }
 
+// quant_delay_identity (TensorFlow's quant_delay for weights): while the steps
+// done are below the delay, y = x and the mask passes every element but NaN,
+// as ema_fake_quant's identity phase does; from the delay on, y and the mask
+// keep what the quantizer wrote.
+TEST(QuantDelayIdentity, PassesThroughOnlyWhileTheStepsAreBelowTheDelay) {
+  const std::int64_t n = 100;  // a partial last mask word
+  auto x = random_values(n, 3, 1.0f);
+  x[5] = std::numeric_limits<float>::quiet_NaN();
+  x[70] = std::numeric_limits<float>::infinity();
+  const std::vector<float> written(static_cast<std::size_t>(n), 7.0f);
+  const std::vector<std::uint32_t> written_mask(4, 0xdeadbeefu);
+  std::vector<float> y = written;
+  std::vector<std::uint32_t> mask = written_mask;
+  const std::int64_t delay = 2;
+  for (const std::int64_t done : {std::int64_t{2}, std::int64_t{9}}) {
+    lowbit::ref::quant_delay_identity(x.data(), y.data(), n, &done, delay, mask.data());
+    EXPECT_TRUE(same_bits(written, y)) << done;
+    EXPECT_EQ(mask, written_mask) << done;
+  }
+
+  // The identity phase of ema_fake_quant, bit for bit.
+  lowbit::EmaRangeState state;
+  lowbit::ref::ema_state_init(&state);
+  lowbit::EmaConfig config;
+  config.quant_delay = delay;
+  std::vector<float> ema_y(x.size());
+  std::vector<std::uint32_t> ema_mask(4);
+  lowbit::ref::ema_fake_quant(x.data(), ema_y.data(), n, &state, config, ema_mask.data());
+  const std::int64_t done = 1;
+  lowbit::ref::quant_delay_identity(x.data(), y.data(), n, &done, delay, mask.data());
+  EXPECT_TRUE(same_bits(x, y));
+  EXPECT_TRUE(same_bits(ema_y, y));
+  EXPECT_EQ(mask, ema_mask);
+  EXPECT_EQ((mask[0] >> 5) & 1u, 0u) << "NaN does not pass";
+  EXPECT_EQ(mask[3] >> 4, 0u) << "bits past n stay clear";
+
+  EXPECT_NO_THROW(lowbit::ref::quant_delay_identity(x.data(), y.data(), n, &done, delay, nullptr));
+  EXPECT_TRUE(lowbit::test::throws_mentioning(
+      [&] { lowbit::ref::quant_delay_identity(x.data(), y.data(), n, nullptr, delay, nullptr); },
+      "step is null"));
+  EXPECT_TRUE(lowbit::test::throws_mentioning(
+      [&] { lowbit::ref::quant_delay_identity(x.data(), y.data(), n, &done, -1, nullptr); },
+      "quant_delay must not be negative"));
+}
+
+// cuda::quant_delay_identity equals the reference bit for bit, before and
+// after the delay, for sizes around the 32-element mask word.
+TEST(GpuQuantDelayIdentity, MatchesReference) {
+  LOWBIT_REQUIRE_GPU();
+  const std::int64_t delay = 3;
+  for (const std::int64_t n : {1, 31, 32, 33, 1000, 48007}) {
+    auto x = random_values(n, 17, 1.0f);
+    x[static_cast<std::size_t>(n / 2)] = std::numeric_limits<float>::quiet_NaN();
+    const std::vector<float> written = random_values(n, 18, 1.0f);
+    const std::vector<std::uint32_t> written_mask(
+        static_cast<std::size_t>(lowbit::mask_words(n)), 0x5a5a5a5au);
+    for (const std::int64_t done : {std::int64_t{0}, std::int64_t{2}, delay, std::int64_t{8}}) {
+      SCOPED_TRACE(::testing::Message() << "n " << n << ", " << done << " steps done");
+      std::vector<float> y = written;
+      std::vector<std::uint32_t> mask = written_mask;
+      lowbit::ref::quant_delay_identity(x.data(), y.data(), n, &done, delay, mask.data());
+      DeviceBuffer<float> d_x(x), d_y(written);
+      DeviceBuffer<std::uint32_t> d_mask(written_mask);
+      DeviceBuffer<std::int64_t> d_done(std::vector<std::int64_t>{done});
+      lowbit::cuda::quant_delay_identity(d_x.data(), d_y.data(), n, d_done.data(), delay,
+                                         d_mask.data(), nullptr);
+      EXPECT_TRUE(same_bits(y, d_y.download()));
+      EXPECT_TRUE(same_bits(mask, d_mask.download()));
+    }
+  }
+}
+
 // The GPU gives the same NaN range as the reference for a poisoned channel.
 TEST(GpuWeightRange, NanRangeMatchesReference) {
   LOWBIT_REQUIRE_GPU();

@@ -448,6 +448,10 @@ class CudaBackend final : public Backend {
     cuda::fake_quant_weights(w, y, layout, quant, symmetric, min, max, mask, workspace,
                              stream_.get());
   }
+  void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::int64_t* step,
+                            std::int64_t quant_delay, std::uint32_t* mask) override {
+    cuda::quant_delay_identity(x, y, n, step, quant_delay, mask, stream_.get());
+  }
   void affine_params_from_range(const float* min, const float* max, std::int64_t channels,
                                 AffineQuant quant, bool symmetric, float* scale,
                                 std::int32_t* zero_point) override {

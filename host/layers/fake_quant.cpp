@@ -23,12 +23,15 @@ AffineQuant affine_grid(const FakeQuantAttrs& a) {
 
 FakeQuantLayer::FakeQuantLayer(std::string name, Backend& backend, const FakeQuantAttrs& attrs,
                                const std::vector<std::int64_t>& shape, Binding x, Binding y,
-                               Binding scale, EmaRangeState* state)
+                               Binding scale, EmaRangeState* state,
+                               const std::int64_t* steps_done)
     : Layer(std::move(name), backend), attrs_(attrs),
       layout_(attrs.weights && attrs.per_channel ? ChannelLayout::per_channel(shape, 0)
                                                  : ChannelLayout::per_tensor(element_count(shape))),
-      x_(x), y_(y), scale_(scale) {
+      x_(x), y_(y), scale_(scale), steps_done_(steps_done) {
   expect(x.value && y.value && y.grad, "unbound tensor");
+  expect(!attrs.weights || attrs.quant_delay == 0 || steps_done != nullptr,
+         "a delayed weight quantizer needs the step count");
   const std::size_t channels = static_cast<std::size_t>(layout_.channels);
   const bool lsq = attrs.range == RangeMode::lsq;
   if (lsq) {
@@ -60,15 +63,21 @@ void FakeQuantLayer::forward_weights() {
   if (attrs_.rounding == Rounding::tensorflow) {
     backend_.fake_quant_weights(x_.value, y_.value, layout_, {attrs_.bits, attrs_.narrow_range},
                                 attrs_.symmetric, min, max, mask, workspace_.as_workspace());
-    return;
+  } else {
+    const AffineQuant grid = affine_grid(attrs_);
+    auto* scale = affine_.as<float>();
+    auto* zero_point = reinterpret_cast<std::int32_t*>(scale + layout_.channels);
+    backend_.weight_range(x_.value, layout_, attrs_.symmetric, min, max,
+                          workspace_.as_workspace());
+    backend_.affine_params_from_range(min, max, layout_.channels, grid, attrs_.symmetric, scale,
+                                      zero_point);
+    backend_.fake_quant_affine(x_.value, y_.value, layout_, scale, zero_point, grid, mask);
   }
-  const AffineQuant grid = affine_grid(attrs_);
-  auto* scale = affine_.as<float>();
-  auto* zero_point = reinterpret_cast<std::int32_t*>(scale + layout_.channels);
-  backend_.weight_range(x_.value, layout_, attrs_.symmetric, min, max, workspace_.as_workspace());
-  backend_.affine_params_from_range(min, max, layout_.channels, grid, attrs_.symmetric, scale,
-                                    zero_point);
-  backend_.fake_quant_affine(x_.value, y_.value, layout_, scale, zero_point, grid, mask);
+  // TensorFlow's quant_delay holds back weights as well as activations. The
+  // step count lives with the backend, so a replayed CUDA graph stays right.
+  if (attrs_.quant_delay > 0)
+    backend_.quant_delay_identity(x_.value, y_.value, layout_.size(), steps_done_,
+                                  attrs_.quant_delay, mask);
 }
 
 void FakeQuantLayer::forward_ema(Pass pass) {

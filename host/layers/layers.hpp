@@ -99,12 +99,14 @@ class SoftmaxCrossEntropyLayer final : public Layer {
 
 /// Fake quantization of weights (last-value ranges) or activations (EMA,
 /// lagged EMA or LSQ), in either rounding family. `state` is the EMA observer
-/// of an activation quantizer (null otherwise); `scale` the LSQ step size.
+/// of an activation quantizer (null otherwise); `scale` the LSQ step size;
+/// `steps_done` the network's training steps, which a weight quantizer with a
+/// quant_delay compares with it (its EMA observer counts an activation's).
 class FakeQuantLayer final : public Layer {
  public:
   FakeQuantLayer(std::string name, Backend& backend, const FakeQuantAttrs& attrs,
                  const std::vector<std::int64_t>& shape, Binding x, Binding y, Binding scale,
-                 EmaRangeState* state);
+                 EmaRangeState* state, const std::int64_t* steps_done);
 
  private:
   void forward_impl(Pass pass) override;
@@ -116,6 +118,7 @@ class FakeQuantLayer final : public Layer {
   FakeQuantAttrs attrs_;
   ChannelLayout layout_;  // per channel for weights, else the whole tensor
   Binding x_, y_, scale_;
+  const std::int64_t* steps_done_;
   std::unique_ptr<EmaRange> ema_;  // activations with EMA ranges
   Buffer mask_;
   Buffer range_;        // weights: min then max per channel

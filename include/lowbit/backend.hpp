@@ -163,6 +163,9 @@ class Backend {
   virtual void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout,
                                   RangeQuant quant, bool symmetric, float* min, float* max,
                                   std::uint32_t* mask, Workspace workspace) = 0;
+  virtual void quant_delay_identity(const float* x, float* y, std::int64_t n,
+                                    const std::int64_t* step, std::int64_t quant_delay,
+                                    std::uint32_t* mask) = 0;
   virtual void affine_params_from_range(const float* min, const float* max,
                                         std::int64_t channels, AffineQuant quant,
                                         bool symmetric, float* scale,
@@ -176,8 +179,10 @@ class Backend {
                               float* scale, Workspace workspace) = 0;
 };
 
-/// The CPU reference backend (OpenMP threads when available).
-std::unique_ptr<Backend> make_cpu_backend();
+/// The CPU reference backend on `threads` OpenMP threads (0: the calling
+/// thread's OpenMP setting, one per core unless OMP_NUM_THREADS says
+/// otherwise). Results do not depend on the thread count.
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
 
 /// The CUDA backend on the current device. Throws lowbit::Error, saying why,
 /// when no usable device is present.

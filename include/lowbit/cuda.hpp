@@ -60,6 +60,10 @@ void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, R
                         bool symmetric, float* min, float* max, std::uint32_t* mask,
                         Workspace workspace, cudaStream_t stream);
 
+/// See ref::quant_delay_identity (`step` in device memory).
+void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::int64_t* step,
+                          std::int64_t quant_delay, std::uint32_t* mask, cudaStream_t stream);
+
 /// See ref::lsq_forward.
 void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                  LsqQuant quant, cudaStream_t stream);

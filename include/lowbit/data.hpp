@@ -14,6 +14,7 @@ struct Dataset {
   std::int64_t cols = 0;
   std::vector<std::uint8_t> images;  ///< count · rows · cols pixels
   std::vector<std::uint8_t> labels;  ///< count labels
+  std::string images_path;  ///< the file the images came from, for messages
 
   std::int64_t example_size() const { return rows * cols; }
 };
@@ -43,6 +44,10 @@ struct DatasetSplits {
 /// paths it tried and how to get the dataset, before anything is loaded.
 DatasetSplits load_mnist_directory(const std::string& dir, std::int64_t limit_train = 0,
                                    std::int64_t limit_test = 0);
+
+/// The test split alone (t10k-*), as load_mnist_directory() loads it: for
+/// evaluation, which needs no training files.
+Dataset load_mnist_test_split(const std::string& dir, std::int64_t limit = 0);
 
 /// Where `lowbit train` looks without --data (Debian's dataset-fashion-mnist).
 inline constexpr const char* kDefaultDataDirectory = "/usr/share/datasets/fashion-mnist";

@@ -138,8 +138,13 @@ class Graph {
   TensorId labels_ = -1;
 };
 
+/// The smallest height and width lenet5() takes: the unpadded 5×5 conv2
+/// between two 2×2 poolings needs 12 (12 → 6 → 2 → 1).
+inline constexpr std::int64_t kLenet5MinImageSize = 12;
+
 /// LeNet-5 on 1×28×28 images: conv 6@5×5 pad 2, ReLU, maxpool 2, conv 16@5×5,
 /// ReLU, maxpool 2, fc 120, ReLU, fc 84, ReLU, fc 10, softmax cross-entropy.
+/// Other image sizes from kLenet5MinImageSize up work as well (fc1 grows).
 Graph lenet5(std::int64_t channels = 1, std::int64_t height = 28, std::int64_t width = 28,
              std::int64_t classes = 10);
 

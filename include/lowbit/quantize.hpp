@@ -27,8 +27,9 @@ struct QuantizeOptions {
   /// would decide the argmax, and cost 4 points of accuracy at 4 bits.
   int output_bits = 8;
   float ema_decay = 0.999f;
-  /// Training steps during which activations pass through unquantized while
-  /// their ranges already track (TensorFlow's quant_delay).
+  /// Training steps during which weights and activations pass through
+  /// unquantized while activation ranges already track (TensorFlow's
+  /// quant_delay, which delays both). Must be 0 for lsq ranges.
   std::int64_t quant_delay = 0;
   /// Steps after which activation ranges stop updating (kNeverFreeze: never).
   std::int64_t freeze_ranges_step = kNeverFreeze;
@@ -52,8 +53,8 @@ struct QuantizeOptions {
 /// A per-layer override beats output_bits, which beats activation_bits.
 /// Layers whose width resolves to 0 stay float. Throws lowbit::Error for
 /// widths outside {0, 2..16}, an override naming no Conv2d/Linear layer, a
-/// decay outside [0, 1), a negative delay, or a graph that already holds
-/// FakeQuant nodes.
+/// decay outside [0, 1), a negative delay (or any with lsq ranges), or a graph
+/// that already holds FakeQuant nodes.
 Graph quantize(const Graph& graph, const QuantizeOptions& options);
 
 }  // namespace lowbit

@@ -81,6 +81,15 @@ void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, R
                         bool symmetric, float* min, float* max, std::uint32_t* mask,
                         Workspace workspace);
 
+/// TensorFlow's quant_delay for a quantizer without an EMA observer (weights,
+/// after fake_quant_weights): while *step < quant_delay, y = x and the mask
+/// passes every element but NaN, as ema_fake_quant's identity phase does; from
+/// step quant_delay on, y and the mask keep what the quantizer wrote. `step`
+/// holds the training steps done so far and is read where the op runs, so a
+/// captured training step decides without the host. A null mask is not written.
+void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::int64_t* step,
+                          std::int64_t quant_delay, std::uint32_t* mask);
+
 /// LSQ forward: y = clamp(round_half_even(x·(1/s[c])), qmin, qmax)·s[c], PyTorch's
 /// _fake_quantize_learnable_per_*_affine with zero point 0, bit for bit (a
 /// zero output is +0).

@@ -52,7 +52,10 @@ std::size_t dtype_size(DType dtype);
 /// directory, fsync, rename over `path`, fsync of the directory. Any failure
 /// throws lowbit::Error with the path and the system's reason; the temporary
 /// file is removed and, unless only the final directory fsync failed, `path`
-/// is left as it was. Invalid input (see Tensor; metadata that already holds
+/// is left as it was. A symbolic link is followed and kept (its target is
+/// replaced); a FIFO or a device (/dev/null, /dev/stdout) is written into,
+/// not replaced. Temporary files of `path` whose writer no longer runs are
+/// removed. Invalid input (see Tensor; metadata that already holds
 /// kChecksumKey; names or metadata that are not UTF-8) throws before any file
 /// is created.
 void save(const std::string& path, const File& file);

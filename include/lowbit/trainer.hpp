@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,13 +26,22 @@ struct DeviceSelection {
 
 /// automatic: CUDA when a usable device is present, else the CPU (the reason
 /// says why). cuda without a usable device throws lowbit::Error naming the
-/// CUDA error and suggesting --device cpu.
-DeviceSelection select_device(DeviceChoice choice);
+/// CUDA error and suggesting --device cpu. `cpu_threads` as make_cpu_backend's.
+DeviceSelection select_device(DeviceChoice choice, int cpu_threads = 0);
+
+/// A quant_delay that train() replaces with auto_quant_delay() of the run.
+inline constexpr std::int64_t kAutoQuantDelay = -1;
+
+/// The quant delay of a run of `total_steps` training steps when none is
+/// given: a tenth of them, at most 500 (about one epoch of Fashion-MNIST at
+/// batch 128), so that activation ranges settle before they quantize and
+/// every run still trains quantized for most of its steps; 0 for lsq ranges,
+/// which quantize from the first step.
+std::int64_t auto_quant_delay(std::int64_t total_steps, RangeMode range);
 
 /// The trainer's quantization: QuantizeOptions' defaults (4/4 bits,
-/// per-channel symmetric weights, EMA activation ranges) with a quant_delay
-/// of 500 steps, about one epoch of Fashion-MNIST at batch 128, so that
-/// activation ranges settle before they quantize.
+/// per-channel symmetric weights, EMA activation ranges) with the quant delay
+/// chosen per run (kAutoQuantDelay).
 QuantizeOptions default_train_quantization();
 
 /// The range mode lowbit recommends for these widths: ema (TensorFlow's
@@ -73,7 +83,14 @@ struct TrainReport {
   std::vector<EpochReport> epochs;  ///< the epochs this run trained
   double test_accuracy = 0.0;
   double train_images_per_second = 0.0;
-  std::uint64_t skipped_ema_batches = 0;  ///< non-finite batches the EMA ignored
+  /// Non-finite batches the EMA observers ignored; empty when there are none
+  /// (fp32 activations, lsq ranges).
+  std::optional<std::uint64_t> skipped_ema_batches;
+  std::int64_t quant_delay = 0;  ///< the run's, resolved (never kAutoQuantDelay)
+  std::int64_t steps_done = 0;   ///< training steps of the model, resumed ones included
+  /// The first training step (1-based) that quantized the activations (the
+  /// weights where activations stay float); 0 when none of steps_done did.
+  std::int64_t first_quantized_step = 0;
 };
 
 /// Receives progress; the trainer calls it between steps, at most once per
@@ -89,12 +106,23 @@ class TrainObserver {
 
 /// Trains per `options` on `backend`. With resume_path, the options that
 /// shape the run (model, quantization, batch, seed, data limits) must match
-/// the checkpoint's, and training continues bit-identically from it.
+/// the checkpoint's, and training continues bit-identically from it; a
+/// kAutoQuantDelay then takes the checkpoint's delay. Throws lowbit::Error,
+/// before saving that epoch's checkpoint, when the loss or the weights stop
+/// being finite (checked at each log interval's sync and each epoch's end).
 TrainReport train(const TrainOptions& options, Backend& backend, TrainObserver* observer);
 
 /// The options a checkpoint was trained with (for resuming without repeating
 /// every flag).
 TrainOptions checkpoint_options(const std::string& path);
+
+/// A checkpoint's options and how far its training got.
+struct CheckpointInfo {
+  TrainOptions options;
+  std::int64_t epochs_done = 0;
+  std::int64_t steps_done = 0;
+};
+CheckpointInfo checkpoint_info(const std::string& path);
 
 struct EvalReport {
   std::string device;
@@ -105,7 +133,11 @@ struct EvalReport {
   double loss = 0.0;
 };
 
-/// Test-set accuracy of a checkpoint (the quantized model as trained).
+/// Test-set accuracy of a checkpoint (the quantized model as trained: still
+/// float where its steps have not reached the quant delay). Throws
+/// lowbit::Error for a checkpoint whose parameters are not all finite. Reads
+/// only the test files (t10k-*) of `data_dir`, whose images must have the
+/// size the checkpoint's model takes.
 EvalReport evaluate(const std::string& checkpoint_path, const std::string& data_dir,
                     std::int64_t limit_test, Backend& backend);
 
