@@ -8,6 +8,7 @@
 
 #include "lowbit/error.hpp"
 #include "lowbit/graph.hpp"
+#include "lowbit/lr_schedule.hpp"
 #include "lowbit/quantize.hpp"
 
 namespace lowbit {
@@ -51,6 +52,10 @@ json to_json(const TrainOptions& o) {
           {"learning_rate", o.sgd.learning_rate},
           {"momentum", o.sgd.momentum},
           {"weight_decay", o.sgd.weight_decay},
+          {"lr_schedule",
+           {{"kind", to_string(o.lr_schedule.kind)},
+            {"milestones", o.lr_schedule.milestones},
+            {"factor", o.lr_schedule.factor}}},
           {"seed", o.seed},
           {"limit_train", o.limit_train},
           {"limit_test", o.limit_test},
@@ -90,6 +95,13 @@ TrainOptions from_json(const json& j) {
   o.batch = j.at("batch").get<std::int64_t>();
   o.sgd = {j.at("learning_rate").get<float>(), j.at("momentum").get<float>(),
            j.at("weight_decay").get<float>()};
+  // Checkpoints from before lowbit had schedules trained at a constant rate.
+  if (j.contains("lr_schedule")) {
+    const json& schedule = j.at("lr_schedule");
+    o.lr_schedule = {lr_schedule_kind_from_name(schedule.at("kind").get<std::string>()),
+                     schedule.at("milestones").get<std::vector<std::int64_t>>(),
+                     schedule.at("factor").get<float>()};
+  }
   o.seed = j.at("seed").get<std::uint64_t>();
   o.limit_train = j.at("limit_train").get<std::int64_t>();
   o.limit_test = j.at("limit_test").get<std::int64_t>();
@@ -153,6 +165,16 @@ void check_model_and_options(const Checkpoint& c, const std::string& model) {
                number_text(o.sgd.momentum), "in [0, 1)");
   expect_field(o.sgd.weight_decay >= 0.0f && std::isfinite(o.sgd.weight_decay), path,
                "weight_decay", number_text(o.sgd.weight_decay), ">= 0");
+  expect_field(o.lr_schedule.factor > 0.0f && o.lr_schedule.factor <= 1.0f, path,
+               "lr_schedule factor", number_text(o.lr_schedule.factor), "in (0, 1]");
+  std::int64_t previous = 0;
+  bool increasing = true;
+  for (const std::int64_t m : o.lr_schedule.milestones) {
+    increasing = increasing && m > previous;
+    previous = m;
+  }
+  expect_field(increasing, path, "lr_schedule milestones", shape_text(o.lr_schedule.milestones),
+               "increasing epochs >= 1");
   expect_field(o.limit_train >= 0, path, "limit_train", std::to_string(o.limit_train), ">= 0");
   expect_field(o.limit_test >= 0, path, "limit_test", std::to_string(o.limit_test), ">= 0");
   expect_field(std::isfinite(o.normalization.mean), path, "normalization_mean",
@@ -297,6 +319,8 @@ Checkpoint read_checkpoint(const std::string& path) {
     if (!j.contains("input_shape"))
       throw std::runtime_error("no input_shape (an older lowbit wrote it: train it again)");
     c.input_shape = j.at("input_shape").get<std::vector<std::int64_t>>();
+  } catch (const Error& e) {
+    throw Error(path + ": bad options in the checkpoint: " + e.message(), __FILE__, __LINE__);
   } catch (const std::exception& e) {
     throw Error(path + ": bad options in the checkpoint: " + e.what(), __FILE__, __LINE__);
   }

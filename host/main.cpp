@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -13,8 +14,11 @@
 #include <functional>
 #include <iostream>
 #include <limits>
+#include <map>
 #include <new>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -25,6 +29,8 @@
 #include "lowbit/data.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/graph.hpp"
+#include "lowbit/lr_schedule.hpp"
+#include "lowbit/quantize.hpp"
 #include "lowbit/trainer.hpp"
 #include "lowbit/types.hpp"
 #include "progress.hpp"
@@ -48,6 +54,92 @@ RangeMode range_from_name(const std::string& name) {
   for (RangeMode mode : kRangeModes)
     if (name == to_string(mode)) return mode;
   throw std::logic_error("unchecked --range " + name);
+}
+
+constexpr LrScheduleKind kLrScheduleKinds[] = {LrScheduleKind::constant, LrScheduleKind::cosine,
+                                               LrScheduleKind::step};
+
+std::vector<std::string> lr_schedule_names() {
+  std::vector<std::string> names;
+  for (LrScheduleKind kind : kLrScheduleKinds) names.emplace_back(to_string(kind));
+  return names;
+}
+
+/// The Conv2d and Linear layers of LeNet-5, the names --layer-bits takes.
+std::vector<std::string> layer_names() {
+  const Graph graph = lenet5();
+  std::vector<std::string> names;
+  for (const Node& node : graph.nodes())
+    if (node.kind == NodeKind::conv2d || node.kind == NodeKind::linear)
+      names.push_back(node.name);
+  return names;
+}
+
+std::string joined(const std::vector<std::string>& words) {
+  std::string text;
+  for (const std::string& word : words) text += (text.empty() ? "" : " ") + word;
+  return text;
+}
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  std::size_t begin = 0;
+  for (std::size_t end; (end = text.find(separator, begin)) != std::string::npos;
+       begin = end + 1)
+    parts.push_back(text.substr(begin, end - begin));
+  parts.push_back(text.substr(begin));
+  return parts;
+}
+
+/// `text` as a whole decimal number in [least, most], or nothing.
+std::optional<std::int64_t> whole_number_in(const std::string& text, std::int64_t least,
+                                            std::int64_t most) {
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  if (end == text.c_str() || *end != '\0' || errno == ERANGE || value < least || value > most)
+    return std::nullopt;
+  return value;
+}
+
+/// --lr-milestones "5,8": the epochs, or what is wrong with them.
+std::string parse_milestones(const std::string& text, std::vector<std::int64_t>& milestones) {
+  milestones.clear();
+  for (const std::string& item : split(text, ',')) {
+    const std::optional<std::int64_t> epoch =
+        whole_number_in(item, 1, std::numeric_limits<std::int64_t>::max());
+    if (!epoch) return "'" + item + "' is not an epoch >= 1 (give E1,E2,... such as 5,8)";
+    if (!milestones.empty() && *epoch <= milestones.back())
+      return "'" + text + "' is not increasing (give E1,E2,... such as 5,8)";
+    milestones.push_back(*epoch);
+  }
+  return {};
+}
+
+/// --layer-bits "conv1=8,fc3=8/4": the widths by layer, or what is wrong with them.
+std::string parse_layer_bits(const std::string& text, std::map<std::string, LayerBits>& layers) {
+  layers.clear();
+  const std::vector<std::string> names = layer_names();
+  for (const std::string& entry : split(text, ',')) {
+    const std::size_t equals = entry.find('=');
+    if (equals == std::string::npos)
+      return "'" + entry + "' is not LAYER=BITS or LAYER=W/A (such as conv1=8,fc3=8/4)";
+    const std::string name = entry.substr(0, equals);
+    if (std::find(names.begin(), names.end(), name) == names.end())
+      return "unknown layer '" + name + "' (the layers are " + joined(names) + ")";
+    if (layers.count(name) > 0) return "layer " + name + " is given twice";
+    std::vector<int> widths;
+    for (const std::string& bits : split(entry.substr(equals + 1), '/')) {
+      const std::optional<std::int64_t> width = whole_number_in(bits, 0, kMaxBits);
+      if (!width || (*width != 0 && *width < kMinBits))
+        return entry + ": '" + bits + "' is not a width (" + std::to_string(kMinBits) + ".." +
+               std::to_string(kMaxBits) + " bits, or 0 for float)";
+      widths.push_back(static_cast<int>(*width));
+    }
+    if (widths.size() > 2) return "'" + entry + "' has more than two widths (give W or W/A)";
+    layers[name] = {widths.front(), widths.back()};
+  }
+  return {};
 }
 
 DeviceChoice device_from_name(const std::string& name) {
@@ -122,6 +214,20 @@ const CLI::Validator kQuantDelayCheck(
     },
     "");
 
+const CLI::Validator kMilestonesCheck(
+    [](std::string& text) {
+      std::vector<std::int64_t> milestones;
+      return parse_milestones(text, milestones);
+    },
+    "");
+
+const CLI::Validator kLayerBitsCheck(
+    [](std::string& text) {
+      std::map<std::string, LayerBits> layers;
+      return parse_layer_bits(text, layers);
+    },
+    "");
+
 /// How --save and --metrics-json treat PATH (write_file()).
 constexpr const char* kOutputPathHelp =
     "; a file is replaced atomically (through a symlink: its target, keeping the link), a FIFO "
@@ -137,11 +243,16 @@ struct TrainCommand {
   std::string device = "auto";
   std::string range = to_string(TrainOptions{}.quantize.range);
   std::string quant_delay = "auto";
+  std::string lr_schedule = to_string(TrainOptions{}.lr_schedule.kind);
+  std::string lr_milestones;
+  std::string layer_bits;
   bool graph = false;
   bool eager = false;
   std::string metrics_json;
   int threads = 0;  ///< 0: one per core
   const CLI::Option* range_option = nullptr;
+  const CLI::Option* lr_milestones_option = nullptr;
+  const CLI::Option* lr_factor_option = nullptr;
   std::vector<std::pair<const CLI::Option*, std::function<void(TrainOptions&)>>> overrides;
 };
 
@@ -212,6 +323,16 @@ void add_train_command(CLI::App& app, TrainCommand& command) {
   add_train_option(command, "--act-bits", "N", "activation width: 2..16 bits, or 0 for float",
                    &TrainOptions::quantize, &QuantizeOptions::activation_bits)
       ->check(kBitsCheck);
+  CLI::Option* layer_bits =
+      sub.add_option("--layer-bits", command.layer_bits,
+                     "widths of single layers (" + joined(layer_names()) +
+                         ") over --weight-bits and --act-bits: LAYER=BITS for both widths, "
+                         "LAYER=W/A for each; 2..16 bits, or 0 for float; e.g. conv1=8,fc3=8/4")
+          ->type_name("LAYER=BITS,...")
+          ->check(kLayerBitsCheck);
+  command.overrides.emplace_back(layer_bits, [&command](TrainOptions& o) {
+    parse_layer_bits(command.layer_bits, o.quantize.layer_bits);
+  });
   add_train_option(command, "--epochs", "N", "epochs to train (>= 1)", &TrainOptions::epochs)
       ->check(kAtLeastOne);
   add_train_option(command, "--batch", "N", "examples per training step (>= 1)",
@@ -220,6 +341,32 @@ void add_train_command(CLI::App& app, TrainCommand& command) {
   add_train_option(command, "--lr", "F", "SGD learning rate (> 0)", &TrainOptions::sgd,
                    &SgdConfig::learning_rate)
       ->check(kPositive);
+  CLI::Option* lr_schedule =
+      sub.add_option("--lr-schedule", command.lr_schedule,
+                     "learning rate by epoch: constant; cosine (from --lr down towards 0, "
+                     "PyTorch's CosineAnnealingLR); step (--lr times --lr-factor at each of "
+                     "--lr-milestones, PyTorch's MultiStepLR)")
+          ->type_name("KIND")
+          ->check(CLI::IsMember(lr_schedule_names()))
+          ->capture_default_str();
+  command.overrides.emplace_back(lr_schedule, [&command](TrainOptions& o) {
+    o.lr_schedule.kind = lr_schedule_kind_from_name(command.lr_schedule);
+  });
+  CLI::Option* lr_milestones =
+      sub.add_option("--lr-milestones", command.lr_milestones,
+                     "for --lr-schedule step: the epochs after which the rate is multiplied by "
+                     "--lr-factor, increasing and >= 1")
+          ->type_name("E1,E2,...")
+          ->check(kMilestonesCheck);
+  command.lr_milestones_option = lr_milestones;
+  command.overrides.emplace_back(lr_milestones, [&command](TrainOptions& o) {
+    parse_milestones(command.lr_milestones, o.lr_schedule.milestones);
+  });
+  command.lr_factor_option =
+      add_train_option(command, "--lr-factor", "F",
+                       "for --lr-schedule step: the rate's multiplier at each milestone, in (0, 1]",
+                       &TrainOptions::lr_schedule, &LrSchedule::factor)
+          ->check(number_check("in (0, 1]", [](double v) { return v > 0.0 && v <= 1.0; }));
   add_train_option(command, "--momentum", "F", "SGD momentum, in [0, 1)", &TrainOptions::sgd,
                    &SgdConfig::momentum)
       ->check(kUnitInterval);
@@ -395,27 +542,102 @@ DeviceSelection choose_device(const std::string& name, int cpu_threads) {
   return selection;
 }
 
-nlohmann::json train_metrics(const TrainReport& report, const QuantizeOptions& quantize) {
+/// `value` as the double its shortest decimal form reads as: 0.05f is 0.05 in
+/// the JSON, not 0.05000000074505806.
+double shortest_decimal(float value) {
+  char text[32];
+  for (int digits = 6;; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, static_cast<double>(value));
+    if (std::strtof(text, nullptr) == value || digits >= 9) return std::strtod(text, nullptr);
+  }
+}
+
+/// The options that shaped a run, as given or as resolved (the quant delay).
+nlohmann::json hyperparameters(const TrainOptions& o) {
+  const QuantizeOptions& q = o.quantize;
+  nlohmann::json layers = nlohmann::json::object();
+  for (const auto& [name, bits] : q.layer_bits)
+    layers[name] = {{"weight_bits", bits.weight_bits}, {"act_bits", bits.activation_bits}};
+  return {{"epochs", o.epochs},
+          {"batch", o.batch},
+          {"lr", shortest_decimal(o.sgd.learning_rate)},
+          {"momentum", shortest_decimal(o.sgd.momentum)},
+          {"weight_decay", shortest_decimal(o.sgd.weight_decay)},
+          {"lr_schedule", to_string(o.lr_schedule.kind)},
+          {"lr_milestones", o.lr_schedule.milestones},
+          {"lr_factor", shortest_decimal(o.lr_schedule.factor)},
+          {"seed", o.seed},
+          {"limit_train", o.limit_train},
+          {"limit_test", o.limit_test},
+          {"normalization_mean", shortest_decimal(o.normalization.mean)},
+          {"normalization_std", shortest_decimal(o.normalization.std)},
+          {"weight_bits", q.weight_bits},
+          {"act_bits", q.activation_bits},
+          {"output_bits", q.output_bits},
+          {"layer_bits", layers},
+          {"range", to_string(q.range)},
+          {"rounding", to_string(q.rounding)},
+          {"per_channel", q.per_channel},
+          {"symmetric_weights", q.symmetric_weights},
+          {"ema_decay", shortest_decimal(q.ema_decay)},
+          {"quant_delay", q.quant_delay}};
+}
+
+nlohmann::json train_metrics(const TrainReport& report, const TrainOptions& options,
+                             int threads) {
   nlohmann::json epochs = nlohmann::json::array();
   for (const EpochReport& epoch : report.epochs)
     epochs.push_back({{"epoch", epoch.epoch},
+                      {"learning_rate", shortest_decimal(epoch.learning_rate)},
                       {"loss", epoch.loss},
                       {"train_accuracy", epoch.train_accuracy},
                       {"test_accuracy", epoch.test_accuracy},
+                      {"test_loss", epoch.test_loss},
                       {"images_per_second", epoch.images_per_second},
                       {"seconds", epoch.seconds}});
-  nlohmann::json metrics = {{"test_accuracy", report.test_accuracy},
+  nlohmann::json parameters = hyperparameters(options);
+  parameters["quant_delay"] = report.quant_delay;
+  parameters["threads"] = threads;
+  parameters["graph"] = options.use_graph;
+  nlohmann::json metrics = {{"lowbit_version", LOWBIT_VERSION},
+                            {"test_accuracy", report.test_accuracy},
+                            {"test_loss", report.test_loss},
                             {"train_images_per_second", report.train_images_per_second},
                             {"device", report.device},
                             {"weight_bits", report.weight_bits},
                             {"act_bits", report.activation_bits},
-                            {"range", describe_range(quantize)},
+                            {"range", describe_range(options.quantize)},
                             {"quant_delay", report.quant_delay},
+                            {"hyperparameters", parameters},
                             {"epochs", epochs}};
   if (report.first_quantized_step > 0)
     metrics["first_quantized_step"] = report.first_quantized_step;
   if (report.skipped_ema_batches) metrics["skipped_ema_batches"] = *report.skipped_ema_batches;
   return metrics;
+}
+
+/// "lr 0.05", "lr 0.05 cosine", "lr 0.05 step x0.1 after epochs 5 8".
+std::string describe_learning_rate(const TrainOptions& o) {
+  std::ostringstream text;
+  text << "lr " << shortest_decimal(o.sgd.learning_rate);
+  if (o.lr_schedule.kind != LrScheduleKind::constant) text << ' ' << to_string(o.lr_schedule.kind);
+  if (o.lr_schedule.kind == LrScheduleKind::step) {
+    text << " x" << shortest_decimal(o.lr_schedule.factor) << " after epochs";
+    for (const std::int64_t m : o.lr_schedule.milestones) text << ' ' << m;
+  }
+  return text.str();
+}
+
+/// ", layers conv1 8/8 fc3 8/4" (weight/activation widths, the global ones
+/// where a layer keeps them), or "" when no layer has its own.
+std::string describe_layer_bits(const QuantizeOptions& q) {
+  if (q.layer_bits.empty()) return "";
+  std::string text = ", layers";
+  for (const auto& [name, bits] : q.layer_bits)
+    text += " " + name + " " +
+            std::to_string(bits.weight_bits == -1 ? q.weight_bits : bits.weight_bits) + "/" +
+            std::to_string(bits.activation_bits == -1 ? q.activation_bits : bits.activation_bits);
+  return text;
 }
 
 int run_train(const TrainCommand& command) {
@@ -436,6 +658,14 @@ int run_train(const TrainCommand& command) {
                                          : "") +
                                     " quantize from the first step; give --range ema or lagged "
                                     "to delay quantization");
+  const bool step_schedule = options.lr_schedule.kind == LrScheduleKind::step;
+  if (command.lr_milestones_option->count() > 0 && !step_schedule)
+    return usage_error("train", "--lr-milestones: only --lr-schedule step has milestones");
+  if (command.lr_factor_option->count() > 0 && !step_schedule)
+    return usage_error("train", "--lr-factor: only --lr-schedule step has a factor");
+  if (step_schedule && options.lr_schedule.milestones.empty())
+    return usage_error("train", "--lr-schedule step needs --lr-milestones, the epochs after "
+                                "which the rate is multiplied by --lr-factor");
   if (!given.resume_path.empty() && resumed.epochs_done >= options.epochs) {
     // Rerunning a finished job is not a failure: a preempted job's script can
     // resume unconditionally.
@@ -455,7 +685,8 @@ int run_train(const TrainCommand& command) {
   std::cout << "training LeNet-5 on " << options.data_dir << ": "
             << describe_bits(options.quantize)
             << ", range " << describe_range(options.quantize) << ", epochs " << options.epochs
-            << ", batch " << options.batch
+            << ", batch " << options.batch << ", " << describe_learning_rate(options)
+            << describe_layer_bits(options.quantize)
             << (options.resume_path.empty() ? "" : ", resuming from " + options.resume_path)
             << '\n';
 
@@ -464,7 +695,8 @@ int run_train(const TrainCommand& command) {
   const TrainReport report = train(options, *device.backend, &progress);
   print_summary(std::cout, report, options.quantize, options.save_path);
   if (!command.metrics_json.empty())
-    write_text(command.metrics_json, train_metrics(report, options.quantize).dump(2) + "\n");
+    write_text(command.metrics_json,
+               train_metrics(report, options, command.threads).dump(2) + "\n");
   return 0;
 }
 
@@ -484,10 +716,15 @@ int run_eval(const EvalCommand& command) {
             << group_thousands(static_cast<double>(report.examples)) << " examples of " << data
             << ", loss " << loss_text(report.loss) << '\n';
   if (!command.metrics_json.empty()) {
-    const nlohmann::json metrics = {
-        {"test_accuracy", report.test_accuracy}, {"loss", report.loss},
-        {"examples", report.examples},           {"device", report.device},
-        {"weight_bits", report.weight_bits},     {"act_bits", report.activation_bits}};
+    const nlohmann::json metrics = {{"lowbit_version", LOWBIT_VERSION},
+                                    {"test_accuracy", report.test_accuracy},
+                                    {"test_loss", report.loss},
+                                    {"loss", report.loss},
+                                    {"examples", report.examples},
+                                    {"device", report.device},
+                                    {"weight_bits", report.weight_bits},
+                                    {"act_bits", report.activation_bits},
+                                    {"hyperparameters", hyperparameters(trained)}};
     write_text(command.metrics_json, metrics.dump(2) + "\n");
   }
   return 0;

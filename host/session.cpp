@@ -74,6 +74,12 @@ void Session::calibrate() {
   network_.forward(Pass::calibrate);
 }
 
+void Session::set_learning_rate(float learning_rate) {
+  if (learning_rate == options_.sgd.learning_rate) return;
+  options_.sgd.learning_rate = learning_rate;
+  graph_.reset();
+}
+
 void Session::train_step() {
   gather(*train_, perm_.as<std::int32_t>());
   backend_.advance_cursor(cursor_.as<std::int64_t>());

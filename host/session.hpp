@@ -37,6 +37,9 @@ class Session {
   void begin_epoch(std::int64_t epoch);
   /// LSQ step sizes from the first batch of epoch 0 (before any training).
   void calibrate();
+  /// The rate of the SGD steps from now on; a captured step graph holds the
+  /// old one, so a change drops it for run_step() to capture again.
+  void set_learning_rate(float learning_rate);
   /// One SGD step on the next batch; all of it queued on the backend.
   void train_step();
   /// train_step(), replayed as a CUDA graph when options.use_graph: the first

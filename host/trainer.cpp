@@ -60,6 +60,7 @@ void check_options(const TrainOptions& o) {
                  "train: momentum must be in [0, 1)");
   LOWBIT_EXPECTS(o.sgd.weight_decay >= 0.0f, "train: weight decay must be >= 0");
   LOWBIT_EXPECTS(o.normalization.std > 0.0f, "train: the normalisation std must be positive");
+  check_lr_schedule(o.lr_schedule);
 }
 
 /// The options that decide the computation must match to resume bit-identically.
@@ -91,6 +92,10 @@ void check_resumable(const TrainOptions& now, const TrainOptions& saved, const s
   same(now.batch == saved.batch, "--batch");
   same(now.seed == saved.seed, "--seed");
   same(now.limit_train == saved.limit_train, "--limit-train");
+  same(now.lr_schedule.kind == saved.lr_schedule.kind &&
+           now.lr_schedule.milestones == saved.lr_schedule.milestones &&
+           now.lr_schedule.factor == saved.lr_schedule.factor,
+       "learning-rate schedule (--lr-schedule, --lr-milestones, --lr-factor)");
   same(now.normalization.mean == saved.normalization.mean &&
            now.normalization.std == saved.normalization.std,
        "input normalisation");
@@ -205,6 +210,9 @@ TrainReport train(const TrainOptions& requested, Backend& backend, TrainObserver
   std::int64_t train_images = 0;
   for (std::int64_t epoch = progress.epochs_done; epoch < options.epochs; ++epoch) {
     if (observer) observer->epoch_started(epoch + 1, options.epochs, steps);
+    const float learning_rate = scheduled_learning_rate(
+        options.lr_schedule, options.sgd.learning_rate, epoch, options.epochs);
+    session.set_learning_rate(learning_rate);
     session.begin_epoch(epoch);
     const Clock::time_point start = Clock::now();
     std::int64_t last_finite = 0;
@@ -226,9 +234,12 @@ TrainReport train(const TrainOptions& requested, Backend& backend, TrainObserver
     e.epoch = epoch + 1;
     e.loss = mean_loss(train_totals);
     e.train_accuracy = accuracy(train_totals);
+    e.learning_rate = learning_rate;
     e.seconds = seconds;
     e.images_per_second = static_cast<double>(steps * options.batch) / seconds;
-    e.test_accuracy = accuracy(session.evaluate());
+    const LossTotals test_totals = session.evaluate();
+    e.test_accuracy = accuracy(test_totals);
+    e.test_loss = mean_loss(test_totals);
     train_seconds += seconds;
     train_images += steps * options.batch;
     // The last update of an epoch can overflow with the loss still finite.
@@ -244,8 +255,14 @@ TrainReport train(const TrainOptions& requested, Backend& backend, TrainObserver
     report.epochs.push_back(e);
     if (observer) observer->epoch_finished(e);
   }
-  report.test_accuracy =
-      report.epochs.empty() ? accuracy(session.evaluate()) : report.epochs.back().test_accuracy;
+  if (report.epochs.empty()) {
+    const LossTotals test_totals = session.evaluate();
+    report.test_accuracy = accuracy(test_totals);
+    report.test_loss = mean_loss(test_totals);
+  } else {
+    report.test_accuracy = report.epochs.back().test_accuracy;
+    report.test_loss = report.epochs.back().test_loss;
+  }
   report.train_images_per_second =
       train_seconds > 0.0 ? static_cast<double>(train_images) / train_seconds : 0.0;
   if (!session.network().ema_state_names().empty())

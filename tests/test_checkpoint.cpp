@@ -61,25 +61,33 @@ void expect_same_state(const std::string& a, const std::string& b) {
 
 class CheckpointResume : public ::testing::TestWithParam<RangeMode> {};
 
+// With a cosine schedule, so that the resumed epochs continue its rates.
 TEST_P(CheckpointResume, ContinuesBitIdentically) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   const auto cpu = make_cpu_backend();
   TrainOptions straight = tiny_run(GetParam());
+  straight.lr_schedule.kind = LrScheduleKind::cosine;
   straight.epochs = 3;
   straight.save_path = test::temp_path("straight");
-  train(straight, *cpu, nullptr);
+  const TrainReport whole = train(straight, *cpu, nullptr);
 
   TrainOptions first = tiny_run(GetParam());
+  first.lr_schedule.kind = LrScheduleKind::cosine;
   first.save_path = test::temp_path("resumed");
   train(first, *cpu, nullptr);
   EXPECT_EQ(read_checkpoint(first.save_path).progress.epochs_done, 1);
+  EXPECT_EQ(checkpoint_options(first.save_path).lr_schedule.kind, LrScheduleKind::cosine);
   TrainOptions rest = tiny_run(GetParam());
+  rest.lr_schedule.kind = LrScheduleKind::cosine;
   rest.epochs = 3;
   rest.resume_path = first.save_path;
   rest.save_path = first.save_path;
   const TrainReport r = train(rest, *cpu, nullptr);
   ASSERT_EQ(r.epochs.size(), 2u);
   EXPECT_EQ(r.epochs[0].epoch, 2);
+  EXPECT_EQ(r.epochs[0].learning_rate, whole.epochs[1].learning_rate);
+  EXPECT_EQ(r.epochs[1].learning_rate, whole.epochs[2].learning_rate);
+  EXPECT_LT(r.epochs[1].learning_rate, r.epochs[0].learning_rate);
   expect_same_state(straight.save_path, rest.save_path);
   fs::remove(straight.save_path);
   fs::remove(first.save_path);
@@ -188,6 +196,12 @@ TEST(Checkpoint, ResumeRejectsDifferentTrainingOptions) {
   other.epochs = 2;
   other.batch = 32;
   EXPECT_THROW(train(other, *cpu, nullptr), Error);
+  other = o;
+  other.resume_path = o.save_path;
+  other.epochs = 2;
+  other.lr_schedule = {LrScheduleKind::step, {1}, 0.1f};
+  EXPECT_TRUE(test::throws_mentioning([&] { train(other, *cpu, nullptr); },
+                                      "cannot resume with a different learning-rate schedule"));
   fs::remove(o.save_path);
 }
 
@@ -338,6 +352,33 @@ TEST_F(CheckpointContents, OptionsOutOfRangeAreRefused) {
   set_option("weight_bits", 4);
   set_option("rounding", "bankers");
   EXPECT_TRUE(refused("bad options in the checkpoint: unknown rounding 'bankers'"));
+}
+
+TEST_F(CheckpointContents, TheLearningRateScheduleLoadsAndIsChecked) {
+  const auto schedule = [](const char* kind, std::vector<std::int64_t> milestones,
+                           double factor) {
+    return nlohmann::json{{"kind", kind}, {"milestones", milestones}, {"factor", factor}};
+  };
+  set_option("lr_schedule", schedule("step", {2, 5}, 0.5));
+  const LrSchedule loaded = read_checkpoint(path_).options.lr_schedule;
+  EXPECT_EQ(loaded.kind, LrScheduleKind::step);
+  EXPECT_EQ(loaded.milestones, (std::vector<std::int64_t>{2, 5}));
+  EXPECT_EQ(loaded.factor, 0.5f);
+  set_option("lr_schedule", schedule("step", {5, 2}, 0.5));
+  EXPECT_TRUE(refused("lr_schedule milestones is [5, 2], expected increasing epochs >= 1"));
+  set_option("lr_schedule", schedule("step", {0}, 0.5));
+  EXPECT_TRUE(refused("lr_schedule milestones is [0]"));
+  set_option("lr_schedule", schedule("step", {2}, 0.0));
+  EXPECT_TRUE(refused("lr_schedule factor is 0, expected in (0, 1]"));
+  set_option("lr_schedule", schedule("linear", {}, 0.1));
+  EXPECT_TRUE(refused("bad options in the checkpoint: unknown learning-rate schedule 'linear'"));
+  // Checkpoints from before schedules trained at a constant rate.
+  rewrite([](safetensors::File& file) {
+    nlohmann::json options = nlohmann::json::parse(file.metadata.at("lowbit.options"));
+    options.erase("lr_schedule");
+    file.metadata["lowbit.options"] = options.dump();
+  });
+  EXPECT_EQ(read_checkpoint(path_).options.lr_schedule.kind, LrScheduleKind::constant);
 }
 
 TEST_F(CheckpointContents, DataOfAnotherSizeThanTheModelTakesIsRefused) {

@@ -111,7 +111,7 @@ TEST_F(CliHelp, TrainListsEveryFlagWithItsDefault) {
         "--batch",       "--lr",     "--momentum",     "--weight-decay", "--ema-decay",
         "--quant-delay", "--range",  "--seed",         "--limit-train",  "--limit-test",
         "--save",        "--resume", "--metrics-json", "--graph",        "--eager",
-        "--help"})
+        "--help",        "--lr-schedule", "--lr-milestones", "--lr-factor", "--layer-bits"})
     EXPECT_NE(result.out.find(flag), std::string::npos) << flag << " missing from\n" << result.out;
   const TrainOptions defaults;
   EXPECT_NE(result.out.find(defaults.data_dir), std::string::npos);
@@ -194,6 +194,68 @@ TEST_F(CliUsage, BadValuesAreOneLineNamingTheFlag) {
     EXPECT_EQ(result.status, 2) << c.args.front();
     EXPECT_TRUE(one_error_line(result)) << c.args.front();
     EXPECT_NE(result.err.find(c.named), std::string::npos) << result.err;
+    EXPECT_EQ(result.out, "") << "a usage error must not start any work";
+  }
+}
+
+TEST_F(CliUsage, BadLearningRateSchedulesAreOneLine) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--lr-schedule", "linear"}, "error: --lr-schedule: linear not in {constant,cosine,step}"},
+      {{"--lr-schedule", "step", "--lr-milestones", "5,3"},
+       "error: --lr-milestones: '5,3' is not increasing (give E1,E2,... such as 5,8)"},
+      {{"--lr-schedule", "step", "--lr-milestones", "0,3"},
+       "error: --lr-milestones: '0' is not an epoch >= 1 (give E1,E2,... such as 5,8)"},
+      {{"--lr-schedule", "step", "--lr-milestones", "2,,4"},
+       "error: --lr-milestones: '' is not an epoch >= 1"},
+      {{"--lr-milestones", "2,4"},
+       "error: --lr-milestones: only --lr-schedule step has milestones"},
+      {{"--lr-schedule", "cosine", "--lr-milestones", "2"},
+       "error: --lr-milestones: only --lr-schedule step has milestones"},
+      {{"--lr-factor", "0.5"}, "error: --lr-factor: only --lr-schedule step has a factor"},
+      {{"--lr-schedule", "step"},
+       "error: --lr-schedule step needs --lr-milestones, the epochs after which the rate is "
+       "multiplied by --lr-factor"},
+      {{"--lr-schedule", "step", "--lr-milestones", "2", "--lr-factor", "1.5"},
+       "error: --lr-factor: 1.5 is not in (0, 1]"},
+      {{"--lr-schedule", "step", "--lr-milestones", "2", "--lr-factor", "0"},
+       "error: --lr-factor: 0 is not in (0, 1]"},
+  };
+  for (const auto& [flags, message] : cases) {
+    std::vector<std::string> args = {"train"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    const CliResult result = run(args);
+    EXPECT_EQ(result.status, 2) << message;
+    EXPECT_TRUE(one_error_line(result)) << message;
+    EXPECT_EQ(result.err.rfind(message, 0), 0u) << "expected " << message << "\ngot " << result.err;
+    EXPECT_EQ(result.out, "") << "a usage error must not start any work";
+  }
+}
+
+TEST_F(CliUsage, BadLayerBitsAreOneLineNamingTheProblem) {
+  const Graph graph = lenet5();
+  std::string layers;
+  for (const Node& node : graph.nodes())
+    if (node.kind == NodeKind::conv2d || node.kind == NodeKind::linear)
+      layers += (layers.empty() ? "" : " ") + node.name;
+  ASSERT_EQ(layers, "conv1 conv2 fc1 fc2 fc3");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"conv9=8", "error: --layer-bits: unknown layer 'conv9' (the layers are " + layers + ")"},
+      {"conv1=8,fc=4", "error: --layer-bits: unknown layer 'fc' (the layers are " + layers + ")"},
+      {"conv1", "error: --layer-bits: 'conv1' is not LAYER=BITS or LAYER=W/A (such as "
+                "conv1=8,fc3=8/4)"},
+      {"conv1=1", "error: --layer-bits: conv1=1: '1' is not a width (2..16 bits, or 0 for float)"},
+      {"conv1=17", "error: --layer-bits: conv1=17: '17' is not a width (2..16 bits, or 0 for "
+                   "float)"},
+      {"fc3=8/x", "error: --layer-bits: fc3=8/x: 'x' is not a width"},
+      {"fc3=", "error: --layer-bits: fc3=: '' is not a width"},
+      {"fc3=8/4/2", "error: --layer-bits: 'fc3=8/4/2' has more than two widths (give W or W/A)"},
+      {"fc3=8,fc3=4", "error: --layer-bits: layer fc3 is given twice"},
+  };
+  for (const auto& [value, message] : cases) {
+    const CliResult result = run({"train", "--layer-bits", value});
+    EXPECT_EQ(result.status, 2) << value;
+    EXPECT_TRUE(one_error_line(result)) << value;
+    EXPECT_EQ(result.err.rfind(message, 0), 0u) << "expected " << message << "\ngot " << result.err;
     EXPECT_EQ(result.out, "") << "a usage error must not start any work";
   }
 }
@@ -340,9 +402,29 @@ TEST_F(CliTrain, TinyRunWritesMetricsAndACheckpointThatEvalReproduces) {
 
   const nlohmann::json json = read_json(metrics);
   const TrainOptions defaults;
-  for (const char* key : {"test_accuracy", "train_images_per_second", "device", "weight_bits",
-                          "act_bits", "range", "epochs"})
+  for (const char* key : {"lowbit_version", "test_accuracy", "test_loss",
+                          "train_images_per_second", "device", "weight_bits", "act_bits", "range",
+                          "hyperparameters", "epochs"})
     EXPECT_TRUE(json.contains(key)) << key;
+  EXPECT_EQ("lowbit " + json.at("lowbit_version").get<std::string>() + "\n",
+            run({"--version"}).out);
+  EXPECT_GT(json.at("test_loss").get<double>(), 0.0);
+  const nlohmann::json& hyper = json.at("hyperparameters");
+  for (const char* key :
+       {"epochs", "batch", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
+        "lr_factor", "seed", "limit_train", "limit_test", "normalization_mean",
+        "normalization_std", "weight_bits", "act_bits", "output_bits", "layer_bits", "range",
+        "rounding", "per_channel", "symmetric_weights", "ema_decay", "quant_delay", "threads",
+        "graph"})
+    EXPECT_TRUE(hyper.contains(key)) << key;
+  EXPECT_EQ(hyper.at("epochs").get<int>(), 1);
+  EXPECT_EQ(hyper.at("batch").get<int>(), 64);
+  EXPECT_EQ(hyper.at("limit_train").get<int>(), 512);
+  EXPECT_EQ(hyper.at("lr").get<double>(), 0.05);  // as given, not as the float reads in double
+  EXPECT_EQ(hyper.at("lr_schedule").get<std::string>(), "constant");
+  EXPECT_EQ(hyper.at("quant_delay"), json.at("quant_delay"));  // resolved, not "auto"
+  EXPECT_EQ(hyper.at("threads").get<int>(), 0);                // one per core
+  EXPECT_EQ(hyper.at("graph").get<bool>(), defaults.use_graph);
   const double accuracy = json.at("test_accuracy").get<double>();
   EXPECT_GE(accuracy, 0.0);
   EXPECT_LE(accuracy, 1.0);
@@ -357,6 +439,8 @@ TEST_F(CliTrain, TinyRunWritesMetricsAndACheckpointThatEvalReproduces) {
   EXPECT_TRUE(std::isfinite(epoch.at("loss").get<double>()));
   EXPECT_GT(epoch.at("loss").get<double>(), 0.0);
   EXPECT_EQ(epoch.at("test_accuracy").get<double>(), accuracy);
+  EXPECT_EQ(epoch.at("test_loss"), json.at("test_loss"));
+  EXPECT_EQ(epoch.at("learning_rate").get<double>(), 0.05);
   EXPECT_GT(epoch.at("images_per_second").get<double>(), 0.0);
   EXPECT_NE(trained.out.find("test accuracy       " + percent_text(accuracy)), std::string::npos)
       << trained.out;
@@ -368,8 +452,13 @@ TEST_F(CliTrain, TinyRunWritesMetricsAndACheckpointThatEvalReproduces) {
   EXPECT_NE(evaluated.out.find("test accuracy " + percent_text(accuracy)), std::string::npos)
       << evaluated.out;
   const nlohmann::json eval_json = read_json(eval_metrics);
-  for (const char* key : {"test_accuracy", "loss", "examples", "device", "weight_bits", "act_bits"})
+  for (const char* key : {"lowbit_version", "test_accuracy", "test_loss", "loss", "examples",
+                          "device", "weight_bits", "act_bits", "hyperparameters"})
     EXPECT_TRUE(eval_json.contains(key)) << key;
+  EXPECT_EQ(eval_json.at("lowbit_version"), json.at("lowbit_version"));
+  EXPECT_EQ(eval_json.at("test_loss").get<double>(), json.at("test_loss").get<double>());
+  EXPECT_EQ(eval_json.at("hyperparameters").at("seed"), hyper.at("seed"));
+  EXPECT_EQ(eval_json.at("hyperparameters").at("quant_delay"), hyper.at("quant_delay"));
   EXPECT_DOUBLE_EQ(eval_json.at("test_accuracy").get<double>(), accuracy);
   EXPECT_EQ(eval_json.at("examples").get<int>(), 256);
   EXPECT_EQ(eval_json.at("weight_bits"), json.at("weight_bits"));
@@ -406,6 +495,54 @@ TEST_F(CliTrain, ResumeTakesTheOptionsNotGivenFromTheCheckpoint) {
                                      checkpoint, "--epochs", "2", "--weight-bits", "2"});
   EXPECT_EQ(conflicting.status, 1);
   EXPECT_TRUE(one_error_line(conflicting));
+}
+
+TEST_F(CliTrain, LayerBitsAndTheScheduleShapeTheRunAndItsResume) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string checkpoint = path("scheduled.safetensors");
+  const std::string metrics = path("scheduled.json");
+  const CliResult first =
+      run({"train", "--device", "cpu", "--data", data_, "--epochs", "2", "--limit-train", "128",
+           "--limit-test", "128", "--batch", "64", "--layer-bits", "conv1=8,fc3=8/0",
+           "--lr-schedule", "step", "--lr-milestones", "1,2", "--lr-factor", "0.5", "--save",
+           checkpoint, "--metrics-json", metrics});
+  ASSERT_EQ(first.status, 0) << first.err;
+  EXPECT_NE(first.out.find(", lr 0.05 step x0.5 after epochs 1 2, layers conv1 8/8 fc3 8/0\n"),
+            std::string::npos)
+      << first.out;
+  const nlohmann::json json = read_json(metrics);
+  ASSERT_EQ(json.at("epochs").size(), 2u);
+  EXPECT_EQ(json.at("epochs").at(0).at("learning_rate").get<double>(), 0.05);
+  EXPECT_EQ(json.at("epochs").at(1).at("learning_rate").get<double>(), 0.025);
+  const nlohmann::json& hyper = json.at("hyperparameters");
+  EXPECT_EQ(hyper.at("lr_milestones"), nlohmann::json({1, 2}));
+  EXPECT_EQ(hyper.at("lr_factor").get<double>(), 0.5);
+  EXPECT_EQ(hyper.at("layer_bits").at("fc3"),
+            nlohmann::json({{"weight_bits", 8}, {"act_bits", 0}}));
+  const TrainOptions saved = checkpoint_options(checkpoint);
+  ASSERT_EQ(saved.quantize.layer_bits.count("conv1"), 1u);
+  EXPECT_EQ(saved.quantize.layer_bits.at("conv1").weight_bits, 8);
+  EXPECT_EQ(saved.quantize.layer_bits.at("conv1").activation_bits, 8);
+  EXPECT_EQ(saved.quantize.layer_bits.at("fc3").activation_bits, 0);
+
+  // Without the flags the resumed run takes them from the checkpoint.
+  const CliResult resumed = run({"train", "--device", "cpu", "--data", data_, "--resume",
+                                 checkpoint, "--epochs", "3", "--metrics-json", metrics});
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("step x0.5 after epochs 1 2, layers conv1 8/8 fc3 8/0"),
+            std::string::npos)
+      << resumed.out;
+  const nlohmann::json rest = read_json(metrics);
+  ASSERT_EQ(rest.at("epochs").size(), 1u);
+  EXPECT_EQ(rest.at("epochs").at(0).at("learning_rate").get<double>(), 0.0125);
+
+  const CliResult other = run({"train", "--device", "cpu", "--data", data_, "--resume",
+                               checkpoint, "--epochs", "4", "--lr-schedule", "cosine"});
+  EXPECT_EQ(other.status, 1);
+  EXPECT_TRUE(one_error_line(other));
+  EXPECT_NE(other.err.find("cannot resume with a different learning-rate schedule"),
+            std::string::npos)
+      << other.err;
 }
 
 TEST_F(CliTrain, RangeDefaultsToLsqBelowFourBits) {

@@ -2,6 +2,7 @@
 // and on the GPU where there is one.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "checkpoint.hpp"
@@ -180,6 +181,35 @@ TEST(Trainer, SameSeedGivesIdenticalWeights) {
   EXPECT_FALSE(a == weights(8, "seed_c"));
 }
 
+TEST(Trainer, EachEpochTrainsAtItsScheduledRate) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  TrainOptions o = small_run(4, 128);
+  o.limit_test = 128;
+  o.epochs = 4;
+  const TrainReport constant = train(o, *cpu, nullptr);
+  o.lr_schedule.kind = LrScheduleKind::cosine;
+  const TrainReport cosine = train(o, *cpu, nullptr);
+  o.lr_schedule = {LrScheduleKind::step, {1, 3}, 0.5f};
+  const TrainReport step = train(o, *cpu, nullptr);
+  const float lr = o.sgd.learning_rate;
+  ASSERT_EQ(cosine.epochs.size(), 4u);
+  ASSERT_EQ(step.epochs.size(), 4u);
+  for (std::size_t e = 0; e < 4; ++e) EXPECT_EQ(constant.epochs[e].learning_rate, lr);
+  EXPECT_EQ(cosine.epochs[0].learning_rate, lr);
+  EXPECT_FLOAT_EQ(cosine.epochs[1].learning_rate, lr * 0.5f * (1.0f + std::sqrt(0.5f)));
+  EXPECT_FLOAT_EQ(cosine.epochs[2].learning_rate, lr * 0.5f);
+  EXPECT_EQ(step.epochs[0].learning_rate, lr);
+  EXPECT_FLOAT_EQ(step.epochs[1].learning_rate, lr * 0.5f);
+  EXPECT_FLOAT_EQ(step.epochs[2].learning_rate, lr * 0.5f);
+  EXPECT_FLOAT_EQ(step.epochs[3].learning_rate, lr * 0.25f);
+  // The rate reaches the steps: the first epoch trains alike, the second not.
+  EXPECT_EQ(step.epochs[0].loss, constant.epochs[0].loss);
+  EXPECT_NE(step.epochs[1].loss, constant.epochs[1].loss);
+  EXPECT_GT(step.test_loss, 0.0);
+  EXPECT_EQ(step.test_loss, step.epochs.back().test_loss);
+}
+
 TEST(Trainer, RejectsBadOptionsAndData) {
   const auto cpu = make_cpu_backend();
   TrainOptions o = small_run(4);
@@ -188,6 +218,9 @@ TEST(Trainer, RejectsBadOptionsAndData) {
   o = small_run(4);
   o.sgd.momentum = 1.0f;
   EXPECT_THROW(train(o, *cpu, nullptr), Error);
+  o = small_run(4);
+  o.lr_schedule = {LrScheduleKind::step, {3, 2}, 0.1f};
+  EXPECT_TRUE(test::throws_mentioning([&] { train(o, *cpu, nullptr); }, "milestones"));
   o = small_run(4);
   o.data_dir = test::temp_path("no_such_directory");
   try {
@@ -221,6 +254,24 @@ TEST(GpuTrainer, GraphAndEagerAreBitIdenticalAndDeterministic) {
   const auto graph = run(true, "gpu_graph");
   EXPECT_TRUE(graph == run(true, "gpu_graph_again"));
   EXPECT_TRUE(graph == run(false, "gpu_eager"));
+}
+
+// A new rate drops the captured step graph: replayed, it would keep the old one.
+TEST(GpuTrainer, GraphAndEagerFollowTheScheduleAlike) {
+  LOWBIT_REQUIRE_GPU();
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto gpu = make_cuda_backend();
+  const auto run = [&](bool graph) {
+    TrainOptions o = small_run(4, 1024);
+    o.epochs = 2;
+    o.lr_schedule = {LrScheduleKind::step, {1}, 0.1f};
+    o.use_graph = graph;
+    return train(o, *gpu, nullptr);
+  };
+  const TrainReport graph = run(true), eager = run(false);
+  ASSERT_EQ(graph.epochs.size(), 2u);
+  EXPECT_EQ(graph.epochs[1].loss, eager.epochs[1].loss);
+  EXPECT_EQ(graph.test_accuracy, eager.test_accuracy);
 }
 
 TEST(GpuTrainer, MatchesTheCpuClosely) {

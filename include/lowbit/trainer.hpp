@@ -11,6 +11,7 @@
 
 #include "lowbit/backend.hpp"
 #include "lowbit/data.hpp"
+#include "lowbit/lr_schedule.hpp"
 #include "lowbit/quantize.hpp"
 #include "lowbit/types.hpp"
 
@@ -57,7 +58,8 @@ struct TrainOptions {
   QuantizeOptions quantize = default_train_quantization();
   std::int64_t epochs = 8;
   std::int64_t batch = 128;
-  SgdConfig sgd{};
+  SgdConfig sgd{};  ///< learning_rate: the base rate the schedule scales
+  LrSchedule lr_schedule{};
   std::uint64_t seed = 1;
   std::int64_t limit_train = 0;  ///< 0: all examples
   std::int64_t limit_test = 0;
@@ -72,6 +74,8 @@ struct EpochReport {
   double loss = 0.0;       ///< mean training loss over the epoch
   double train_accuracy = 0.0;
   double test_accuracy = 0.0;
+  double test_loss = 0.0;          ///< mean over the test set
+  float learning_rate = 0.0f;      ///< the epoch's, from the schedule
   double images_per_second = 0.0;  ///< training steps only, no evaluation
   double seconds = 0.0;
 };
@@ -82,6 +86,7 @@ struct TrainReport {
   int activation_bits = 0;
   std::vector<EpochReport> epochs;  ///< the epochs this run trained
   double test_accuracy = 0.0;
+  double test_loss = 0.0;
   double train_images_per_second = 0.0;
   /// Non-finite batches the EMA observers ignored; empty when there are none
   /// (fp32 activations, lsq ranges).
@@ -104,8 +109,9 @@ class TrainObserver {
   virtual void epoch_finished(const EpochReport& report) = 0;
 };
 
-/// Trains per `options` on `backend`. With resume_path, the options that
-/// shape the run (model, quantization, batch, seed, data limits) must match
+/// Trains per `options` on `backend`, each epoch at its scheduled learning
+/// rate. With resume_path, the options that shape the run (model,
+/// quantization, batch, seed, data limits, learning-rate schedule) must match
 /// the checkpoint's, and training continues bit-identically from it; a
 /// kAutoQuantDelay then takes the checkpoint's delay. Throws lowbit::Error,
 /// before saving that epoch's checkpoint, when the loss or the weights stop
