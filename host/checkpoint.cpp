@@ -341,18 +341,40 @@ void expect_input_matches(const Checkpoint& checkpoint, const Dataset& data) {
                      std::to_string(checkpoint.input_shape[2]));
 }
 
+namespace {
+
+/// The checkpoint's tensor `name`, which must have this dtype and shape.
+const safetensors::Tensor& find_tensor(const Checkpoint& checkpoint, const std::string& name,
+                                       DType dtype, const std::vector<std::int64_t>& shape) {
+  for (const safetensors::Tensor& t : checkpoint.file.tensors) {
+    if (t.name != name) continue;
+    LOWBIT_EXPECTS(t.dtype == dtype && t.shape == shape,
+                   checkpoint.path + ": '" + name + "' has the wrong dtype or shape for this model");
+    return t;
+  }
+  throw Error(checkpoint.path + ": tensor '" + name + "' is missing", __FILE__, __LINE__);
+}
+
+}  // namespace
+
+void restore_weights_and_biases(const Checkpoint& checkpoint, Network& network,
+                                Backend& backend) {
+  const std::size_t n = static_cast<std::size_t>(network.parameter_count());
+  std::vector<float> params(n);
+  backend.download(params.data(), network.parameters(), n * sizeof(float));
+  for (const ParameterSlot& slot : network.parameter_slots()) {
+    if (slot.offset >= network.decayed_count()) continue;  // an LSQ step size
+    const auto& p = find_tensor(checkpoint, slot.name, DType::F32, slot.shape);
+    std::memcpy(params.data() + slot.offset, p.data.data(), p.data.size());
+  }
+  backend.upload(network.parameters(), params.data(), n * sizeof(float));
+}
+
 void restore_checkpoint(const Checkpoint& checkpoint, Network& network, Backend& backend,
                         float* velocity) {
   const auto find = [&](const std::string& name, DType dtype,
                         const std::vector<std::int64_t>& shape) -> const safetensors::Tensor& {
-    for (const safetensors::Tensor& t : checkpoint.file.tensors) {
-      if (t.name != name) continue;
-      LOWBIT_EXPECTS(t.dtype == dtype && t.shape == shape,
-                     checkpoint.path + ": '" + name +
-                         "' has the wrong dtype or shape for this model");
-      return t;
-    }
-    throw Error(checkpoint.path + ": tensor '" + name + "' is missing", __FILE__, __LINE__);
+    return find_tensor(checkpoint, name, dtype, shape);
   };
   const std::size_t n = static_cast<std::size_t>(network.parameter_count());
   std::vector<float> params(n), momentum(n);

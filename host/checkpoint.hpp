@@ -49,4 +49,8 @@ void expect_input_matches(const Checkpoint& checkpoint, const Dataset& data);
 void restore_checkpoint(const Checkpoint& checkpoint, Network& network, Backend& backend,
                         float* velocity);
 
+/// Uploads only a checkpoint's weights and biases (--init: fine-tuning from a
+/// model of any width); the network's other state stays as it is.
+void restore_weights_and_biases(const Checkpoint& checkpoint, Network& network, Backend& backend);
+
 }  // namespace lowbit

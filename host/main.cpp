@@ -418,6 +418,11 @@ void add_train_command(CLI::App& app, TrainCommand& command) {
                  "command line come from the checkpoint; one that already holds --epochs "
                  "epochs trains nothing (exit 0)")
       ->type_name("PATH");
+  sub.add_option("--init", command.given.init_path,
+                 "start from the weights and biases of the checkpoint at PATH (any width, "
+                 "fp32 included), with fresh quantizer and optimizer state: fine-tuning")
+      ->type_name("PATH")
+      ->excludes("--resume");
   sub.add_option("--metrics-json", command.metrics_json,
                  std::string("write the results as JSON to PATH (accuracies are fractions in "
                              "[0, 1])") +
@@ -599,6 +604,7 @@ nlohmann::json train_metrics(const TrainReport& report, const TrainOptions& opti
   parameters["quant_delay"] = report.quant_delay;
   parameters["threads"] = threads;
   parameters["graph"] = options.use_graph;
+  parameters["init"] = options.init_path;  // "" unless --init
   nlohmann::json metrics = {{"lowbit_version", LOWBIT_VERSION},
                             {"test_accuracy", report.test_accuracy},
                             {"test_loss", report.test_loss},
@@ -643,6 +649,7 @@ std::string describe_layer_bits(const QuantizeOptions& q) {
 int run_train(const TrainCommand& command) {
   const TrainOptions& given = command.given;
   if (!given.resume_path.empty()) require_file(given.resume_path, "checkpoint");
+  if (!given.init_path.empty()) require_file(given.init_path, "checkpoint");
   const CheckpointInfo resumed =
       given.resume_path.empty() ? CheckpointInfo{} : checkpoint_info(given.resume_path);
   TrainOptions options = given.resume_path.empty() ? TrainOptions{} : resumed.options;
@@ -677,6 +684,7 @@ int run_train(const TrainCommand& command) {
   }
   options.save_path = given.save_path;
   options.resume_path = given.resume_path;
+  options.init_path = given.init_path;
   require_writable(options.save_path, "--save");
   require_writable(command.metrics_json, "--metrics-json");
 
@@ -688,6 +696,7 @@ int run_train(const TrainCommand& command) {
             << ", batch " << options.batch << ", " << describe_learning_rate(options)
             << describe_layer_bits(options.quantize)
             << (options.resume_path.empty() ? "" : ", resuming from " + options.resume_path)
+            << (options.init_path.empty() ? "" : ", starting from " + options.init_path)
             << '\n';
 
   ProgressPrinter progress(std::cout, ::isatty(STDOUT_FILENO) == 1,

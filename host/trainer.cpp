@@ -55,6 +55,8 @@ void check_options(const TrainOptions& o) {
   LOWBIT_EXPECTS(o.epochs >= 1, "train: epochs must be >= 1");
   LOWBIT_EXPECTS(o.batch >= 1, "train: batch must be >= 1");
   LOWBIT_EXPECTS(o.limit_train >= 0 && o.limit_test >= 0, "train: limits must be >= 0");
+  LOWBIT_EXPECTS(o.init_path.empty() || o.resume_path.empty(),
+                 "train: --init starts a new run and --resume continues one: give one of them");
   LOWBIT_EXPECTS(o.sgd.learning_rate > 0.0f, "train: the learning rate must be positive");
   LOWBIT_EXPECTS(o.sgd.momentum >= 0.0f && o.sgd.momentum < 1.0f,
                  "train: momentum must be in [0, 1)");
@@ -71,7 +73,8 @@ void check_resumable(const TrainOptions& now, const TrainOptions& saved, const s
   };
   const QuantizeOptions& a = now.quantize;
   const QuantizeOptions& b = saved.quantize;
-  same(a.weight_bits == b.weight_bits, "--weight-bits");
+  same(a.weight_bits == b.weight_bits,
+       "--weight-bits (to fine-tune at another width, start a new run with --init)");
   same(a.activation_bits == b.activation_bits, "--act-bits");
   same(a.output_bits == b.output_bits, "logit width");
   same(a.ema_decay == b.ema_decay, "--ema-decay");
@@ -190,6 +193,13 @@ TrainReport train(const TrainOptions& requested, Backend& backend, TrainObserver
   TrainProgress progress;
   if (!resuming) {
     session.network().initialize_parameters(options.seed);
+    if (!options.init_path.empty()) {
+      const Checkpoint init = read_checkpoint(options.init_path);
+      expect_input_matches(init, data.test);
+      restore_weights_and_biases(init, session.network(), backend);
+      expect_finite_parameters(session.network(), options.init_path);
+    }
+    // LSQ step sizes come from the activations of the starting weights.
     if (options.quantize.range == RangeMode::lsq) session.calibrate();
   } else {
     restore_checkpoint(resumed, session.network(), backend, session.velocity());

@@ -111,7 +111,8 @@ TEST_F(CliHelp, TrainListsEveryFlagWithItsDefault) {
         "--batch",       "--lr",     "--momentum",     "--weight-decay", "--ema-decay",
         "--quant-delay", "--range",  "--seed",         "--limit-train",  "--limit-test",
         "--save",        "--resume", "--metrics-json", "--graph",        "--eager",
-        "--help",        "--lr-schedule", "--lr-milestones", "--lr-factor", "--layer-bits"})
+        "--help",        "--lr-schedule", "--lr-milestones", "--lr-factor", "--layer-bits",
+        "--init"})
     EXPECT_NE(result.out.find(flag), std::string::npos) << flag << " missing from\n" << result.out;
   const TrainOptions defaults;
   EXPECT_NE(result.out.find(defaults.data_dir), std::string::npos);
@@ -823,6 +824,59 @@ TEST_F(CliOutput, MetricsToStdoutAndASaveThroughASymlink) {
   const CliResult evaluated = run({"eval", "--device", "cpu", "--data", dir_.string(),
                                    "--checkpoint", path("latest.safetensors")});
   EXPECT_EQ(evaluated.status, 0) << evaluated.err;
+}
+
+// --init fine-tunes: a run starts from another run's weights and biases, at
+// any width, while --resume keeps refusing a change of width.
+TEST_F(CliTrain, InitStartsFromTheWeightsOfAnotherRun) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string fp32 = path("fp32.safetensors");
+  const std::vector<std::string> small = {"--device", "cpu", "--data", data_, "--epochs", "1",
+                                          "--limit-test", "256", "--batch", "64"};
+  const auto train_with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"train"};
+    args.insert(args.end(), small.begin(), small.end());
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run(args);
+  };
+  const CliResult trained = train_with(
+      {"--limit-train", "512", "--weight-bits", "0", "--act-bits", "0", "--save", fp32});
+  ASSERT_EQ(trained.status, 0) << trained.err;
+  const std::string eval_json = path("eval.json");
+  ASSERT_EQ(run({"eval", "--checkpoint", fp32, "--data", data_, "--device", "cpu",
+                 "--limit-test", "256", "--metrics-json", eval_json})
+                .status,
+            0);
+  const double start_accuracy = read_json(eval_json).at("test_accuracy").get<double>();
+
+  // One step at a rate too small to move a weight: the test accuracy is the
+  // fp32 model's, so that is where the run started.
+  const std::string same_json = path("same.json");
+  const CliResult same = train_with({"--init", fp32, "--limit-train", "64", "--weight-bits", "0",
+                                     "--act-bits", "0", "--lr", "1e-30", "--metrics-json",
+                                     same_json});
+  ASSERT_EQ(same.status, 0) << same.err;
+  EXPECT_NE(same.out.find(", starting from " + fp32), std::string::npos) << same.out;
+  const nlohmann::json same_metrics = read_json(same_json);
+  EXPECT_EQ(same_metrics.at("test_accuracy").get<double>(), start_accuracy);
+  EXPECT_EQ(same_metrics.at("hyperparameters").at("init").get<std::string>(), fp32);
+
+  // QAT from the fp32 weights.
+  const CliResult qat =
+      train_with({"--init", fp32, "--limit-train", "256", "--weight-bits", "4", "--act-bits", "4"});
+  EXPECT_EQ(qat.status, 0) << qat.err;
+
+  // A resume keeps refusing another width, and points at --init.
+  const CliResult resumed = run({"train", "--device", "cpu", "--data", data_, "--resume", fp32,
+                                 "--epochs", "2", "--weight-bits", "4"});
+  EXPECT_EQ(resumed.status, 1);
+  EXPECT_TRUE(one_error_line(resumed));
+  EXPECT_NE(resumed.err.find("start a new run with --init"), std::string::npos) << resumed.err;
+
+  const CliResult both = train_with({"--init", fp32, "--resume", fp32});
+  EXPECT_EQ(both.status, 2);
+  EXPECT_TRUE(one_error_line(both));
+  EXPECT_NE(both.err.find("--resume excludes --init"), std::string::npos) << both.err;
 }
 
 }  // namespace

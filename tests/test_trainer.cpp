@@ -222,6 +222,9 @@ TEST(Trainer, RejectsBadOptionsAndData) {
   o.lr_schedule = {LrScheduleKind::step, {3, 2}, 0.1f};
   EXPECT_TRUE(test::throws_mentioning([&] { train(o, *cpu, nullptr); }, "milestones"));
   o = small_run(4);
+  o.init_path = o.resume_path = test::temp_path("both.safetensors");
+  EXPECT_TRUE(test::throws_mentioning([&] { train(o, *cpu, nullptr); }, "give one of them"));
+  o = small_run(4);
   o.data_dir = test::temp_path("no_such_directory");
   try {
     train(o, *cpu, nullptr);

@@ -67,6 +67,9 @@ struct TrainOptions {
   bool use_graph = true;     ///< replay the step as a CUDA graph (false: eager)
   std::string save_path;     ///< checkpoint after every epoch when not empty
   std::string resume_path;   ///< continue from this checkpoint when not empty
+  /// Start from this checkpoint's weights and biases (any width) with fresh
+  /// quantizer and optimizer state: fine-tuning, as QAT is usually run.
+  std::string init_path;
 };
 
 struct EpochReport {
