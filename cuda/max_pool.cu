@@ -102,6 +102,23 @@ __global__ void max_pool_backward_kernel(Pool2dShape s, const float* x, const fl
   }
 }
 
+/// Launches the forward (backward) kernel for a window fixed at compile time
+/// (0: read from s) and checks the launch.
+template <int Kernel, int Stride>
+void launch_forward(unsigned grid, const Pool2dShape& s, const float* x, float* y,
+                    cudaStream_t stream) {
+  max_pool_forward_kernel<Kernel, Stride><<<grid, detail::kBlockThreads, 0, stream>>>(s, x, y);
+  LOWBIT_LAUNCH_CHECK();
+}
+
+template <int Kernel, int Stride>
+void launch_backward(unsigned grid, const Pool2dShape& s, const float* x, const float* dy,
+                     float* dx, cudaStream_t stream) {
+  max_pool_backward_kernel<Kernel, Stride><<<grid, detail::kBlockThreads, 0, stream>>>(s, x, dy,
+                                                                                       dx);
+  LOWBIT_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 void max_pool_forward(const Pool2dShape& s, const float* x, float* y, cudaStream_t stream) {
@@ -109,13 +126,9 @@ void max_pool_forward(const Pool2dShape& s, const float* x, float* y, cudaStream
   const int64_t n = s.batch * s.channels * s.out_height() * s.out_width();
   if (n == 0) return;
   const unsigned grid = detail::grid_for(n, detail::kBlockThreads);
-  if (s.kernel == 2 && s.stride == 2)
-    max_pool_forward_kernel<2, 2><<<grid, detail::kBlockThreads, 0, stream>>>(s, x, y);
-  else if (s.kernel == 3 && s.stride == 2)
-    max_pool_forward_kernel<3, 2><<<grid, detail::kBlockThreads, 0, stream>>>(s, x, y);
-  else
-    max_pool_forward_kernel<0, 0><<<grid, detail::kBlockThreads, 0, stream>>>(s, x, y);
-  LOWBIT_LAUNCH_CHECK();
+  if (s.kernel == 2 && s.stride == 2) return launch_forward<2, 2>(grid, s, x, y, stream);
+  if (s.kernel == 3 && s.stride == 2) return launch_forward<3, 2>(grid, s, x, y, stream);
+  launch_forward<0, 0>(grid, s, x, y, stream);
 }
 
 void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx,
@@ -124,13 +137,9 @@ void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, fl
   const int64_t n = s.batch * s.channels * s.height * s.width;
   if (n == 0) return;
   const unsigned grid = detail::grid_for(n, detail::kBlockThreads);
-  if (s.kernel == 2 && s.stride == 2)
-    max_pool_backward_kernel<2, 2><<<grid, detail::kBlockThreads, 0, stream>>>(s, x, dy, dx);
-  else if (s.kernel == 3 && s.stride == 2)
-    max_pool_backward_kernel<3, 2><<<grid, detail::kBlockThreads, 0, stream>>>(s, x, dy, dx);
-  else
-    max_pool_backward_kernel<0, 0><<<grid, detail::kBlockThreads, 0, stream>>>(s, x, dy, dx);
-  LOWBIT_LAUNCH_CHECK();
+  if (s.kernel == 2 && s.stride == 2) return launch_backward<2, 2>(grid, s, x, dy, dx, stream);
+  if (s.kernel == 3 && s.stride == 2) return launch_backward<3, 2>(grid, s, x, dy, dx, stream);
+  launch_backward<0, 0>(grid, s, x, dy, dx, stream);
 }
 
 }  // namespace lowbit::cuda
