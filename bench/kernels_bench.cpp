@@ -291,7 +291,7 @@ void bench_fake_quant_affine(benchmark::State& state, std::int64_t n, int bits, 
   Buf<B, std::uint32_t> mask(lowbit::mask_words(n));
   measure<B>(state, n, 8.125, [&] {
     B::fake_quant_affine(x.data(), y.data(), layout, scale.data(), zero_point.data(), quant,
-                         mask.data());
+                         mask.data(), nullptr);
   });
 }
 
@@ -331,7 +331,8 @@ void bench_ema_fake_quant(benchmark::State& state, std::int64_t n, int bits, Ema
   config.mode = mode;
   // The warm-up call makes the first update, so lagged mode quantizes too.
   measure<B>(state, n, mode == EmaMode::exact ? 12.125 : 8.125, [&] {
-    B::ema_fake_quant(x.data(), y.data(), n, ema.data(), config, mask.data(), MaskFormat::pass);
+    B::ema_fake_quant(x.data(), y.data(), n, ema.data(), config, mask.data(), MaskFormat::pass,
+                      nullptr);
   });
 }
 
@@ -361,7 +362,7 @@ void bench_lsq(benchmark::State& state, std::int64_t n, int bits, bool backward)
   Buf<B, std::byte> ws(lowbit::reduction_workspace_bytes(layout));
   if (!backward)
     measure<B>(state, n, 8.0,
-               [&] { B::lsq_forward(x.data(), out.data(), layout, scale.data(), quant); });
+               [&] { B::lsq_forward(x.data(), out.data(), layout, scale.data(), quant, nullptr); });
   else
     measure<B>(state, n, 12.0, [&] {
       B::lsq_backward(dy.data(), x.data(), layout, scale.data(), quant, out.data(), d_scale.data(),

@@ -118,9 +118,9 @@ class StageTimedBackend final : public Backend {
   }
   void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                                 float* y, EmaRangeState* state, const EmaConfig& config,
-                                std::uint32_t* mask) override {
+                                std::uint32_t* mask, ClipCount* clip_count) override {
     timed(Stage::quantizers, [&] {
-      inner_.bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask);
+      inner_.bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask, clip_count);
     });
   }
   void add(const float* a, const float* b, std::int64_t n, float* y) override {
@@ -158,10 +158,11 @@ class StageTimedBackend final : public Backend {
   }
 
   void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                         const std::int32_t* zero_point, AffineQuant quant,
-                         std::uint32_t* mask) override {
-    timed(Stage::quantizers,
-          [&] { inner_.fake_quant_affine(x, y, layout, scale, zero_point, quant, mask); });
+                         const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                         ClipCount* clip_count) override {
+    timed(Stage::quantizers, [&] {
+      inner_.fake_quant_affine(x, y, layout, scale, zero_point, quant, mask, clip_count);
+    });
   }
   void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
                     std::int64_t n, float* dx) override {
@@ -171,8 +172,10 @@ class StageTimedBackend final : public Backend {
     timed(Stage::quantizers, [&] { inner_.ema_state_init(state); });
   }
   void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
-                      const EmaConfig& config, std::uint32_t* mask) override {
-    timed(Stage::quantizers, [&] { inner_.ema_fake_quant(x, y, n, state, config, mask); });
+                      const EmaConfig& config, std::uint32_t* mask,
+                      ClipCount* clip_count) override {
+    timed(Stage::quantizers,
+          [&] { inner_.ema_fake_quant(x, y, n, state, config, mask, clip_count); });
   }
   void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
                     float* max, Workspace workspace) override {
@@ -199,8 +202,8 @@ class StageTimedBackend final : public Backend {
     });
   }
   void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                   LsqQuant quant) override {
-    timed(Stage::quantizers, [&] { inner_.lsq_forward(x, y, layout, scale, quant); });
+                   LsqQuant quant, ClipCount* clip_count) override {
+    timed(Stage::quantizers, [&] { inner_.lsq_forward(x, y, layout, scale, quant, clip_count); });
   }
   void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
                     const float* scale, LsqQuant quant, float* dx, float* d_scale,

@@ -112,6 +112,10 @@ struct EmaQuantizer : detail::PlainInput {
   __device__ bool plane1(float x, const Params& p) const {
     return p.identity ? x == x : at_or_below_max(x, p.range);
   }
+  __device__ bool quantizes(const Params& p) const { return !p.identity; }
+  __device__ bool clipped(float x, const Params& p) const {
+    return !p.identity && clips(x, p.range);
+  }
 };
 
 /// EmaQuantizer of v = relu(x + bias[c]) (bias null: relu(x)), whose pass bit
@@ -140,6 +144,8 @@ struct BiasReluEmaQuantizer {
   __device__ bool plane0(float v, const Params& p) const {
     return v > 0.0f && ema.plane0(v, p.ema);
   }
+  __device__ bool quantizes(const Params& p) const { return ema.quantizes(p.ema); }
+  __device__ bool clipped(float v, const Params& p) const { return ema.clipped(v, p.ema); }
 };
 
 // ---------------------------------------------------------------------------
@@ -152,19 +158,21 @@ __global__ void ema_state_init_kernel(EmaRangeState* state) { *state = EmaRangeS
 
 /// exact: an observe-only pass, then a quantize pass with the updated range;
 /// lagged: one pass quantizing with the range from before this batch while
-/// observing it. quantizer(call_offset) gives the pass's quantizer.
+/// observing it. quantizer(call_offset) gives the pass's quantizer. The
+/// quantizing pass counts clips.
 template <class MakeQuantizer>
 void launch_ema_passes(const float* x, float* y, std::uint32_t* mask, MaskFormat mask_format,
                        const ChannelLayout& layout, EmaRangeState* state, const EmaConfig& config,
-                       MakeQuantizer quantizer, cudaStream_t stream) {
+                       ClipCount* clip_count, MakeQuantizer quantizer, cudaStream_t stream) {
   const EmaObserver observer{state, config};
   if (config.mode == EmaMode::exact) {
     detail::launch_quantize_tiles(x, nullptr, nullptr, MaskFormat::pass, layout, quantizer(0),
                                   stream, observer);
-    detail::launch_quantize_tiles(x, y, mask, mask_format, layout, quantizer(1), stream);
+    detail::launch_quantize_tiles(x, y, mask, mask_format, layout, quantizer(1), stream,
+                                  detail::NoObserver{}, clip_count);
   } else {
-    detail::launch_quantize_tiles(x, y, mask, mask_format, layout, quantizer(0), stream,
-                                  observer);
+    detail::launch_quantize_tiles(x, y, mask, mask_format, layout, quantizer(0), stream, observer,
+                                  clip_count);
   }
 }
 
@@ -181,31 +189,33 @@ void ema_state_init(EmaRangeState* state, cudaStream_t stream) {
 
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
                     const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
-                    cudaStream_t stream) {
+                    ClipCount* clip_count, cudaStream_t stream) {
   lowbit::detail::check_ema_fake_quant(x, y, n, state, config);
   if (n == 0) return;
   const bool pass_plane = mask_format == MaskFormat::pass;
-  launch_ema_passes(x, y, mask, mask_format, ChannelLayout::per_tensor(n), state, config,
-                    [&](std::int64_t call_offset) {
-                      return EmaQuantizer{{}, state, config, call_offset, pass_plane};
-                    },
-                    stream);
+  launch_ema_passes(
+      x, y, mask, mask_format, ChannelLayout::per_tensor(n), state, config, clip_count,
+      [&](std::int64_t call_offset) {
+        return EmaQuantizer{{}, state, config, call_offset, pass_plane};
+      },
+      stream);
 }
 
 void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                               float* y, EmaRangeState* state, const EmaConfig& config,
-                              std::uint32_t* mask, cudaStream_t stream) {
+                              std::uint32_t* mask, ClipCount* clip_count, cudaStream_t stream) {
   lowbit::detail::check_bias_relu_ema_fake_quant(x, layout, y, state, config);
   const std::int64_t n = layout.size();
   if (n == 0) return;
   // Without a bias there is no channel to track: the per-tensor kernel.
   const ChannelLayout walk = bias != nullptr ? layout : ChannelLayout::per_tensor(n);
-  launch_ema_passes(x, y, mask, MaskFormat::pass, walk, state, config,
-                    [&](std::int64_t call_offset) {
-                      const EmaQuantizer ema{{}, state, config, call_offset, true};
-                      return BiasReluEmaQuantizer{ema, bias};
-                    },
-                    stream);
+  launch_ema_passes(
+      x, y, mask, MaskFormat::pass, walk, state, config, clip_count,
+      [&](std::int64_t call_offset) {
+        const EmaQuantizer ema{{}, state, config, call_offset, true};
+        return BiasReluEmaQuantizer{ema, bias};
+      },
+      stream);
 }
 
 }  // namespace lowbit::cuda

@@ -14,7 +14,8 @@ void ema_state_init(EmaRangeState* state) {
 }
 
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
-                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format) {
+                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                    ClipCount* clip_count) {
   detail::check_ema_fake_quant(x, y, n, state, config);
   if (n == 0) return;
 
@@ -32,31 +33,33 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
   const RangeParams p = nudge_range(used.min, used.max, config.quant.qmin(), config.quant.qmax());
 
   detail::MaskWriter writer(mask, mask_format, n);
+  detail::ClipCounter counter(quantizes ? clip_count : nullptr);
   for (std::int64_t i = 0; i < n; ++i) {
     const float xi = x[i];
     if (!quantizes) {
       y[i] = xi;
       writer.set(i, xi == xi, xi == xi);
-    } else if (mask_format == MaskFormat::sides) {
-      y[i] = fake_quant(xi, p, RangeScaling::divide);
-      writer.set(i, at_or_above_min(xi, p), at_or_below_max(xi, p));
-    } else {
-      y[i] = fake_quant(xi, p, RangeScaling::divide);
-      writer.set(i, ste_pass(xi, p));
+      continue;
     }
+    y[i] = fake_quant(xi, p, RangeScaling::divide);
+    if (mask_format == MaskFormat::sides)
+      writer.set(i, at_or_above_min(xi, p), at_or_below_max(xi, p));
+    else
+      writer.set(i, ste_pass(xi, p));
+    counter.add(clips(xi, p));
   }
 }
 
 // The composition that defines the op, with v stored (the CUDA op never does).
 void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                               float* y, EmaRangeState* state, const EmaConfig& config,
-                              std::uint32_t* mask) {
+                              std::uint32_t* mask, ClipCount* clip_count) {
   detail::check_bias_relu_ema_fake_quant(x, layout, y, state, config);
   const std::int64_t n = layout.size();
   if (n == 0) return;
   std::vector<float> v(static_cast<std::size_t>(n));
   bias_activation(x, bias, layout, true, v.data());
-  ema_fake_quant(v.data(), y, n, state, config, mask, MaskFormat::pass);
+  ema_fake_quant(v.data(), y, n, state, config, mask, MaskFormat::pass, clip_count);
   if (mask == nullptr) return;
   for (std::int64_t i = 0; i < n; ++i)
     if (!(v[i] > 0.0f)) mask[i >> 5] &= ~(1u << (i & 31));

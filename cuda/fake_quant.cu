@@ -32,6 +32,8 @@ struct RangeQuantizer : detail::PlainInput {
   __device__ float apply(float x, const Params& p) const { return fake_quant(x, p, scaling); }
   __device__ bool plane0(float x, const Params& p) const { return at_or_above_min(x, p); }
   __device__ bool plane1(float x, const Params& p) const { return at_or_below_max(x, p); }
+  __device__ bool quantizes(const Params&) const { return true; }
+  __device__ bool clipped(float x, const Params& p) const { return clips(x, p); }
 };
 
 /// Same as RangeQuantizer but with the pass plane as plane 0.
@@ -53,6 +55,8 @@ struct AffineQuantizer : detail::PlainInput {
   __device__ void set_channel(Params& p, std::int64_t c) const { p = params(c); }
   __device__ float apply(float x, const Params& p) const { return fake_quant(x, p); }
   __device__ bool plane0(float x, const Params& p) const { return ste_pass(x, p); }
+  __device__ bool quantizes(const Params&) const { return true; }
+  __device__ bool clipped(float x, const Params& p) const { return clips(x, p); }
 };
 
 }  // namespace
@@ -76,13 +80,13 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
 
 void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                        const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
-                       cudaStream_t stream) {
+                       ClipCount* clip_count, cudaStream_t stream) {
   lowbit::detail::check_fake_quant_affine(x, y, layout, scale, zero_point, quant);
   const std::int64_t n = layout.size();
   if (n == 0) return;
   detail::launch_quantize_tiles(x, y, mask, MaskFormat::pass, layout,
                                 AffineQuantizer{{}, scale, zero_point, quant.qmin, quant.qmax},
-                                stream);
+                                stream, detail::NoObserver{}, clip_count);
 }
 
 }  // namespace lowbit::cuda

@@ -28,19 +28,22 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
 }
 
 void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask) {
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                       ClipCount* clip_count) {
   detail::check_fake_quant_affine(x, y, layout, scale, zero_point, quant);
   const std::int64_t n = layout.size();
   if (n == 0) return;
   detail::check_scales(scale, layout.channels);
   detail::check_zero_points(zero_point, layout.channels, quant);
   detail::MaskWriter writer(mask, MaskFormat::pass, n);
+  detail::ClipCounter counter(clip_count);
   detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
     const AffineParams p = make_affine(scale[c], zero_point[c], quant.qmin, quant.qmax);
     for (std::int64_t i = begin; i < end; ++i) {
       const float xi = x[i];
       y[i] = fake_quant(xi, p);
       writer.set(i, ste_pass(xi, p));
+      counter.add(clips(xi, p));
     }
   });
 }

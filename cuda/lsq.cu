@@ -27,6 +27,8 @@ struct LsqQuantizer : detail::PlainInput {
   __device__ void set_channel(Params& p, std::int64_t c) const { p = params(c); }
   __device__ float apply(float x, const Params& p) const { return fake_quant(x, p); }
   __device__ bool plane0(float x, const Params& p) const { return lsq_passes(x, p); }
+  __device__ bool quantizes(const Params&) const { return true; }
+  __device__ bool clipped(float x, const Params& p) const { return clips(x, p); }
 };
 
 struct LsqBackwardBody {
@@ -91,12 +93,13 @@ struct LsqInitFinish {
 }  // namespace
 
 void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                 LsqQuant quant, cudaStream_t stream) {
+                 LsqQuant quant, ClipCount* clip_count, cudaStream_t stream) {
   lowbit::detail::check_lsq_forward(x, y, layout, scale, quant);
   const std::int64_t n = layout.size();
   if (n == 0) return;
   detail::launch_quantize_tiles(x, y, nullptr, MaskFormat::pass, layout,
-                                LsqQuantizer{{}, scale, quant.qmin, quant.qmax}, stream);
+                                LsqQuantizer{{}, scale, quant.qmin, quant.qmax}, stream,
+                                detail::NoObserver{}, clip_count);
 }
 
 void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,

@@ -7,12 +7,17 @@
 namespace lowbit::ref {
 
 void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                 LsqQuant quant) {
+                 LsqQuant quant, ClipCount* clip_count) {
   detail::check_lsq_forward(x, y, layout, scale, quant);
   if (layout.size() == 0) return;
+  detail::ClipCounter counter(clip_count);
   detail::for_each_channel_run(layout, [&](std::int64_t c, std::int64_t begin, std::int64_t end) {
     const LsqParams p = make_lsq(scale[c], quant.qmin, quant.qmax);
-    for (std::int64_t i = begin; i < end; ++i) y[i] = fake_quant(x[i], p);
+    for (std::int64_t i = begin; i < end; ++i) {
+      const float xi = x[i];  // y may alias x
+      y[i] = fake_quant(xi, p);
+      counter.add(clips(xi, p));
+    }
   });
 }
 

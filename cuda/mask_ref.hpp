@@ -38,6 +38,21 @@ class MaskWriter {
   std::int64_t plane_words_;
 };
 
+/// Adds to a ClipCount when one is given (the reference's counterpart of the
+/// kernels' per-warp counts).
+class ClipCounter {
+ public:
+  explicit ClipCounter(ClipCount* count) : count_(count) {}
+  void add(bool clipped) {
+    if (count_ == nullptr) return;
+    ++count_->quantized;
+    if (clipped) ++count_->clipped;
+  }
+
+ private:
+  ClipCount* count_;
+};
+
 /// Bit i of mask plane `plane` (n elements per plane).
 inline bool mask_bit(const std::uint32_t* words, std::int64_t n, int plane, std::int64_t i) {
   return (words[plane * ((n + 31) / 32) + (i >> 5)] >> (i & 31)) & 1u;

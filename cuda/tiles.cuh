@@ -37,24 +37,29 @@ struct NoObserver {
 
 /// v = quantizer.input(x), y = quantizer.apply(v) for n elements, writing y
 /// when `y` is set (a null y makes an observe-only pass), the STE mask planes
-/// of v when `mask` is set, and feeding each v to `observer`.
+/// of v when `mask` is set, feeding each v to `observer`, and adding to
+/// `clip_count` when set.
 ///
 /// Quantizer: Params params(channel), once per thread; set_channel(p, channel)
 /// when a lane's channel changes, which updates only what depends on the
 /// channel; float input(x, p) (PlainInput: x); float apply(v, p);
-/// bool plane0(v, p); bool plane1(v, p) (sides only). So per channel costs
-/// what per tensor does for any inner >= 32, and a quantizer whose range is
-/// shared (the fused bias+ReLU+EMA one) reloads only the bias even at inner 1.
+/// bool plane0(v, p); bool plane1(v, p) (sides only); bool quantizes(p) (false
+/// in an identity phase); bool clipped(v, p). So per channel costs what per
+/// tensor does for any inner >= 32, and a quantizer whose range is shared (the
+/// fused bias+ReLU+EMA one) reloads only the bias even at inner 1.
 template <bool kPerChannel, MaskFormat kFormat, class Quantizer, class Observer>
 __global__ void __launch_bounds__(256)
     quantize_tiles_kernel(const float* x, float* y, std::uint32_t* mask, std::int64_t n,
                           ChannelLayout layout, ChannelStep lane_step, ChannelStep grid_step,
-                          Quantizer quantizer, Observer observer) {
+                          Quantizer quantizer, Observer observer, ClipCount* clip_count) {
   const int lane = threadIdx.x & 31;
   const std::int64_t first_tile = (std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x) >> 5;
   const std::int64_t tile_stride = (std::int64_t{gridDim.x} * blockDim.x) >> 5;
   const std::int64_t plane_words = (n + 31) / 32;
 
+  // Warp-wide counts (each ballot's popcount), added once per warp at the end.
+  unsigned long long warp_quantized = 0;
+  unsigned long long warp_clipped = 0;
   ChannelCursor cursor{0, 0};
   std::int64_t params_channel = 0;
   typename Quantizer::Params p = quantizer.params(0);
@@ -93,6 +98,10 @@ __global__ void __launch_bounds__(256)
           if (lane == kTileItems + k) my_word = word1;
         }
       }
+      if (clip_count != nullptr) {
+        warp_quantized += __popc(__ballot_sync(kFullWarp, valid && quantizer.quantizes(p)));
+        warp_clipped += __popc(__ballot_sync(kFullWarp, valid && quantizer.clipped(v, p)));
+      }
     }
     // Lanes 0..7 store plane 0's words of this tile, lanes 8..15 plane 1's.
     if (mask != nullptr) {
@@ -103,6 +112,10 @@ __global__ void __launch_bounds__(256)
     }
     if (kPerChannel) cursor.advance(grid_step, layout.inner, layout.channels);
   }
+  if (clip_count != nullptr && lane == 0 && warp_quantized > 0) {
+    atomicAdd(&clip_count->quantized, warp_quantized);
+    atomicAdd(&clip_count->clipped, warp_clipped);
+  }
   observer.commit();
 }
 
@@ -111,7 +124,8 @@ __global__ void __launch_bounds__(256)
 
 template <bool kPerChannel, MaskFormat kFormat, class Quantizer, class Observer>
 void launch_tiles_as(const float* x, float* y, std::uint32_t* mask, const ChannelLayout& layout,
-                     const Quantizer& quantizer, Observer observer, cudaStream_t stream) {
+                     const Quantizer& quantizer, Observer observer, ClipCount* clip_count,
+                     cudaStream_t stream) {
   const std::int64_t n = layout.size();
   constexpr std::int64_t kBlockElems = kTileElems * (kBlockThreads / 32);
   const unsigned grid = grid_for(n, kBlockElems);
@@ -123,7 +137,7 @@ void launch_tiles_as(const float* x, float* y, std::uint32_t* mask, const Channe
     grid_step = channel_step((tile_stride - 1) * kTileElems, layout);
   }
   quantize_tiles_kernel<kPerChannel, kFormat><<<grid, kBlockThreads, 0, stream>>>(
-      x, y, mask, n, layout, lane_step, grid_step, quantizer, observer);
+      x, y, mask, n, layout, lane_step, grid_step, quantizer, observer, clip_count);
   LOWBIT_LAUNCH_CHECK();
 }
 
@@ -133,21 +147,26 @@ void launch_tiles_as(const float* x, float* y, std::uint32_t* mask, const Channe
 template <class Quantizer, class Observer = NoObserver>
 void launch_quantize_tiles(const float* x, float* y, std::uint32_t* mask, MaskFormat format,
                            const ChannelLayout& layout, const Quantizer& quantizer,
-                           cudaStream_t stream, Observer observer = {}) {
+                           cudaStream_t stream, Observer observer = {},
+                           ClipCount* clip_count = nullptr) {
   const bool per_channel = layout.channels > 1;
   if constexpr (Quantizer::kHasSides) {
     if (format == MaskFormat::sides) {
       if (per_channel)
-        launch_tiles_as<true, MaskFormat::sides>(x, y, mask, layout, quantizer, observer, stream);
+        launch_tiles_as<true, MaskFormat::sides>(x, y, mask, layout, quantizer, observer,
+                                                 clip_count, stream);
       else
-        launch_tiles_as<false, MaskFormat::sides>(x, y, mask, layout, quantizer, observer, stream);
+        launch_tiles_as<false, MaskFormat::sides>(x, y, mask, layout, quantizer, observer,
+                                                  clip_count, stream);
       return;
     }
   }
   if (per_channel)
-    launch_tiles_as<true, MaskFormat::pass>(x, y, mask, layout, quantizer, observer, stream);
+    launch_tiles_as<true, MaskFormat::pass>(x, y, mask, layout, quantizer, observer, clip_count,
+                                            stream);
   else
-    launch_tiles_as<false, MaskFormat::pass>(x, y, mask, layout, quantizer, observer, stream);
+    launch_tiles_as<false, MaskFormat::pass>(x, y, mask, layout, quantizer, observer, clip_count,
+                                             stream);
 }
 
 }  // namespace lowbit::cuda::detail

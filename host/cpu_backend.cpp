@@ -143,8 +143,8 @@ class CpuBackend final : public Backend {
   }
   void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                                 float* y, EmaRangeState* state, const EmaConfig& config,
-                                std::uint32_t* mask) override {
-    ref::bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask);
+                                std::uint32_t* mask, ClipCount* clip_count) override {
+    ref::bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask, clip_count);
   }
   void add(const float* a, const float* b, std::int64_t n, float* y) override {
     ref::add(a, b, n, y);
@@ -173,9 +173,9 @@ class CpuBackend final : public Backend {
   void advance_cursor(std::int64_t* cursor) override { ref::advance_cursor(cursor); }
 
   void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                         const std::int32_t* zero_point, AffineQuant quant,
-                         std::uint32_t* mask) override {
-    ref::fake_quant_affine(x, y, layout, scale, zero_point, quant, mask);
+                         const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                         ClipCount* clip_count) override {
+    ref::fake_quant_affine(x, y, layout, scale, zero_point, quant, mask, clip_count);
   }
   void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
                     std::int64_t n, float* dx) override {
@@ -183,8 +183,9 @@ class CpuBackend final : public Backend {
   }
   void ema_state_init(EmaRangeState* state) override { ref::ema_state_init(state); }
   void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
-                      const EmaConfig& config, std::uint32_t* mask) override {
-    ref::ema_fake_quant(x, y, n, state, config, mask);
+                      const EmaConfig& config, std::uint32_t* mask,
+                      ClipCount* clip_count) override {
+    ref::ema_fake_quant(x, y, n, state, config, mask, MaskFormat::pass, clip_count);
   }
   void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
                     float* max, Workspace workspace) override {
@@ -205,8 +206,8 @@ class CpuBackend final : public Backend {
     ref::affine_params_from_range(min, max, channels, quant, symmetric, scale, zero_point);
   }
   void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                   LsqQuant quant) override {
-    ref::lsq_forward(x, y, layout, scale, quant);
+                   LsqQuant quant, ClipCount* clip_count) override {
+    ref::lsq_forward(x, y, layout, scale, quant, clip_count);
   }
   void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
                     const float* scale, LsqQuant quant, float* dx, float* d_scale,

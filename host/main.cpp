@@ -588,6 +588,41 @@ nlohmann::json hyperparameters(const TrainOptions& o) {
           {"quant_delay", q.quant_delay}};
 }
 
+/// Each quantizer's final state: min/max per channel (ema, lagged) or step
+/// (lsq), and for activations the last epoch's clipping.
+nlohmann::json quantizer_metrics(const std::vector<QuantizerReport>& quantizers) {
+  const auto decimals = [](const std::vector<float>& values) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const float v : values) list.push_back(shortest_decimal(v));
+    return list;
+  };
+  nlohmann::json list = nlohmann::json::array();
+  for (const QuantizerReport& q : quantizers) {
+    // Weights take the range of their last value unless the step is learned.
+    const bool last_value = q.weights && q.range != RangeMode::lsq;
+    nlohmann::json entry = {{"name", q.name},
+                            {"weights", q.weights},
+                            {"bits", q.bits},
+                            {"range", last_value ? "last_value" : to_string(q.range)}};
+    if (q.step.empty()) {
+      entry["min"] = decimals(q.min);
+      entry["max"] = decimals(q.max);
+    } else {
+      entry["step"] = decimals(q.step);
+    }
+    if (!q.weights) {
+      entry["quantized"] = q.quantized;
+      entry["clipped"] = q.clipped;
+      entry["clipped_fraction"] =
+          q.quantized > 0
+              ? nlohmann::json(static_cast<double>(q.clipped) / static_cast<double>(q.quantized))
+              : nlohmann::json(nullptr);
+    }
+    list.push_back(std::move(entry));
+  }
+  return list;
+}
+
 nlohmann::json train_metrics(const TrainReport& report, const TrainOptions& options,
                              int threads) {
   nlohmann::json epochs = nlohmann::json::array();
@@ -615,7 +650,8 @@ nlohmann::json train_metrics(const TrainReport& report, const TrainOptions& opti
                             {"range", describe_range(options.quantize)},
                             {"quant_delay", report.quant_delay},
                             {"hyperparameters", parameters},
-                            {"epochs", epochs}};
+                            {"epochs", epochs},
+                            {"quantizers", quantizer_metrics(report.quantizers)}};
   if (report.first_quantized_step > 0)
     metrics["first_quantized_step"] = report.first_quantized_step;
   if (report.skipped_ema_batches) metrics["skipped_ema_batches"] = *report.skipped_ema_batches;

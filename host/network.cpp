@@ -160,6 +160,17 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool 
     const auto it = std::find(ema_names_.begin(), ema_names_.end(), quantizer);
     return ema_states() + (it - ema_names_.begin());
   };
+  std::vector<std::string> activation_quantizers;
+  for (const Node& node : nodes)
+    if (const auto* a = std::get_if<FakeQuantAttrs>(&node.attrs); a && !a->weights)
+      activation_quantizers.push_back(node.name);
+  clip_counts_ = backend.allocate(activation_quantizers.size() * sizeof(ClipCount));
+  reset_clip_counts();
+  const auto clips_of = [&](const std::string& quantizer) {
+    const auto it =
+        std::find(activation_quantizers.begin(), activation_quantizers.end(), quantizer);
+    return clip_counts_.as<ClipCount>() + (it - activation_quantizers.begin());
+  };
   const auto epilogue = [&](const Node& node) {
     const std::vector<int> chain = chain_of(node);
     Epilogue e;
@@ -168,6 +179,7 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool 
       const Node& quant = node_at(graph, chain[1]);
       e.quant = &std::get<FakeQuantAttrs>(quant.attrs);
       e.state = ema_state_of(quant.name);
+      e.clips = clips_of(quant.name);
     }
     return e;
   };
@@ -216,14 +228,29 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool 
                                                            input(i, 0), labels(), totals());
         break;
       case NodeKind::fake_quant: {
-        if (fused.count(i)) break;
         const auto& a = std::get<FakeQuantAttrs>(node.attrs);
-        const bool ema = !a.weights && a.range != RangeMode::lsq;
-        counts_steps_ = counts_steps_ || (a.weights && a.quant_delay > 0);
-        layer = std::make_unique<FakeQuantLayer>(
-            node.name, backend, a, a.weights ? in_shape : with_batch(in_shape), input(i, 0),
-            output(i), node.inputs.size() > 1 ? input(i, 1) : Binding{},
-            ema ? ema_state_of(node.name) : nullptr, steps_done_.as<std::int64_t>());
+        const bool lsq = a.range == RangeMode::lsq;
+        QuantizerProbe probe{node.name, a};
+        if (lsq) {
+          probe.step = input(i, 1).value;
+          probe.channels = graph.tensor(node.inputs[1]).size();
+        } else if (a.weights && a.per_channel) {
+          probe.channels = in_shape[0];
+        }
+        EmaRangeState* state = a.weights || lsq ? nullptr : ema_state_of(node.name);
+        ClipCount* clips = a.weights ? nullptr : clips_of(node.name);
+        probe.state = state;
+        probe.clips = clips;
+        if (!fused.count(i)) {
+          counts_steps_ = counts_steps_ || (a.weights && a.quant_delay > 0);
+          auto quant = std::make_unique<FakeQuantLayer>(
+              node.name, backend, a, a.weights ? in_shape : with_batch(in_shape), input(i, 0),
+              output(i), node.inputs.size() > 1 ? input(i, 1) : Binding{}, state,
+              steps_done_.as<std::int64_t>(), clips);
+          if (a.weights && !lsq) probe.range = quant->weight_range();
+          layer = std::move(quant);
+        }
+        probes_.push_back(probe);
         break;
       }
     }
@@ -247,6 +274,45 @@ void Network::forward(Pass pass) {
   for (const auto& layer : layers_) layer->forward(pass);
   if (pass == Pass::train && counts_steps_)
     backend_.advance_cursor(steps_done_.as<std::int64_t>());
+}
+
+void Network::reset_clip_counts() {
+  if (clip_counts_.bytes() > 0) backend_.fill_zero(clip_counts_.data(), clip_counts_.bytes());
+}
+
+std::vector<QuantizerReport> Network::quantizer_reports() const {
+  const auto floats = [&](const float* from, std::int64_t n) {
+    std::vector<float> host(static_cast<std::size_t>(n));
+    backend_.download(host.data(), from, float_bytes(n));
+    return host;
+  };
+  std::vector<QuantizerReport> reports;
+  for (const QuantizerProbe& probe : probes_) {
+    QuantizerReport r;
+    r.name = probe.name;
+    r.weights = probe.attrs.weights;
+    r.bits = probe.attrs.bits;
+    r.range = probe.attrs.range;
+    if (probe.range != nullptr) {
+      r.min = floats(probe.range, probe.channels);
+      r.max = floats(probe.range + probe.channels, probe.channels);
+    }
+    if (probe.state != nullptr) {
+      EmaRangeState s;
+      backend_.download(&s, probe.state, sizeof s);
+      r.min = {s.min};
+      r.max = {s.max};
+    }
+    if (probe.step != nullptr) r.step = floats(probe.step, probe.channels);
+    if (probe.clips != nullptr) {
+      ClipCount c;
+      backend_.download(&c, probe.clips, sizeof c);
+      r.quantized = c.quantized;
+      r.clipped = c.clipped;
+    }
+    reports.push_back(std::move(r));
+  }
+  return reports;
 }
 
 void Network::set_steps_done(std::int64_t steps) {

@@ -11,6 +11,7 @@
 #include "layers/layer.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/graph.hpp"
+#include "lowbit/trainer.hpp"
 
 namespace lowbit {
 
@@ -58,6 +59,12 @@ class Network {
   EmaRangeState* ema_states() const { return ema_states_.as<EmaRangeState>(); }
   const std::vector<std::string>& ema_state_names() const { return ema_names_; }
 
+  /// Zeroes what the activation quantizers count as clipped (their training
+  /// passes add to it).
+  void reset_clip_counts();
+  /// Every quantizer's state now, in graph order (waits for the queued work).
+  std::vector<QuantizerReport> quantizer_reports() const;
+
   /// Sets the training steps done, in backend memory, where weight quantizers
   /// with a quant_delay read it (as EMA observers count their own): for a
   /// network restored from a checkpoint.
@@ -68,6 +75,16 @@ class Network {
   std::string first_nonfinite_parameter() const;
 
  private:
+  /// Where a quantizer's state lives in backend memory (null where it has none).
+  struct QuantizerProbe {
+    std::string name;
+    FakeQuantAttrs attrs;
+    std::int64_t channels = 1;
+    const float* range = nullptr;  // weights' min then max per channel
+    const EmaRangeState* state = nullptr;
+    const float* step = nullptr;
+    const ClipCount* clips = nullptr;
+  };
   struct GradientSum {  // grad[target] = Σ parts, before the producer's backward
     std::size_t before_layer;
     float* target;
@@ -86,6 +103,8 @@ class Network {
   std::vector<std::string> ema_names_;
   std::vector<Buffer> tensors_;  // activation values and gradients
   Buffer parameters_, gradients_, ema_states_, labels_, totals_;
+  Buffer clip_counts_;  // one ClipCount per activation quantizer
+  std::vector<QuantizerProbe> probes_;
   Buffer steps_done_;           // one std::int64_t
   bool counts_steps_ = false;   // some weight quantizer has a quant_delay
   float* images_ = nullptr;

@@ -4,12 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ostream>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace lowbit::cli {
 namespace {
@@ -24,6 +26,58 @@ std::string fixed(double value, int decimals) {
 }
 
 std::string bits_name(int bits) { return bits == 0 ? "fp32" : std::to_string(bits) + "-bit"; }
+
+std::string number(float value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.4g", static_cast<double>(value));
+  return text;
+}
+
+/// "range [0, 4.137]", or over several channels "6 ranges within [-0.51, 0.498]".
+std::string describe_ranges(const std::vector<float>& min, const std::vector<float>& max) {
+  const auto [lo, hi] = std::pair(*std::min_element(min.begin(), min.end()),
+                                  *std::max_element(max.begin(), max.end()));
+  const std::string span = "[" + number(lo) + ", " + number(hi) + "]";
+  if (min.size() == 1) return "range " + span;
+  return std::to_string(min.size()) + " ranges within " + span;
+}
+
+/// "step 0.0123", or over several channels "6 steps in [0.01, 0.03]".
+std::string describe_steps(const std::vector<float>& step) {
+  const auto [lo, hi] = std::minmax_element(step.begin(), step.end());
+  if (step.size() == 1) return "step " + number(*lo);
+  return std::to_string(step.size()) + " steps in [" + number(*lo) + ", " + number(*hi) + "]";
+}
+
+/// "2.55%", or "<0.01%" where a few elements clipped.
+std::string clipped_share(const QuantizerReport& q) {
+  if (q.quantized == 0) return "n/a (nothing quantized)";
+  const double share = static_cast<double>(q.clipped) / static_cast<double>(q.quantized);
+  return q.clipped > 0 && share < 1e-4 ? "<0.01%" : percent(share);
+}
+
+/// One summary row per quantizer: name, width, state and (activations) clipping.
+void print_quantizers(std::ostream& out, const std::vector<QuantizerReport>& quantizers) {
+  std::vector<std::array<std::string, 4>> rows;
+  std::array<std::size_t, 3> widths{};
+  for (const QuantizerReport& q : quantizers) {
+    rows.push_back({q.name, bits_name(q.bits),
+                    q.step.empty() ? describe_ranges(q.min, q.max) : describe_steps(q.step),
+                    q.weights ? "" : "clipped " + clipped_share(q)});
+    for (std::size_t c = 0; c < widths.size(); ++c)
+      widths[c] = std::max(widths[c], rows.back()[c].size());
+  }
+  out << "  quantizers          final range or step; clipped: of the last epoch's activations\n";
+  for (const auto& row : rows) {
+    std::string line = "   ";
+    for (std::size_t c = 0; c < row.size(); ++c) {
+      line += ' ' + row[c];
+      if (c < widths.size()) line += std::string(widths[c] - row[c].size() + 1, ' ');
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    out << line << '\n';
+  }
+}
 
 }  // namespace
 
@@ -164,8 +218,9 @@ void print_summary(std::ostream& out, const TrainReport& report, const QuantizeO
   if (report.skipped_ema_batches)
     out << "  skipped EMA batches " << *report.skipped_ema_batches << " (non-finite)\n";
   out << "  checkpoint          " << (checkpoint_path.empty() ? "not saved" : checkpoint_path)
-      << '\n'
-      << std::flush;
+      << '\n';
+  if (!report.quantizers.empty()) print_quantizers(out, report.quantizers);
+  out << std::flush;
 }
 
 }  // namespace lowbit::cli

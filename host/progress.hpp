@@ -74,7 +74,8 @@ class ProgressPrinter final : public TrainObserver {
 
 /// The block printed after training: device, widths, range mode, the step
 /// quantization started at, final test accuracy, throughput, skipped EMA
-/// batches (where there is an EMA) and the checkpoint, if any.
+/// batches (where there is an EMA), each quantizer's final state and the
+/// checkpoint, if any.
 void print_summary(std::ostream& out, const TrainReport& report, const QuantizeOptions& quantize,
                    const std::string& checkpoint_path);
 

@@ -66,6 +66,7 @@ void Session::begin_epoch(std::int64_t epoch) {
                            shuffle_workspace_.as_workspace());
   backend_.fill_zero(cursor_.data(), sizeof(std::int64_t));
   backend_.fill_zero(network_.totals(), sizeof(LossTotals));
+  network_.reset_clip_counts();
 }
 
 void Session::calibrate() {

@@ -33,7 +33,8 @@ class Session {
   float* velocity() const { return velocity_.as<float>(); }
   std::int64_t steps_per_epoch() const { return train_->count / options_.batch; }
 
-  /// Shuffles the training set for `epoch` and rewinds the batch cursor and totals.
+  /// Shuffles the training set for `epoch` and rewinds the batch cursor, the
+  /// totals and the clip counts.
   void begin_epoch(std::int64_t epoch);
   /// LSQ step sizes from the first batch of epoch 0 (before any training).
   void calibrate();

@@ -280,6 +280,7 @@ TrainReport train(const TrainOptions& requested, Backend& backend, TrainObserver
   report.quant_delay = options.quantize.quant_delay;
   report.steps_done = progress.steps_done;
   report.first_quantized_step = first_quantized_step(options.quantize, progress.steps_done);
+  report.quantizers = session.network().quantizer_reports();
   return report;
 }
 

@@ -117,7 +117,7 @@ TEST(GpuAffineGolden, CudaMatchesPyTorch) {
     DeviceBuffer<std::int32_t> d_zp(g.zero_point);
     DeviceBuffer<std::uint32_t> d_mask(mask);
     lowbit::cuda::fake_quant_affine(d_x.data(), d_y.data(), g.layout, d_scale.data(), d_zp.data(),
-                                    g.quant, d_mask.data(), stream.get());
+                                    g.quant, d_mask.data(), nullptr, stream.get());
     stream.sync();
     EXPECT_TRUE(matches_golden(g, d_y.download(), d_mask.download()));
   }

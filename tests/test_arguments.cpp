@@ -635,8 +635,9 @@ TEST(CudaArguments, BitsOutsideTwoToSixteen) {
                                                       MaskFormat::pass, nullptr));
     EmaConfig config;
     config.quant.bits = bits;
-    EXPECT_LOWBIT_ERROR("bits", gpu::ema_fake_quant(b.x.data(), b.y.data(), kN, &b.state, config,
-                                                    b.mask.data(), MaskFormat::pass, nullptr));
+    EXPECT_LOWBIT_ERROR(
+        "bits", gpu::ema_fake_quant(b.x.data(), b.y.data(), kN, &b.state, config, b.mask.data(),
+                                    MaskFormat::pass, nullptr, nullptr));
     EXPECT_LOWBIT_ERROR("bits", gpu::fake_quant_weights(b.x.data(), b.y.data(), b.layout,
                                                         RangeQuant{bits, true}, true,
                                                         b.out_min.data(), b.out_max.data(),
@@ -648,15 +649,16 @@ TEST(CudaArguments, BitsOutsideTwoToSixteen) {
 TEST(CudaArguments, AffineGridSpan) {
   Buffers b;
   for (AffineQuant quant : {AffineQuant{0, 1}, AffineQuant{0, 65536}}) {
-    EXPECT_LOWBIT_ERROR("2..16 bits", gpu::fake_quant_affine(b.x.data(), b.y.data(), b.layout,
-                                                             b.scale.data(), b.zero_point.data(),
-                                                             quant, b.mask.data(), nullptr))
+    EXPECT_LOWBIT_ERROR(
+        "2..16 bits",
+        gpu::fake_quant_affine(b.x.data(), b.y.data(), b.layout, b.scale.data(),
+                               b.zero_point.data(), quant, b.mask.data(), nullptr, nullptr))
         << "[" << quant.qmin << ", " << quant.qmax << "]";
   }
   for (AffineQuant quant : {AffineQuant{5, 5}, AffineQuant{7, 3}}) {
-    EXPECT_LOWBIT_ERROR("qmin", gpu::fake_quant_affine(b.x.data(), b.y.data(), b.layout,
-                                                       b.scale.data(), b.zero_point.data(), quant,
-                                                       b.mask.data(), nullptr))
+    EXPECT_LOWBIT_ERROR(
+        "qmin", gpu::fake_quant_affine(b.x.data(), b.y.data(), b.layout, b.scale.data(),
+                                       b.zero_point.data(), quant, b.mask.data(), nullptr, nullptr))
         << "[" << quant.qmin << ", " << quant.qmax << "]";
   }
 }
@@ -666,7 +668,7 @@ TEST(CudaArguments, QuantizerParameters) {
   Buffers b;
   const LsqQuant no_zero{1, 15};
   EXPECT_LOWBIT_ERROR("contain 0", gpu::lsq_forward(b.x.data(), b.y.data(), b.layout,
-                                                    b.scale.data(), no_zero, nullptr));
+                                                    b.scale.data(), no_zero, nullptr, nullptr));
   EXPECT_LOWBIT_ERROR("contain 0",
                       gpu::lsq_backward(b.dy.data(), b.x.data(), b.layout, b.scale.data(),
                                         no_zero, b.dx.data(), b.out_scale.data(), b.workspace,
@@ -677,14 +679,14 @@ TEST(CudaArguments, QuantizerParameters) {
     EmaConfig config;
     config.decay = decay;
     EXPECT_LOWBIT_ERROR("decay", gpu::ema_fake_quant(b.x.data(), b.y.data(), kN, &b.state, config,
-                                                     nullptr, MaskFormat::pass, nullptr))
+                                                     nullptr, MaskFormat::pass, nullptr, nullptr))
         << "decay " << decay;
   }
   EmaConfig delayed;
   delayed.quant_delay = -5;
-  EXPECT_LOWBIT_ERROR("quant_delay", gpu::ema_fake_quant(b.x.data(), b.y.data(), kN, &b.state,
-                                                         delayed, nullptr, MaskFormat::pass,
-                                                         nullptr));
+  EXPECT_LOWBIT_ERROR("quant_delay",
+                      gpu::ema_fake_quant(b.x.data(), b.y.data(), kN, &b.state, delayed, nullptr,
+                                          MaskFormat::pass, nullptr, nullptr));
   for (int bits : {1, 3, 16}) {
     EXPECT_LOWBIT_ERROR("2, 4 or 8", gpu::pack_codes(b.codes.data(), kN, bits, b.packed.data(),
                                                      nullptr));
@@ -704,8 +706,8 @@ TEST(CudaArguments, LayoutsAndNullPointers) {
   EXPECT_LOWBIT_ERROR("negative", gpu::fake_quant_range(b.x.data(), b.y.data(), bad, b.min.data(),
                                                         b.max.data(), rq, nullptr,
                                                         MaskFormat::pass, nullptr));
-  EXPECT_LOWBIT_ERROR("negative", gpu::lsq_forward(b.x.data(), b.y.data(), bad, b.scale.data(),
-                                                   lq, nullptr));
+  EXPECT_LOWBIT_ERROR("negative", gpu::lsq_forward(b.x.data(), b.y.data(), bad, b.scale.data(), lq,
+                                                   nullptr, nullptr));
   EXPECT_LOWBIT_ERROR("x is null", gpu::fake_quant_range(nullptr, b.y.data(), L, b.min.data(),
                                                          b.max.data(), rq, nullptr,
                                                          MaskFormat::pass, nullptr));
@@ -713,21 +715,21 @@ TEST(CudaArguments, LayoutsAndNullPointers) {
                                                            b.max.data(), rq, nullptr,
                                                            MaskFormat::pass, nullptr));
   EXPECT_LOWBIT_ERROR("zero_point is null",
-                      gpu::fake_quant_affine(b.x.data(), b.y.data(), L, b.scale.data(), nullptr,
-                                             aq, nullptr, nullptr));
+                      gpu::fake_quant_affine(b.x.data(), b.y.data(), L, b.scale.data(), nullptr, aq,
+                                             nullptr, nullptr, nullptr));
   EXPECT_LOWBIT_ERROR("mask is null", gpu::ste_backward(b.dy.data(), nullptr, MaskFormat::pass,
                                                         kN, b.dx.data(), nullptr));
   EXPECT_LOWBIT_ERROR("d_max is null",
                       gpu::ste_backward_range(b.dy.data(), b.mask.data(), L, b.dx.data(),
                                               b.out_min.data(), nullptr, b.workspace, nullptr));
-  EXPECT_LOWBIT_ERROR("state is null", gpu::ema_fake_quant(b.x.data(), b.y.data(), kN, nullptr,
-                                                           EmaConfig{}, nullptr, MaskFormat::pass,
-                                                           nullptr));
+  EXPECT_LOWBIT_ERROR("state is null",
+                      gpu::ema_fake_quant(b.x.data(), b.y.data(), kN, nullptr, EmaConfig{}, nullptr,
+                                          MaskFormat::pass, nullptr, nullptr));
   EXPECT_LOWBIT_ERROR("state is null", gpu::ema_state_init(nullptr, nullptr));
   EXPECT_LOWBIT_ERROR("w is null", gpu::weight_range(nullptr, L, true, b.out_min.data(),
                                                      b.out_max.data(), b.workspace, nullptr));
-  EXPECT_LOWBIT_ERROR("scale is null", gpu::lsq_forward(b.x.data(), b.y.data(), L, nullptr, lq,
-                                                        nullptr));
+  EXPECT_LOWBIT_ERROR("scale is null",
+                      gpu::lsq_forward(b.x.data(), b.y.data(), L, nullptr, lq, nullptr, nullptr));
   EXPECT_LOWBIT_ERROR("d_scale is null",
                       gpu::lsq_backward(b.dy.data(), b.x.data(), L, b.scale.data(), lq,
                                         b.dx.data(), nullptr, b.workspace, nullptr));
@@ -772,18 +774,19 @@ TEST(CudaArguments, EmptyTensorsLaunchNothing) {
     EXPECT_NO_THROW(gpu::fake_quant_range(nullptr, nullptr, layout, nullptr, nullptr,
                                           RangeQuant{}, nullptr, MaskFormat::sides, nullptr));
     EXPECT_NO_THROW(gpu::fake_quant_affine(nullptr, nullptr, layout, nullptr, nullptr,
-                                           AffineQuant{}, nullptr, nullptr));
+                                           AffineQuant{}, nullptr, nullptr, nullptr));
     EXPECT_NO_THROW(gpu::weight_range(nullptr, layout, true, nullptr, nullptr, none, nullptr));
     EXPECT_NO_THROW(gpu::fake_quant_weights(nullptr, nullptr, layout, RangeQuant{}, true, nullptr,
                                             nullptr, nullptr, none, nullptr));
-    EXPECT_NO_THROW(gpu::lsq_forward(nullptr, nullptr, layout, nullptr, LsqQuant{}, nullptr));
+    EXPECT_NO_THROW(
+        gpu::lsq_forward(nullptr, nullptr, layout, nullptr, LsqQuant{}, nullptr, nullptr));
     EXPECT_NO_THROW(gpu::lsq_backward(nullptr, nullptr, layout, nullptr, LsqQuant{}, nullptr,
                                       nullptr, none, nullptr));
     EXPECT_NO_THROW(gpu::lsq_init_scale(nullptr, layout, LsqQuant{}, nullptr, none, nullptr));
   }
   EmaRangeState state{};
   EXPECT_NO_THROW(gpu::ema_fake_quant(nullptr, nullptr, 0, &state, EmaConfig{}, nullptr,
-                                      MaskFormat::pass, nullptr));
+                                      MaskFormat::pass, nullptr, nullptr));
   EXPECT_TRUE(same_state(EmaRangeState{}, state));
   EXPECT_NO_THROW(gpu::ste_backward(nullptr, nullptr, MaskFormat::pass, 0, nullptr, nullptr));
   EXPECT_NO_THROW(gpu::ste_backward_range(nullptr, nullptr, ChannelLayout::per_channel({4, 0, 2}, 1),

@@ -443,6 +443,46 @@ TEST_F(CliTrain, TinyRunWritesMetricsAndACheckpointThatEvalReproduces) {
   EXPECT_EQ(epoch.at("test_loss"), json.at("test_loss"));
   EXPECT_EQ(epoch.at("learning_rate").get<double>(), 0.05);
   EXPECT_GT(epoch.at("images_per_second").get<double>(), 0.0);
+
+  // Every quantizer's final state, in graph order, in the summary and the metrics.
+  EXPECT_NE(
+      trained.out.find("\n  quantizers          final range or step; clipped: of the last "
+                       "epoch's activations\n    conv1/weight_quant  4-bit  6 ranges within ["),
+      std::string::npos)
+      << trained.out;
+  EXPECT_NE(trained.out.find("\n    relu1/act_quant     4-bit  range [0, "), std::string::npos)
+      << trained.out;
+  EXPECT_NE(trained.out.find("\n    fc3/act_quant       8-bit  range ["), std::string::npos)
+      << trained.out;
+  const nlohmann::json& quantizers = json.at("quantizers");
+  ASSERT_EQ(quantizers.size(), 10u);
+  const std::vector<std::int64_t> channels = {6, 16, 120, 84, 10};
+  // Per example: conv1 (padded) and conv2 outputs before pooling, fc1..fc3 outputs.
+  const std::vector<std::int64_t> activations = {6 * 28 * 28, 16 * 10 * 10, 120, 84, 10};
+  const unsigned long long examples = 512;  // one epoch, quantized from step 1 (delay 0)
+  EXPECT_EQ(json.at("quant_delay").get<int>(), 0);
+  for (std::size_t layer = 0; layer < 5; ++layer) {
+    const nlohmann::json& w = quantizers.at(2 * layer);
+    const nlohmann::json& a = quantizers.at(2 * layer + 1);
+    EXPECT_TRUE(w.at("weights").get<bool>()) << w;
+    EXPECT_EQ(w.at("range").get<std::string>(), "last_value");
+    EXPECT_EQ(w.at("min").size(), static_cast<std::size_t>(channels[layer])) << w;
+    EXPECT_EQ(w.at("max").size(), static_cast<std::size_t>(channels[layer])) << w;
+    EXPECT_FALSE(w.contains("clipped")) << w;
+    EXPECT_FALSE(a.at("weights").get<bool>()) << a;
+    EXPECT_EQ(a.at("range").get<std::string>(), "ema");
+    EXPECT_EQ(a.at("bits").get<int>(), layer == 4 ? 8 : 4);
+    EXPECT_LE(a.at("min").at(0).get<double>(), 0.0) << a;
+    EXPECT_GE(a.at("max").at(0).get<double>(), 0.0) << a;
+    const auto quantized = a.at("quantized").get<unsigned long long>();
+    const auto clipped = a.at("clipped").get<unsigned long long>();
+    EXPECT_EQ(quantized, examples * static_cast<unsigned long long>(activations[layer])) << a;
+    EXPECT_LE(clipped, quantized) << a;
+    EXPECT_EQ(a.at("clipped_fraction").get<double>(),
+              static_cast<double>(clipped) / static_cast<double>(quantized));
+  }
+  EXPECT_EQ(quantizers.at(0).at("name").get<std::string>(), "conv1/weight_quant");
+  EXPECT_EQ(quantizers.at(9).at("name").get<std::string>(), "fc3/act_quant");
   EXPECT_NE(trained.out.find("test accuracy       " + percent_text(accuracy)), std::string::npos)
       << trained.out;
 
@@ -556,7 +596,17 @@ TEST_F(CliTrain, RangeDefaultsToLsqBelowFourBits) {
     args.insert(args.end(), extra.begin(), extra.end());
     const CliResult result = run(args);
     EXPECT_EQ(result.status, 0) << result.err;
-    return read_json(metrics).at("range").get<std::string>();
+    const nlohmann::json json = read_json(metrics);
+    // Learned steps are reported as steps, one per output channel of the weights.
+    const bool lsq = json.at("range").get<std::string>() == "lsq";
+    const nlohmann::json& conv1 = json.at("quantizers").at(0);
+    EXPECT_EQ(conv1.contains("step"), lsq) << conv1;
+    EXPECT_EQ(conv1.contains("min"), !lsq) << conv1;
+    if (lsq) {
+      EXPECT_EQ(conv1.at("step").size(), 6u) << conv1;
+      EXPECT_NE(result.out.find("-bit  6 steps in ["), std::string::npos) << result.out;
+    }
+    return json.at("range").get<std::string>();
   };
   EXPECT_EQ(range_of({}), "ema");
   EXPECT_EQ(range_of({"--weight-bits", "2", "--act-bits", "2"}), "lsq");
@@ -601,8 +651,8 @@ TEST_F(CliTrain, SummarySaysWhenQuantizationStarted) {
       << result.out;
 }
 
-// fp32 has no range mode and no EMA: the header, the summary and the metrics
-// say "none" and leave out the skipped-EMA count.
+// fp32 has no range mode, no EMA and no quantizer: the header, the summary
+// and the metrics say "none" and leave out the skipped-EMA count.
 TEST_F(CliTrain, Fp32ReportsNoRangeAndNoEma) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   const std::string metrics = path("fp32.json");
@@ -615,9 +665,11 @@ TEST_F(CliTrain, Fp32ReportsNoRangeAndNoEma) {
   EXPECT_NE(result.out.find("\n  range               none\n"), std::string::npos) << result.out;
   EXPECT_EQ(result.out.find("EMA"), std::string::npos) << result.out;
   EXPECT_EQ(result.out.find("quantized from"), std::string::npos) << result.out;
+  EXPECT_EQ(result.out.find("quantizers"), std::string::npos) << result.out;
   const nlohmann::json json = read_json(metrics);
   EXPECT_EQ(json.at("range").get<std::string>(), "none");
   EXPECT_FALSE(json.contains("skipped_ema_batches"));
+  EXPECT_EQ(json.at("quantizers"), nlohmann::json::array());
 }
 
 TEST_F(CliTrain, DivergenceExits1NamingTheStepsAndKeepsTheCheckpoint) {

@@ -277,7 +277,7 @@ TEST(FusedActivation, EmptyTensorDoesNothing) {
                                   nullptr);
     EXPECT_TRUE(same_state(before, state));
     // The CUDA op returns before touching any pointer.
-    cuda::bias_relu_ema_fake_quant(nullptr, nullptr, layout, nullptr, &state, EmaConfig{},
+    cuda::bias_relu_ema_fake_quant(nullptr, nullptr, layout, nullptr, &state, EmaConfig{}, nullptr,
                                    nullptr, nullptr);
     EXPECT_TRUE(same_state(before, state));
   }
@@ -327,7 +327,7 @@ TEST(FusedActivation, ArgumentErrors) {
     EXPECT_TRUE(throws_mentioning(
         [&] {
           cuda::bias_relu_ema_fake_quant(c.x, bias.data(), c.layout, c.y, c.state, c.config,
-                                         mask.data(), nullptr);
+                                         mask.data(), nullptr, nullptr);
         },
         c.needle));
   }
@@ -446,7 +446,7 @@ std::vector<ChannelLayout> gpu_layouts(std::uint32_t seed) {
 }
 
 /// Runs `steps` calls on both sides from fresh states and compares y, the
-/// mask and the state bytes after each; x (and y, unless in place) at
+/// mask, the state bytes and the clip counts after each; x (and y, unless in place) at
 /// misaligned offsets, a NaN in step 2.
 void expect_gpu_equals_reference(const ChannelLayout& layout, bool with_bias, bool in_place,
                                  bool with_mask, const EmaConfig& config, std::uint32_t seed,
@@ -460,6 +460,8 @@ void expect_gpu_equals_reference(const ChannelLayout& layout, bool with_bias, bo
   ref::ema_state_init(&state);
   DeviceBuffer<EmaRangeState> dstate(1);
   cuda::ema_state_init(dstate.data(), nullptr);
+  ClipCount counts;
+  DeviceBuffer<ClipCount> dcounts(std::vector<ClipCount>(1));
   for (int step = 0; step < steps; ++step) {
     SCOPED_TRACE(::testing::Message() << "step " << step);
     auto x = random_values(n, seed + 1 + step, 0.5f + 0.75f * step);
@@ -467,7 +469,7 @@ void expect_gpu_equals_reference(const ChannelLayout& layout, bool with_bias, bo
     std::vector<float> y(n);
     std::vector<std::uint32_t> mask(mask_words(n));
     ref::bias_relu_ema_fake_quant(x.data(), host_bias, layout, y.data(), &state, config,
-                                  with_mask ? mask.data() : nullptr);
+                                  with_mask ? mask.data() : nullptr, &counts);
 
     OffsetBuffer dx(x, (step + 1) % 4);
     OffsetBuffer dy(std::vector<float>(n, -5.0f), step % 4);
@@ -476,13 +478,16 @@ void expect_gpu_equals_reference(const ChannelLayout& layout, bool with_bias, bo
     if (!mask.empty())
       LOWBIT_CUDA_TRY(cudaMemset(dmask.data(), 0xA5, mask.size() * sizeof(std::uint32_t)));
     cuda::bias_relu_ema_fake_quant(dx.data, device_bias, layout, out, dstate.data(), config,
-                                   with_mask ? dmask.data() : nullptr, nullptr);
+                                   with_mask ? dmask.data() : nullptr, dcounts.data(), nullptr);
     const auto got = in_place ? dx.download(n) : dy.download(n);
     ASSERT_TRUE(same_bits(canonical_nans(y), canonical_nans(got)));
     if (with_mask) {
       ASSERT_TRUE(same_bits(mask, dmask.download()));
     }
     ASSERT_TRUE(same_state(state, dstate.download()[0]));
+    const ClipCount got_counts = dcounts.download()[0];
+    ASSERT_EQ(got_counts.quantized, counts.quantized);
+    ASSERT_EQ(got_counts.clipped, counts.clipped);
   }
 }
 

@@ -345,7 +345,7 @@ TEST(GpuBackendKernels, EmaFakeQuantMatchesCpuBitForBitOverSteps) {
         side.backend.upload(side.x.data(), x.data(), side.x.bytes());
         side.backend.ema_fake_quant(side.x.as<float>(), side.y.as<float>(), n,
                                     side.state.as<EmaRangeState>(), config,
-                                    side.mask.as<std::uint32_t>());
+                                    side.mask.as<std::uint32_t>(), nullptr);
       }
       EXPECT_TRUE(same_bits(get<float>(*cpu, sides[0].y), get<float>(*gpu, sides[1].y)));
       EXPECT_TRUE(same_bits(get<std::uint32_t>(*cpu, sides[0].mask),
@@ -440,9 +440,8 @@ struct SmallStep {
     backend.conv2d_forward(kConv, x.as<float>(), w.as<float>(), conv_out.as<float>());
     backend.max_pool_forward(kPool, conv_out.as<float>(), pool_out.as<float>());
     backend.linear_forward(kFc, pool_out.as<float>(), fc_w.as<float>(), logits.as<float>());
-    backend.ema_fake_quant(logits.as<float>(), quantized.as<float>(),
-                           kFc.batch * kFc.out_features, state.as<EmaRangeState>(), ema,
-                           mask.as<std::uint32_t>());
+    backend.ema_fake_quant(logits.as<float>(), quantized.as<float>(), kFc.batch * kFc.out_features,
+                           state.as<EmaRangeState>(), ema, mask.as<std::uint32_t>(), nullptr);
     // The quantized logits stand in for a loss gradient.
     backend.linear_backward(kFc, pool_out.as<float>(), fc_w.as<float>(), quantized.as<float>(),
                             d_pool.as<float>(), d_fc_w.as<float>());

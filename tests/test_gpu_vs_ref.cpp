@@ -162,15 +162,20 @@ TEST(GpuFakeQuant, AffineMatchesReferenceOnRandomShapes) {
         }
         std::vector<float> y(n);
         std::vector<std::uint32_t> mask(mask_words(n));
+        ClipCount counts;
         ref::fake_quant_affine(x.data(), y.data(), layout, scale.data(), zero_point.data(), quant,
-                               mask.data());
+                               mask.data(), &counts);
         DeviceBuffer<float> dscale(scale);
         DeviceBuffer<std::int32_t> dzero(zero_point);
         DeviceBuffer<std::uint32_t> dmask(mask.size());
+        DeviceBuffer<ClipCount> dcounts(std::vector<ClipCount>(1));
         cuda::fake_quant_affine(dx.x, dy.data(), layout, dscale.data(), dzero.data(), quant,
-                                dmask.data(), nullptr);
+                                dmask.data(), dcounts.data(), nullptr);
         ASSERT_TRUE(matches("y", x, y, dy.download())) << "bits " << bits;
         ASSERT_TRUE(same_bits(mask, dmask.download())) << "bits " << bits;
+        const ClipCount got = dcounts.download()[0];
+        ASSERT_EQ(got.quantized, static_cast<unsigned long long>(n)) << "bits " << bits;
+        ASSERT_EQ(got.clipped, counts.clipped) << "bits " << bits;
       }
     }
   }
@@ -236,18 +241,22 @@ TEST(GpuEma, SequenceMatchesReferenceInBothModesAndMaskFormats) {
       ref::ema_state_init(&state);
       DeviceBuffer<EmaRangeState> dstate(1);
       cuda::ema_state_init(dstate.data(), nullptr);
+      ClipCount counts;  // over the whole sequence
+      DeviceBuffer<ClipCount> dcounts(std::vector<ClipCount>(1));
+      std::int64_t total = 0;
       for (int step = 0; step < 12; ++step) {
         const std::int64_t n = 1000 + 7919 * step;
         auto x = random_values(n, 77 + step, 0.5f + step);
         if (step == 4) x[n / 2] = std::numeric_limits<float>::quiet_NaN();
         std::vector<float> y(n);
         std::vector<std::uint32_t> mask(mask_words(n, format));
-        ref::ema_fake_quant(x.data(), y.data(), n, &state, config, mask.data(), format);
+        ref::ema_fake_quant(x.data(), y.data(), n, &state, config, mask.data(), format, &counts);
+        total += n;
         OffsetInput dx(x, step % 4);
         DeviceBuffer<float> dy(n);
         DeviceBuffer<std::uint32_t> dmask(mask.size());
         cuda::ema_fake_quant(dx.x, dy.data(), n, dstate.data(), config, dmask.data(), format,
-                             nullptr);
+                             dcounts.data(), nullptr);
         SCOPED_TRACE(::testing::Message() << "bits " << bits << " step " << step);
         ASSERT_TRUE(matches("y", x, y, dy.download()));
         ASSERT_TRUE(same_bits(mask, dmask.download()));
@@ -255,7 +264,14 @@ TEST(GpuEma, SequenceMatchesReferenceInBothModesAndMaskFormats) {
         ASSERT_EQ(std::memcmp(&state, &got, sizeof state), 0)
             << "min " << got.min << " vs " << state.min << ", max " << got.max << " vs "
             << state.max << ", steps " << got.steps << ", skipped " << got.skipped;
+        const ClipCount got_counts = dcounts.download()[0];
+        ASSERT_EQ(got_counts.quantized, counts.quantized);
+        ASSERT_EQ(got_counts.clipped, counts.clipped);
       }
+      // The delay's identity steps quantize nothing; growing batches clip.
+      EXPECT_GT(counts.quantized, 0u);
+      EXPECT_LT(counts.quantized, static_cast<unsigned long long>(total));
+      EXPECT_GT(counts.clipped, 0u);
     }
   }
 }
@@ -275,16 +291,17 @@ TEST(GpuGraph, CapturedStepReplaysLikeEager) {
     EmaConfig config;
     config.quant = {4, false};
     config.mode = mode;
+    DeviceBuffer<ClipCount> dcounts(std::vector<ClipCount>(1));
     const Stream stream;
     cuda::ema_state_init(dstate.data(), stream.get());
     // One eager call first, so that no kernel module is loaded inside the capture.
     cuda::ema_fake_quant(dx.data(), dy.data(), n, dstate.data(), config, dmask.data(),
-                         MaskFormat::pass, stream.get());
+                         MaskFormat::pass, dcounts.data(), stream.get());
     cuda::ste_backward(dg.data(), dmask.data(), MaskFormat::pass, n, ddx.data(), stream.get());
     cudaGraph_t graph;
     LOWBIT_CUDA_TRY(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeGlobal));
     cuda::ema_fake_quant(dx.data(), dy.data(), n, dstate.data(), config, dmask.data(),
-                         MaskFormat::pass, stream.get());
+                         MaskFormat::pass, dcounts.data(), stream.get());
     cuda::ste_backward(dg.data(), dmask.data(), MaskFormat::pass, n, ddx.data(), stream.get());
     LOWBIT_CUDA_TRY(cudaStreamEndCapture(stream.get(), &graph));
     cudaGraphExec_t exec;
@@ -296,14 +313,19 @@ TEST(GpuGraph, CapturedStepReplaysLikeEager) {
     ref::ema_state_init(&state);
     std::vector<float> y(n), dxr(n);
     std::vector<std::uint32_t> mask(mask_words(n));
+    ClipCount counts;
     for (int i = 0; i < 4; ++i) {  // the eager call and three replays
-      ref::ema_fake_quant(x.data(), y.data(), n, &state, config, mask.data(), MaskFormat::pass);
+      ref::ema_fake_quant(x.data(), y.data(), n, &state, config, mask.data(), MaskFormat::pass,
+                          &counts);
       ref::ste_backward(g.data(), mask.data(), MaskFormat::pass, n, dxr.data());
     }
     EXPECT_TRUE(same_bits(y, dy.download()));
     EXPECT_TRUE(same_bits(dxr, ddx.download()));
     const EmaRangeState got = dstate.download()[0];
     EXPECT_EQ(std::memcmp(&state, &got, sizeof state), 0);
+    const ClipCount got_counts = dcounts.download()[0];
+    EXPECT_EQ(got_counts.quantized, counts.quantized);
+    EXPECT_EQ(got_counts.clipped, counts.clipped);
     LOWBIT_CUDA_TRY(cudaGraphExecDestroy(exec));
     LOWBIT_CUDA_TRY(cudaGraphDestroy(graph));
   }

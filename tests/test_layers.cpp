@@ -35,6 +35,20 @@ void feed_random_batch(Backend& b, Network& net, std::uint32_t seed) {
   b.upload(net.labels(), labels.data(), labels.size() * sizeof(std::int32_t));
 }
 
+void expect_same_reports(const std::vector<QuantizerReport>& a,
+                         const std::vector<QuantizerReport>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    SCOPED_TRACE(a[i].name);
+    EXPECT_EQ(a[i].name, b[i].name);
+    EXPECT_TRUE(test::same_bits(a[i].min, b[i].min));
+    EXPECT_TRUE(test::same_bits(a[i].max, b[i].max));
+    EXPECT_TRUE(test::same_bits(a[i].step, b[i].step));
+    EXPECT_EQ(a[i].quantized, b[i].quantized);
+    EXPECT_EQ(a[i].clipped, b[i].clipped);
+  }
+}
+
 double mean_loss(Backend& b, Network& net) {
   b.fill_zero(net.totals(), sizeof(LossTotals));
   net.forward(Pass::eval);
@@ -102,7 +116,7 @@ TEST(Layers, WeightFakeQuantIsBitExactWithTheKernel) {
   attrs.bits = 3;
   attrs.per_channel = attrs.symmetric = attrs.narrow_range = true;
   FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), dx.as<float>()},
-                       {y.as<float>(), dy.as<float>()}, {}, nullptr, nullptr);
+                       {y.as<float>(), dy.as<float>()}, {}, nullptr, nullptr, nullptr);
   layer.forward(Pass::train);
 
   const ChannelLayout layout = ChannelLayout::per_channel(shape, 0);
@@ -135,7 +149,7 @@ TEST(Layers, PyTorchWeightFakeQuantIsBitExactWithTheKernels) {
   attrs.bits = 4;
   attrs.rounding = Rounding::pytorch;
   FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), nullptr},
-                       {y.as<float>(), dy.as<float>()}, {}, nullptr, nullptr);
+                       {y.as<float>(), dy.as<float>()}, {}, nullptr, nullptr, nullptr);
   layer.forward(Pass::train);
 
   // PyTorch's per-channel symmetric qint4: scale from max|w|, zero point 0.
@@ -169,7 +183,8 @@ TEST(Layers, DelayedWeightFakeQuantPassesWeightsThroughUntilTheDelay) {
   attrs.bits = 2;
   attrs.quant_delay = 2;
   FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), dx.as<float>()},
-                       {y.as<float>(), dy.as<float>()}, {}, nullptr, steps.as<std::int64_t>());
+                       {y.as<float>(), dy.as<float>()}, {}, nullptr, steps.as<std::int64_t>(),
+                       nullptr);
   const ChannelLayout layout = ChannelLayout::per_channel(shape, 0);
   std::vector<float> quantized(w.size()), min(4), max(4), ws;
   std::vector<std::uint32_t> mask(static_cast<std::size_t>(mask_words(n)));
@@ -223,20 +238,25 @@ TEST(Layers, QuantizedNetworkEqualsTheFloatOneDuringTheDelay) {
   EXPECT_NE(loss_of(quantized, 60, Pass::eval), loss_of(plain, 60, Pass::eval));
 }
 
+// ... and counts what its training passes clip, and nothing in evaluation.
 TEST(Layers, EmaFakeQuantTracksTrainingAndFreezesInEvaluation) {
   const auto backend = make_cpu_backend();
   const std::int64_t n = 4 * 37;
   Buffer x = backend->allocate(n * 4), y = backend->allocate(n * 4), dy = backend->allocate(n * 4);
   Buffer state = backend->allocate(sizeof(EmaRangeState));
+  Buffer clips = backend->allocate(sizeof(ClipCount));
   backend->ema_state_init(state.as<EmaRangeState>());
+  backend->fill_zero(clips.data(), sizeof(ClipCount));
   FakeQuantAttrs attrs;
   attrs.bits = 4;
   attrs.ema_decay = 0.9f;
   attrs.quant_delay = 1;
   FakeQuantLayer layer("q", *backend, attrs, {4, 37}, {x.as<float>(), nullptr},
-                       {y.as<float>(), dy.as<float>()}, {}, state.as<EmaRangeState>(), nullptr);
+                       {y.as<float>(), dy.as<float>()}, {}, state.as<EmaRangeState>(), nullptr,
+                       clips.as<ClipCount>());
   EmaRangeState expected_state;
   ref::ema_state_init(&expected_state);
+  ClipCount expected_clips;
   EmaConfig config;
   config.quant = {4, false};
   config.decay = 0.9f;
@@ -246,9 +266,13 @@ TEST(Layers, EmaFakeQuantTracksTrainingAndFreezesInEvaluation) {
     backend->upload(x.data(), batch.data(), n * 4);
     layer.forward(Pass::train);
     std::vector<float> expected(static_cast<std::size_t>(n));
-    ref::ema_fake_quant(batch.data(), expected.data(), n, &expected_state, config, nullptr);
+    ref::ema_fake_quant(batch.data(), expected.data(), n, &expected_state, config, nullptr,
+                        MaskFormat::pass, &expected_clips);
     EXPECT_TRUE(test::same_bits(expected, download_floats(*backend, y.as<float>(), n))) << step;
   }
+  // Steps 1 and 2 quantized (step 0 was the delay); the EMA lags the batch extremes.
+  EXPECT_EQ(expected_clips.quantized, static_cast<unsigned long long>(2 * n));
+  EXPECT_GT(expected_clips.clipped, 0u);
   EmaRangeState before;
   backend->download(&before, state.data(), sizeof(before));
   const std::vector<float> batch = test::random_values(n, 99, 9.0f);
@@ -260,6 +284,10 @@ TEST(Layers, EmaFakeQuantTracksTrainingAndFreezesInEvaluation) {
   EXPECT_EQ(after.min, expected_state.min);
   EXPECT_EQ(after.max, expected_state.max);
   EXPECT_EQ(after.steps, 3);
+  ClipCount counted;  // the 9.0-wide eval batch would have clipped much
+  backend->download(&counted, clips.data(), sizeof(counted));
+  EXPECT_EQ(counted.quantized, expected_clips.quantized);
+  EXPECT_EQ(counted.clipped, expected_clips.clipped);
 }
 
 /// Fused layers (Conv2d/Linear + ReLU + EMA fake quant in one kernel) give the
@@ -294,7 +322,80 @@ TEST(Layers, FusedLayersEqualSeparateNodes) {
       backend->download(sa.data(), separate.ema_states(), states * sizeof(EmaRangeState));
       backend->download(sb.data(), fused.ema_states(), states * sizeof(EmaRangeState));
       EXPECT_EQ(std::memcmp(sa.data(), sb.data(), states * sizeof(EmaRangeState)), 0);
+      expect_same_reports(separate.quantizer_reports(), fused.quantizer_reports());
     }
+  }
+}
+
+// quantizer_reports() reads each quantizer's own state: weight ranges are
+// those of the weights, LSQ steps the scale parameters, and the clip counts
+// take training passes only, until reset.
+TEST(Layers, QuantizerReportsReadTheQuantizersState) {
+  const auto backend = make_cpu_backend();
+  for (const RangeMode mode : {RangeMode::ema, RangeMode::lsq}) {
+    SCOPED_TRACE(to_string(mode));
+    QuantizeOptions o;
+    o.range = mode;
+    o.quant_delay = 0;
+    const Graph graph = quantize(lenet5(1, 12, 12, 5), o);
+    Network net(graph, *backend, 3);
+    net.initialize_parameters(5);
+    feed_random_batch(*backend, net, 7);
+    net.forward(mode == RangeMode::lsq ? Pass::calibrate : Pass::eval);
+    net.reset_clip_counts();
+    net.forward(Pass::train);
+    net.forward(Pass::train);
+    net.forward(Pass::eval);
+
+    const std::vector<float> params =
+        download_floats(*backend, net.parameters(), net.parameter_count());
+    const auto slot = [&](const std::string& name) {
+      for (const ParameterSlot& s : net.parameter_slots())
+        if (s.name == name) return s;
+      ADD_FAILURE() << "no parameter " << name;
+      return ParameterSlot{};
+    };
+    const std::vector<QuantizerReport> reports = net.quantizer_reports();
+    std::size_t count = 0;
+    for (const Node& node : graph.nodes()) {
+      if (node.kind != NodeKind::fake_quant) continue;
+      ASSERT_LT(count, reports.size());
+      const QuantizerReport& r = reports[count++];
+      SCOPED_TRACE(node.name);
+      EXPECT_EQ(r.name, node.name);
+      if (mode == RangeMode::lsq) {
+        const ParameterSlot s = slot(node.name + ".scale");
+        EXPECT_TRUE(test::same_bits(
+            r.step, {params.begin() + s.offset, params.begin() + s.offset + s.count}));
+        EXPECT_TRUE(r.min.empty());
+      } else if (r.weights) {  // symmetric per channel: ±max|w| of each output channel
+        const std::string layer = node.name.substr(0, node.name.find('/'));
+        const ParameterSlot w = slot(layer + ".weight");
+        const std::int64_t per_channel = w.count / w.shape[0];
+        ASSERT_EQ(r.max.size(), static_cast<std::size_t>(w.shape[0]));
+        for (std::int64_t c = 0; c < w.shape[0]; ++c) {
+          float biggest = 0.0f;
+          for (std::int64_t k = 0; k < per_channel; ++k)
+            biggest = std::max(biggest, std::fabs(params[w.offset + c * per_channel + k]));
+          EXPECT_EQ(r.max[c], biggest) << "channel " << c;
+          EXPECT_EQ(r.min[c], -biggest) << "channel " << c;
+        }
+      } else {
+        ASSERT_EQ(r.min.size(), 1u);
+        EXPECT_LE(r.min[0], 0.0f);
+        EXPECT_GT(r.max[0], 0.0f);
+      }
+      if (r.weights) {
+        EXPECT_EQ(r.quantized, 0u);
+      } else {
+        const auto elements = 2 * net.batch() * graph.tensor(node.outputs[0]).size();
+        EXPECT_EQ(r.quantized, static_cast<unsigned long long>(elements));
+        EXPECT_LE(r.clipped, r.quantized);
+      }
+    }
+    EXPECT_EQ(count, reports.size());
+    net.reset_clip_counts();
+    for (const QuantizerReport& r : net.quantizer_reports()) EXPECT_EQ(r.quantized, 0u);
   }
 }
 

@@ -286,8 +286,16 @@ TEST(GpuLsq, MatchesReference) {
     DeviceBuffer<float> d_y(x.size()), d_dx(x.size()), d_grad(channels), d_init(channels);
     DeviceBuffer<float> d_work(lowbit::reduction_workspace_bytes(layout) / sizeof(float) + 1);
 
-    lowbit::cuda::lsq_forward(d_x.data(), d_y.data(), layout, d_scale.data(), c.quant, nullptr);
-    EXPECT_TRUE(same_bits(lsq_forward(x, layout, scale, c.quant), d_y.download()));
+    lowbit::ClipCount counts;
+    std::vector<float> y(x.size());
+    lowbit::ref::lsq_forward(x.data(), y.data(), layout, scale.data(), c.quant, &counts);
+    DeviceBuffer<lowbit::ClipCount> d_counts(std::vector<lowbit::ClipCount>(1));
+    lowbit::cuda::lsq_forward(d_x.data(), d_y.data(), layout, d_scale.data(), c.quant,
+                              d_counts.data(), nullptr);
+    EXPECT_TRUE(same_bits(y, d_y.download()));
+    const lowbit::ClipCount got = d_counts.download()[0];
+    EXPECT_EQ(got.quantized, static_cast<unsigned long long>(layout.size()));
+    EXPECT_EQ(got.clipped, counts.clipped);
 
     lowbit::cuda::lsq_backward(d_dy.data(), d_x.data(), layout, d_scale.data(), c.quant, d_dx.data(),
                                d_grad.data(), d_work.as_workspace(), nullptr);
@@ -317,7 +325,8 @@ TEST(GpuLsq, InvalidDeviceScaleClampsToMinScale) {
     want[k] = lowbit::fake_quant(x[k], p);
   }
   DeviceBuffer<float> d_x(x), d_scale(scale), d_y(x.size());
-  lowbit::cuda::lsq_forward(d_x.data(), d_y.data(), layout, d_scale.data(), quant, nullptr);
+  lowbit::cuda::lsq_forward(d_x.data(), d_y.data(), layout, d_scale.data(), quant, nullptr,
+                            nullptr);
   EXPECT_TRUE(same_bits(want, d_y.download()));
 }
 

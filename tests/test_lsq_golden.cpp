@@ -103,7 +103,7 @@ Result run(const LsqCase& g) {
   auto dx = api.upload(poison);
   auto d_scale = api.upload(channel_poison);
   auto ws = test::workspace_buffer(api, g.layout);
-  api.lsq_forward(x.data(), y.data(), g.layout, scale.data(), g.quant);
+  api.lsq_forward(x.data(), y.data(), g.layout, scale.data(), g.quant, nullptr);
   api.lsq_backward(dy.data(), x.data(), g.layout, scale.data(), g.quant, dx.data(),
                    d_scale.data(), test::as_workspace(ws));
   return {api.download(y), api.download(dx), api.download(d_scale)};

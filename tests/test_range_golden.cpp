@@ -186,7 +186,7 @@ Result run_ema(const RangeCase& g, EmaMode mode) {
   return run_with_pass_mask<Api>(g, [&](Api& api, const float* x, float* y, std::uint32_t* mask) {
     auto state = api.upload(std::vector<EmaRangeState>{state_holding(g.min[0], g.max[0])});
     api.ema_fake_quant(x, y, g.layout.size(), state.data(), frozen_config(g.quant, mode), mask,
-                       MaskFormat::pass);
+                       MaskFormat::pass, nullptr);
     api.download(state);
   });
 }
@@ -196,8 +196,8 @@ template <class Api>
 Result run_fused(const RangeCase& g) {
   return run_with_pass_mask<Api>(g, [&](Api& api, const float* x, float* y, std::uint32_t* mask) {
     auto state = api.upload(std::vector<EmaRangeState>{state_holding(g.min[0], g.max[0])});
-    api.bias_relu_ema_fake_quant(x, static_cast<const float*>(nullptr), g.layout, y,
-                                 state.data(), frozen_config(g.quant, EmaMode::exact), mask);
+    api.bias_relu_ema_fake_quant(x, static_cast<const float*>(nullptr), g.layout, y, state.data(),
+                                 frozen_config(g.quant, EmaMode::exact), mask, nullptr);
     api.download(state);
   });
 }

@@ -78,10 +78,11 @@ TYPED_TEST(SignedZero, AffineAndLsqForwardGivePlusZero) {
     auto scale = api.upload(std::vector<float>{s});
     auto zero_point = api.upload(std::vector<std::int32_t>{0});
     api.fake_quant_affine(x.data(), y.data(), ChannelLayout::per_tensor(6), scale.data(),
-                          zero_point.data(), grid, nullptr);
+                          zero_point.data(), grid, nullptr, nullptr);
     EXPECT_EQ(bits(api.download(y)), repeat(kPlusZero, n)) << "affine, qmin " << grid.qmin;
     auto y_lsq = api.upload(std::vector<float>(n, 1.0f));
-    api.lsq_forward(x.data(), y_lsq.data(), ChannelLayout::per_tensor(6), scale.data(), grid);
+    api.lsq_forward(x.data(), y_lsq.data(), ChannelLayout::per_tensor(6), scale.data(), grid,
+                    nullptr);
     EXPECT_EQ(bits(api.download(y_lsq)), repeat(kPlusZero, n)) << "lsq, qmin " << grid.qmin;
   }
 }
@@ -176,9 +177,11 @@ TYPED_TEST(SignedZero, EmaQuantizesToPlusZeroAndItsIdentityKeepsTheSign) {
   EmaConfig config;
   config.quant = RangeQuant{8, false};
   config.quant_delay = 1;  // the first call is the identity
-  api.ema_fake_quant(x.data(), y.data(), 5, state.data(), config, nullptr, MaskFormat::pass);
+  api.ema_fake_quant(x.data(), y.data(), 5, state.data(), config, nullptr, MaskFormat::pass,
+                     nullptr);
   EXPECT_EQ(bits(api.download(y)), bits(x_host));
-  api.ema_fake_quant(x.data(), y.data(), 5, state.data(), config, nullptr, MaskFormat::pass);
+  api.ema_fake_quant(x.data(), y.data(), 5, state.data(), config, nullptr, MaskFormat::pass,
+                     nullptr);
   const auto quantized = api.download(y);
   EXPECT_EQ(bits_of(quantized[0]), kPlusZero);
   EXPECT_EQ(bits_of(quantized[1]), kPlusZero);
@@ -187,7 +190,7 @@ TYPED_TEST(SignedZero, EmaQuantizesToPlusZeroAndItsIdentityKeepsTheSign) {
   auto fused = api.upload(std::vector<float>(5, 1.0f));
   api.bias_relu_ema_fake_quant(x.data(), static_cast<const float*>(nullptr),
                                ChannelLayout::per_tensor(5), fused.data(), state.data(), config,
-                               static_cast<std::uint32_t*>(nullptr));
+                               static_cast<std::uint32_t*>(nullptr), nullptr);
   const auto fused_y = api.download(fused);
   for (int i : {0, 1, 2, 4}) EXPECT_EQ(bits_of(fused_y[i]), kPlusZero) << i;
 }

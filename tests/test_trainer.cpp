@@ -109,6 +109,36 @@ TEST(Trainer, ReportsWhenQuantizationStartedOrThatItNeverDid) {
   EXPECT_THROW(train(o, *cpu, nullptr), Error) << "lsq quantizes from the first step";
 }
 
+// Each quantizer's final state, with the clip counts of the last epoch only.
+TEST(Trainer, ReportsEveryQuantizerAfterTheLastEpoch) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  TrainOptions o = small_run(4, 1024);
+  o.epochs = 2;
+  o.quantize.quant_delay = 0;
+  const TrainReport r = train(o, *cpu, nullptr);
+  const std::vector<std::string> layers = {"conv1", "conv2", "fc1", "fc2", "fc3"};
+  const std::vector<std::string> outputs = {"relu1", "relu2", "relu3", "relu4", "fc3"};
+  const std::vector<std::int64_t> per_example = {6 * 28 * 28, 16 * 10 * 10, 120, 84, 10};
+  ASSERT_EQ(r.quantizers.size(), 10u);
+  for (std::size_t k = 0; k < layers.size(); ++k) {
+    const QuantizerReport& w = r.quantizers[2 * k];
+    const QuantizerReport& a = r.quantizers[2 * k + 1];
+    EXPECT_EQ(w.name, layers[k] + "/weight_quant");
+    EXPECT_EQ(a.name, outputs[k] + "/act_quant");
+    EXPECT_TRUE(w.weights);
+    EXPECT_FALSE(a.weights);
+    EXPECT_EQ(w.bits, 4);
+    EXPECT_EQ(a.bits, k == 4 ? 8 : 4);
+    EXPECT_EQ(w.min.size(), w.max.size());
+    EXPECT_GT(w.max.size(), 1u);
+    // 16 steps of 64 in the last epoch, every one quantized (no delay).
+    EXPECT_EQ(a.quantized, static_cast<unsigned long long>(1024 * per_example[k])) << a.name;
+    EXPECT_LE(a.clipped, a.quantized) << a.name;
+  }
+  EXPECT_TRUE(train(small_run(0, 128), *cpu, nullptr).quantizers.empty());
+}
+
 TEST(Trainer, DivergenceStopsTrainingAndKeepsTheLastCheckpoint) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   const auto cpu = make_cpu_backend();
@@ -242,6 +272,7 @@ TEST(GpuTrainer, GraphAndEagerAreBitIdenticalAndDeterministic) {
   LOWBIT_REQUIRE_GPU();
   LOWBIT_REQUIRE_FASHION_MNIST();
   const auto gpu = make_cuda_backend();
+  // The checkpoint's bytes, then each quantizer's clip counts.
   const auto run = [&](bool graph, const std::string& name) {
     TrainOptions o = small_run(4, 2048);
     o.use_graph = graph;
@@ -252,7 +283,10 @@ TEST(GpuTrainer, GraphAndEagerAreBitIdenticalAndDeterministic) {
       all.insert(all.end(), t.data.begin(), t.data.end());
     fs::remove(o.save_path);
     EXPECT_GT(r.test_accuracy, 0.5);
-    return all;
+    std::vector<unsigned long long> counts;
+    for (const QuantizerReport& q : r.quantizers)
+      counts.insert(counts.end(), {q.quantized, q.clipped});
+    return std::pair(all, counts);
   };
   const auto graph = run(true, "gpu_graph");
   EXPECT_TRUE(graph == run(true, "gpu_graph_again"));

@@ -391,8 +391,9 @@ class CudaBackend final : public Backend {
   }
   void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                                 float* y, EmaRangeState* state, const EmaConfig& config,
-                                std::uint32_t* mask) override {
-    cuda::bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask, stream_.get());
+                                std::uint32_t* mask, ClipCount* clip_count) override {
+    cuda::bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask, clip_count,
+                                   stream_.get());
   }
   void add(const float* a, const float* b, std::int64_t n, float* y) override {
     cuda::add(a, b, n, y, stream_.get());
@@ -422,10 +423,11 @@ class CudaBackend final : public Backend {
   void advance_cursor(std::int64_t* cursor) override {
     cuda::advance_cursor(cursor, stream_.get());
   }
-  void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout,
-                         const float* scale, const std::int32_t* zero_point, AffineQuant quant,
-                         std::uint32_t* mask) override {
-    cuda::fake_quant_affine(x, y, layout, scale, zero_point, quant, mask, stream_.get());
+  void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
+                         const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                         ClipCount* clip_count) override {
+    cuda::fake_quant_affine(x, y, layout, scale, zero_point, quant, mask, clip_count,
+                            stream_.get());
   }
   void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
                     std::int64_t n, float* dx) override {
@@ -435,8 +437,9 @@ class CudaBackend final : public Backend {
     cuda::ema_state_init(state, stream_.get());
   }
   void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
-                      const EmaConfig& config, std::uint32_t* mask) override {
-    cuda::ema_fake_quant(x, y, n, state, config, mask, MaskFormat::pass, stream_.get());
+                      const EmaConfig& config, std::uint32_t* mask,
+                      ClipCount* clip_count) override {
+    cuda::ema_fake_quant(x, y, n, state, config, mask, MaskFormat::pass, clip_count, stream_.get());
   }
   void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
                     float* max, Workspace workspace) override {
@@ -459,8 +462,8 @@ class CudaBackend final : public Backend {
                                    stream_.get());
   }
   void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                   LsqQuant quant) override {
-    cuda::lsq_forward(x, y, layout, scale, quant, stream_.get());
+                   LsqQuant quant, ClipCount* clip_count) override {
+    cuda::lsq_forward(x, y, layout, scale, quant, clip_count, stream_.get());
   }
   void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
                     const float* scale, LsqQuant quant, float* dx, float* d_scale,

@@ -23,12 +23,17 @@ AffineQuant affine_grid(const FakeQuantAttrs& a) {
 
 FakeQuantLayer::FakeQuantLayer(std::string name, Backend& backend, const FakeQuantAttrs& attrs,
                                const std::vector<std::int64_t>& shape, Binding x, Binding y,
-                               Binding scale, EmaRangeState* state,
-                               const std::int64_t* steps_done)
-    : Layer(std::move(name), backend), attrs_(attrs),
+                               Binding scale, EmaRangeState* state, const std::int64_t* steps_done,
+                               ClipCount* clips)
+    : Layer(std::move(name), backend),
+      attrs_(attrs),
       layout_(attrs.weights && attrs.per_channel ? ChannelLayout::per_channel(shape, 0)
                                                  : ChannelLayout::per_tensor(element_count(shape))),
-      x_(x), y_(y), scale_(scale), steps_done_(steps_done) {
+      x_(x),
+      y_(y),
+      scale_(scale),
+      steps_done_(steps_done),
+      clips_(clips) {
   expect(x.value && y.value && y.grad, "unbound tensor");
   expect(!attrs.weights || attrs.quant_delay == 0 || steps_done != nullptr,
          "a delayed weight quantizer needs the step count");
@@ -71,7 +76,7 @@ void FakeQuantLayer::forward_weights() {
                           workspace_.as_workspace());
     backend_.affine_params_from_range(min, max, layout_.channels, grid, attrs_.symmetric, scale,
                                       zero_point);
-    backend_.fake_quant_affine(x_.value, y_.value, layout_, scale, zero_point, grid, mask);
+    backend_.fake_quant_affine(x_.value, y_.value, layout_, scale, zero_point, grid, mask, nullptr);
   }
   // TensorFlow's quant_delay holds back weights as well as activations. The
   // step count lives with the backend, so a replayed CUDA graph stays right.
@@ -83,26 +88,28 @@ void FakeQuantLayer::forward_weights() {
 void FakeQuantLayer::forward_ema(Pass pass) {
   const EmaRange::Use ema = ema_->for_pass(pass);
   auto* mask = mask_.as<std::uint32_t>();
+  ClipCount* clips = pass == Pass::train ? clips_ : nullptr;
   const std::int64_t n = layout_.size();
   if (attrs_.rounding == Rounding::tensorflow) {
-    backend_.ema_fake_quant(x_.value, y_.value, n, ema.state, ema.config, mask);
+    backend_.ema_fake_quant(x_.value, y_.value, n, ema.state, ema.config, mask, clips);
     return;
   }
   // PyTorch's order: observe, then quantize with qparams of the updated range.
   const AffineQuant grid = affine_grid(attrs_);
   auto* scale = affine_.as<float>();
   auto* zero_point = reinterpret_cast<std::int32_t*>(scale + 1);
-  backend_.ema_fake_quant(x_.value, y_.value, n, ema.state, ema.config, nullptr);
+  backend_.ema_fake_quant(x_.value, y_.value, n, ema.state, ema.config, nullptr, nullptr);
   backend_.affine_params_from_range(&ema.state->min, &ema.state->max, 1, grid, false, scale,
                                     zero_point);
-  backend_.fake_quant_affine(x_.value, y_.value, layout_, scale, zero_point, grid, mask);
+  backend_.fake_quant_affine(x_.value, y_.value, layout_, scale, zero_point, grid, mask, clips);
 }
 
 void FakeQuantLayer::forward_lsq(Pass pass) {
   const LsqQuant grid = affine_grid(attrs_);
   if (pass == Pass::calibrate)
     backend_.lsq_init_scale(x_.value, layout_, grid, scale_.value, workspace_.as_workspace());
-  backend_.lsq_forward(x_.value, y_.value, layout_, scale_.value, grid);
+  backend_.lsq_forward(x_.value, y_.value, layout_, scale_.value, grid,
+                       pass == Pass::train ? clips_ : nullptr);
 }
 
 void FakeQuantLayer::backward_impl() {

@@ -19,6 +19,7 @@ struct Epilogue {
   bool relu = false;
   const FakeQuantAttrs* quant = nullptr;  ///< fused activation quantizer, or null
   EmaRangeState* state = nullptr;         ///< its observer
+  ClipCount* clips = nullptr;             ///< what its training passes clip
 };
 
 /// Conv2d or Linear: y = epilogue(op(x, w) + b).
@@ -38,6 +39,7 @@ class WeightedLayer final : public Layer {
   Binding x_, w_, b_, y_;
   bool relu_;
   std::unique_ptr<EmaRange> ema_;  // the fused activation quantizer
+  ClipCount* clips_;               // its clip counts
   Buffer mask_;                    // its mask: ReLU and STE in one bit
   Buffer workspace_;
 };
@@ -101,12 +103,17 @@ class SoftmaxCrossEntropyLayer final : public Layer {
 /// lagged EMA or LSQ), in either rounding family. `state` is the EMA observer
 /// of an activation quantizer (null otherwise); `scale` the LSQ step size;
 /// `steps_done` the network's training steps, which a weight quantizer with a
-/// quant_delay compares with it (its EMA observer counts an activation's).
+/// quant_delay compares with it (its EMA observer counts an activation's);
+/// `clips` what an activation quantizer's training passes clip (may be null).
 class FakeQuantLayer final : public Layer {
  public:
   FakeQuantLayer(std::string name, Backend& backend, const FakeQuantAttrs& attrs,
                  const std::vector<std::int64_t>& shape, Binding x, Binding y, Binding scale,
-                 EmaRangeState* state, const std::int64_t* steps_done);
+                 EmaRangeState* state, const std::int64_t* steps_done, ClipCount* clips);
+
+  /// Weights with a min/max range: the range of the last forward, min then
+  /// max per channel; null otherwise.
+  const float* weight_range() const { return range_.as<float>(); }
 
  private:
   void forward_impl(Pass pass) override;
@@ -119,6 +126,7 @@ class FakeQuantLayer final : public Layer {
   ChannelLayout layout_;  // per channel for weights, else the whole tensor
   Binding x_, y_, scale_;
   const std::int64_t* steps_done_;
+  ClipCount* clips_;
   std::unique_ptr<EmaRange> ema_;  // activations with EMA ranges
   Buffer mask_;
   Buffer range_;        // weights: min then max per channel

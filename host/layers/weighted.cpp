@@ -4,8 +4,14 @@ namespace lowbit {
 
 WeightedLayer::WeightedLayer(std::string name, Backend& backend, const Shape& shape, Binding x,
                              Binding w, Binding b, Binding y, const Epilogue& epilogue)
-    : Layer(std::move(name), backend), shape_(shape), x_(x), w_(w), b_(b), y_(y),
-      relu_(epilogue.relu) {
+    : Layer(std::move(name), backend),
+      shape_(shape),
+      x_(x),
+      w_(w),
+      b_(b),
+      y_(y),
+      relu_(epilogue.relu),
+      clips_(epilogue.clips) {
   expect(x.value && w.value && b.value && y.value, "unbound tensor");
   expect(w.grad && b.grad && y.grad, "unbound gradient");
   const ChannelLayout layout = output_layout();
@@ -32,7 +38,8 @@ void WeightedLayer::forward_impl(Pass pass) {
   if (ema_) {
     const EmaRange::Use use = ema_->for_pass(pass);
     backend_.bias_relu_ema_fake_quant(y_.value, b_.value, output_layout(), y_.value, use.state,
-                                      use.config, mask_.as<std::uint32_t>());
+                                      use.config, mask_.as<std::uint32_t>(),
+                                      pass == Pass::train ? clips_ : nullptr);
   } else {
     backend_.bias_activation(y_.value, b_.value, output_layout(), relu_, y_.value);
   }

@@ -132,9 +132,9 @@ class Backend {
                                         const std::uint32_t* pass_mask, float* dx,
                                         float* d_bias, Workspace workspace) = 0;
   virtual void bias_relu_ema_fake_quant(const float* x, const float* bias,
-                                        const ChannelLayout& layout, float* y,
-                                        EmaRangeState* state, const EmaConfig& config,
-                                        std::uint32_t* mask) = 0;
+                                        const ChannelLayout& layout, float* y, EmaRangeState* state,
+                                        const EmaConfig& config, std::uint32_t* mask,
+                                        ClipCount* clip_count) = 0;
   virtual void add(const float* a, const float* b, std::int64_t n, float* y) = 0;
   virtual void softmax_cross_entropy(const float* logits, const std::int32_t* labels,
                                      std::int64_t batch, int classes, float* d_logits,
@@ -152,12 +152,13 @@ class Backend {
 
   virtual void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout,
                                  const float* scale, const std::int32_t* zero_point,
-                                 AffineQuant quant, std::uint32_t* mask) = 0;
+                                 AffineQuant quant, std::uint32_t* mask, ClipCount* clip_count) = 0;
   virtual void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
                             std::int64_t n, float* dx) = 0;
   virtual void ema_state_init(EmaRangeState* state) = 0;
   virtual void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
-                              const EmaConfig& config, std::uint32_t* mask) = 0;
+                              const EmaConfig& config, std::uint32_t* mask,
+                              ClipCount* clip_count) = 0;
   virtual void weight_range(const float* w, const ChannelLayout& layout, bool symmetric,
                             float* min, float* max, Workspace workspace) = 0;
   virtual void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout,
@@ -171,7 +172,7 @@ class Backend {
                                         bool symmetric, float* scale,
                                         std::int32_t* zero_point) = 0;
   virtual void lsq_forward(const float* x, float* y, const ChannelLayout& layout,
-                           const float* scale, LsqQuant quant) = 0;
+                           const float* scale, LsqQuant quant, ClipCount* clip_count) = 0;
   virtual void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
                             const float* scale, LsqQuant quant, float* dx, float* d_scale,
                             Workspace workspace) = 0;

@@ -31,7 +31,7 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
 /// See ref::fake_quant_affine.
 void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                        const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
-                       cudaStream_t stream);
+                       ClipCount* clip_count, cudaStream_t stream);
 
 /// See ref::ste_backward. Moves 8 bytes + 1 bit per element.
 void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
@@ -49,7 +49,7 @@ void ema_state_init(EmaRangeState* state, cudaStream_t stream);
 /// element. EmaMode::lagged: one launch, 8 bytes + mask per element.
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
                     const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
-                    cudaStream_t stream);
+                    ClipCount* clip_count, cudaStream_t stream);
 
 /// See ref::weight_range.
 void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
@@ -66,7 +66,7 @@ void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::i
 
 /// See ref::lsq_forward.
 void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                 LsqQuant quant, cudaStream_t stream);
+                 LsqQuant quant, ClipCount* clip_count, cudaStream_t stream);
 
 /// See ref::lsq_backward.
 void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
@@ -102,7 +102,7 @@ void bias_activation_backward(const float* dy, const float* y, const ChannelLayo
 /// 8 bytes + mask per element.
 void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                               float* y, EmaRangeState* state, const EmaConfig& config,
-                              std::uint32_t* mask, cudaStream_t stream);
+                              std::uint32_t* mask, ClipCount* clip_count, cudaStream_t stream);
 
 /// See ref::add.
 void add(const float* a, const float* b, std::int64_t n, float* y, cudaStream_t stream);

@@ -109,6 +109,11 @@ LOWBIT_HD bool ste_pass(float x, const RangeParams& p) {
   return at_or_above_min(x, p) && at_or_below_max(x, p);
 }
 
+/// Clipped: x lies beyond the nudged range, so the output saturates at an end
+/// and the STE stops its gradient (never for NaN, nor in a zero-width range,
+/// which passes everything).
+LOWBIT_HD bool clips(float x, const RangeParams& p) { return x == x && !ste_pass(x, p); }
+
 // ---------------------------------------------------------------------------
 // Affine mode (PyTorch)
 
@@ -152,6 +157,9 @@ LOWBIT_HD bool ste_pass(float x, const AffineParams& p) {
   return q >= p.qmin && q <= p.qmax;
 }
 
+/// Clipped: q lies beyond [qmin, qmax] (never for NaN).
+LOWBIT_HD bool clips(float x, const AffineParams& p) { return x == x && !ste_pass(x, p); }
+
 // ---------------------------------------------------------------------------
 // LSQ (learned step size)
 
@@ -184,6 +192,13 @@ LOWBIT_HD float fake_quant(float x, const LsqParams& p) {
 LOWBIT_HD bool lsq_passes(float x, const LsqParams& p) {
   const float v = x * p.inv_scale;
   return v > p.qmin && v < p.qmax;
+}
+
+/// Clipped: x/s lies beyond [qmin, qmax] (never for NaN). The ends themselves
+/// are on the grid, though lsq_passes() stops their gradient.
+LOWBIT_HD bool clips(float x, const LsqParams& p) {
+  const float v = x * p.inv_scale;
+  return v < p.qmin || v > p.qmax;
 }
 
 /// Per-element d_scale term before the gradient scale g, Esser et al.'s

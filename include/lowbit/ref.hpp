@@ -35,9 +35,11 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
                       MaskFormat mask_format = MaskFormat::pass);
 
 /// Affine-mode fake quantization with scale[c] and zero_point[c] per channel.
-/// Writes a MaskFormat::pass mask if `mask` is not null.
+/// Writes a MaskFormat::pass mask if `mask` is not null, and adds every
+/// element and its clips() to `clip_count` if that is not null.
 void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask);
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                       ClipCount* clip_count = nullptr);
 
 /// STE backward from a saved mask: dx = dy where the element passed, else
 /// dy·0 (as TensorFlow's and PyTorch's dy·mask: -0 for a negative dy, NaN
@@ -62,10 +64,12 @@ void ema_state_init(EmaRangeState* state);
 /// ema_range_step), then quantizes x with the nudged EMA range exactly as
 /// FakeQuantWithMinMaxVars does: after this step's update in EmaMode::exact,
 /// before it in EmaMode::lagged. Before the first update and during
-/// quant_delay, y = x (and the mask passes every element but NaN).
+/// quant_delay, y = x (and the mask passes every element but NaN). Adds the
+/// elements it quantized and those it clipped to `clip_count` if not null
+/// (nothing in the identity phase).
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
                     const EmaConfig& config, std::uint32_t* mask,
-                    MaskFormat mask_format = MaskFormat::pass);
+                    MaskFormat mask_format = MaskFormat::pass, ClipCount* clip_count = nullptr);
 
 /// Last-value range of weights per channel: [min(w), max(w)], or with
 /// `symmetric` [-max|w|, max|w|], over the finite weights (NaN and ±Inf must
@@ -92,9 +96,10 @@ void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::i
 
 /// LSQ forward: y = clamp(round_half_even(x·(1/s[c])), qmin, qmax)·s[c], PyTorch's
 /// _fake_quantize_learnable_per_*_affine with zero point 0, bit for bit (a
-/// zero output is +0).
+/// zero output is +0). Adds every element and its clips() to `clip_count` if
+/// not null.
 void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                 LsqQuant quant);
+                 LsqQuant quant, ClipCount* clip_count = nullptr);
 
 /// LSQ backward as Esser et al. define it: dx = dy strictly inside the grid
 /// (qmin < x/s < qmax; dy·0 elsewhere), d_scale[c] = g·Σ lsq_scale_grad_term
@@ -150,10 +155,11 @@ void bias_activation_backward(const float* dy, const float* y, const ChannelLayo
 /// the op is in its identity phase), so ste_backward(dy, mask) is the gradient
 /// with respect to x, and its per-channel sum the bias gradient. y may alias
 /// x. Bit for bit: bias_activation(x, bias, layout, true, v), then
-/// ema_fake_quant(v, y, ..., mask, MaskFormat::pass), then mask &= (v > 0).
+/// ema_fake_quant(v, y, ..., mask, MaskFormat::pass, clip_count), then
+/// mask &= (v > 0).
 void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                               float* y, EmaRangeState* state, const EmaConfig& config,
-                              std::uint32_t* mask);
+                              std::uint32_t* mask, ClipCount* clip_count = nullptr);
 
 /// y = a + b over n elements; y may alias a or b.
 void add(const float* a, const float* b, std::int64_t n, float* y);

@@ -83,6 +83,27 @@ struct EpochReport {
   double seconds = 0.0;
 };
 
+/// One fake-quant node as the run left it: the first thing to look at when a
+/// low width loses accuracy (a range that grew with outliers clips little and
+/// rounds much; a tight one clips much).
+struct QuantizerReport {
+  std::string name;      ///< the node: "<layer>/weight_quant" or "<layer>/act_quant"
+  bool weights = false;  ///< a layer's weights, else activations
+  int bits = 0;
+  RangeMode range = RangeMode::ema;
+  /// ema and lagged: the range per channel (one entry per tensor): for
+  /// weights that of the final weights, for activations the EMA's, before
+  /// nudging. Empty for lsq.
+  std::vector<float> min, max;
+  /// lsq: the learned step size per channel. Empty otherwise.
+  std::vector<float> step;
+  /// Activations: the elements the last trained epoch's steps quantized (none
+  /// during a quant delay, nor when this run trained no epoch), and how many
+  /// of them lay beyond the grid ends and were clipped. 0 for weights.
+  std::uint64_t quantized = 0;
+  std::uint64_t clipped = 0;
+};
+
 struct TrainReport {
   std::string device;
   int weight_bits = 0;
@@ -99,6 +120,8 @@ struct TrainReport {
   /// The first training step (1-based) that quantized the activations (the
   /// weights where activations stay float); 0 when none of steps_done did.
   std::int64_t first_quantized_step = 0;
+  /// Every quantizer in graph order; empty for fp32.
+  std::vector<QuantizerReport> quantizers;
 };
 
 /// Receives progress; the trainer calls it between steps, at most once per

@@ -168,6 +168,16 @@ std::size_t reduction_workspace_bytes(const ChannelLayout& layout);
 /// Bytes that pack_codes writes for n codes of `bits` (2, 4 or 8) bits.
 constexpr std::int64_t packed_bytes(std::int64_t n, int bits) { return (n * bits + 7) / 8; }
 
+/// Counters an activation quantizer adds to when an op is given one (device
+/// memory for lowbit::cuda): the elements it quantized (an identity phase
+/// quantizes none) and how many of those lay beyond the grid ends (clips() in
+/// element.hpp), so the quantizer saturated them. Integer sums, so every
+/// schedule and both namespaces count the same. Zero them to start a period.
+struct ClipCount {
+  unsigned long long quantized = 0;  ///< atomicAdd's type
+  unsigned long long clipped = 0;
+};
+
 /// Running totals of the softmax cross-entropy over the steps since they were
 /// last zeroed (device memory for lowbit::cuda). Sums are in a fixed order.
 struct LossTotals {
