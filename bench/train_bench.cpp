@@ -38,7 +38,7 @@
 #include "harness.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/trainer.hpp"
-#include "session.hpp"
+#include "train/session.hpp"
 #include "stage_timed_backend.hpp"
 
 namespace {

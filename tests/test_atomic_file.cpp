@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "lowbit/error.hpp"
 #include "test_util.hpp"
 

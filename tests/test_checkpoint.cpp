@@ -9,13 +9,13 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
-#include "checkpoint.hpp"
+#include "train/checkpoint.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/graph.hpp"
 #include "lowbit/quantize.hpp"
 #include "lowbit/safetensors.hpp"
 #include "lowbit/trainer.hpp"
-#include "network.hpp"
+#include "nn/network.hpp"
 #include "test_util.hpp"
 
 namespace lowbit {

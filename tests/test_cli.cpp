@@ -18,12 +18,12 @@
 #include <utility>
 #include <vector>
 
-#include "checkpoint.hpp"
+#include "train/checkpoint.hpp"
 #include "lowbit/data.hpp"
 #include "lowbit/graph.hpp"
 #include "lowbit/quantize.hpp"
 #include "lowbit/trainer.hpp"
-#include "network.hpp"
+#include "nn/network.hpp"
 #include "test_util.hpp"
 
 namespace lowbit {

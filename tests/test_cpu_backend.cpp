@@ -19,7 +19,7 @@
 #include <utility>
 #include <vector>
 
-#include "cpu_ops.hpp"
+#include "backends/cpu_ops.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/ref.hpp"
 #include "test_util.hpp"

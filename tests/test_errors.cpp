@@ -50,7 +50,7 @@ TEST(Errors, LibraryLocationsAreRelativeToTheSourceTree) {
   };
   EXPECT_EQ(where([] { ChannelLayout::per_channel({2, 3}, 5); }), "cuda/checks.cpp");
   EXPECT_EQ(where([] { load_idx_dataset("/nonexistent/images", "/nonexistent/labels"); }),
-            "host/idx.cpp");
+            "host/io/idx.cpp");
   const std::string what = message_of([] { ChannelLayout::per_channel({2, 3}, 5); });
   EXPECT_NE(what.find(" (at cuda/checks.cpp:"), std::string::npos) << what;
 }

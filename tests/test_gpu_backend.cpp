@@ -15,7 +15,7 @@
 #include <tuple>
 #include <vector>
 
-#include "cuda/conv_algorithm.hpp"
+#include "backends/cuda/conv_algorithm.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/error.hpp"
 #include "test_util.hpp"

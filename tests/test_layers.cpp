@@ -7,11 +7,11 @@
 #include <cstring>
 #include <random>
 
-#include "layers/layers.hpp"
+#include "nn/layers/layers.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/quantize.hpp"
 #include "lowbit/ref.hpp"
-#include "network.hpp"
+#include "nn/network.hpp"
 #include "test_util.hpp"
 
 namespace lowbit {

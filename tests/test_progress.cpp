@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "progress.hpp"
+#include "cli/progress.hpp"
 
 namespace lowbit::cli {
 namespace {

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <filesystem>
 
-#include "checkpoint.hpp"
+#include "train/checkpoint.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/trainer.hpp"
 #include "test_util.hpp"

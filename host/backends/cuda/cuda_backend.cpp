@@ -35,10 +35,10 @@
 #include <utility>
 #include <vector>
 
-#include "cuda/conv_algorithm.hpp"
-#include "cuda/cublas_handle.hpp"
-#include "cuda/cudnn_objects.hpp"
-#include "cuda/stream.hpp"
+#include "backends/cuda/conv_algorithm.hpp"
+#include "backends/cuda/cublas_handle.hpp"
+#include "backends/cuda/cudnn_objects.hpp"
+#include "backends/cuda/stream.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/cuda.hpp"
 #include "lowbit/error.hpp"

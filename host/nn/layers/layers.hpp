@@ -7,8 +7,8 @@
 #include <memory>
 #include <variant>
 
-#include "layers/ema_range.hpp"
-#include "layers/layer.hpp"
+#include "nn/layers/ema_range.hpp"
+#include "nn/layers/layer.hpp"
 
 namespace lowbit {
 

@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "lowbit/error.hpp"
 
 namespace lowbit::safetensors {

@@ -6,9 +6,9 @@
 #include <cstdio>
 #include <string>
 
-#include "checkpoint.hpp"
+#include "train/checkpoint.hpp"
 #include "lowbit/error.hpp"
-#include "session.hpp"
+#include "train/session.hpp"
 
 namespace lowbit {
 

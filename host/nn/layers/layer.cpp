@@ -1,4 +1,4 @@
-#include "layers/layer.hpp"
+#include "nn/layers/layer.hpp"
 
 #include "lowbit/error.hpp"
 

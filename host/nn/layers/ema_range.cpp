@@ -1,4 +1,4 @@
-#include "layers/ema_range.hpp"
+#include "nn/layers/ema_range.hpp"
 
 #include "lowbit/error.hpp"
 

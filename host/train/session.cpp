@@ -1,4 +1,4 @@
-#include "session.hpp"
+#include "train/session.hpp"
 
 #include <string>
 #include <vector>

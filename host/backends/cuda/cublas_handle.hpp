@@ -6,7 +6,7 @@
 
 #include <cstddef>
 
-#include "cuda/unique_handle.hpp"
+#include "backends/cuda/unique_handle.hpp"
 #include "lowbit/error.hpp"
 
 namespace lowbit::gpu {

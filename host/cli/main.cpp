@@ -25,7 +25,7 @@
 #include <utility>
 #include <vector>
 
-#include "atomic_file.hpp"
+#include "io/atomic_file.hpp"
 #include "lowbit/data.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/graph.hpp"
@@ -33,7 +33,7 @@
 #include "lowbit/quantize.hpp"
 #include "lowbit/trainer.hpp"
 #include "lowbit/types.hpp"
-#include "progress.hpp"
+#include "cli/progress.hpp"
 
 namespace lowbit::cli {
 namespace {

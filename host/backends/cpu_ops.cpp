@@ -1,7 +1,7 @@
 // Convolution as im2col + GEMM (col2im for dx), fully connected layers as
 // GEMMs, and max pooling (lowbit::ref's, a share of the planes per thread), on
 // host pointers with OpenMP.
-#include "cpu_ops.hpp"
+#include "backends/cpu_ops.hpp"
 
 #include <omp.h>
 

@@ -5,7 +5,7 @@
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 
-#include "cuda/unique_handle.hpp"
+#include "backends/cuda/unique_handle.hpp"
 #include "lowbit/error.hpp"
 
 namespace lowbit::gpu {

@@ -9,7 +9,7 @@
 #include "lowbit/data.hpp"
 #include "lowbit/safetensors.hpp"
 #include "lowbit/trainer.hpp"
-#include "network.hpp"
+#include "nn/network.hpp"
 
 namespace lowbit {
 

@@ -1,6 +1,6 @@
 // Output files: atomic replacement of regular files (temporary file, fsync,
 // rename, directory fsync) and in-place writes to everything else.
-#include "atomic_file.hpp"
+#include "io/atomic_file.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>

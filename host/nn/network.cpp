@@ -1,11 +1,11 @@
-#include "network.hpp"
+#include "nn/network.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
 
-#include "layers/layers.hpp"
+#include "nn/layers/layers.hpp"
 #include "lowbit/error.hpp"
 
 namespace lowbit {

@@ -10,7 +10,7 @@
 #include "lowbit/data.hpp"
 #include "lowbit/trainer.hpp"
 #include "lowbit/types.hpp"
-#include "network.hpp"
+#include "nn/network.hpp"
 
 namespace lowbit {
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "layers/layer.hpp"
+#include "nn/layers/layer.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/graph.hpp"
 #include "lowbit/trainer.hpp"

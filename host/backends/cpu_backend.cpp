@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "cpu_ops.hpp"
+#include "backends/cpu_ops.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"

@@ -1,4 +1,4 @@
-#include "layers/layers.hpp"
+#include "nn/layers/layers.hpp"
 
 namespace lowbit {
 

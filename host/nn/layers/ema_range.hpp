@@ -5,7 +5,7 @@
 
 #include "lowbit/backend.hpp"
 #include "lowbit/graph.hpp"
-#include "layers/layer.hpp"
+#include "nn/layers/layer.hpp"
 
 namespace lowbit {
 
