@@ -250,6 +250,36 @@ void check_max_pool_backward(const Pool2dShape& s, const float* x, const float* 
   check_pointer(dx, pool_inputs(s), "dx");
 }
 
+void check_integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, const std::uint8_t* w,
+                          const std::int32_t* w_zero_point, const std::int32_t* bias,
+                          int accumulator_shift, const Requantization& r, const std::uint8_t* y) {
+  LOWBIT_EXPECTS(s.batch >= 0 && s.in_channels > 0 && s.height > 0 && s.width > 0 &&
+                     s.out_channels > 0 && s.kernel > 0 && s.stride > 0 && s.padding >= 0,
+                 "integer conv: sizes must be positive (batch, padding >= 0)");
+  LOWBIT_EXPECTS(s.kernel <= s.height + 2 * s.padding && s.kernel <= s.width + 2 * s.padding,
+                 "integer conv: the kernel is larger than the padded input");
+  // |(x - x_zero)·(w - w_zero)| <= 255·255 per tap: int32 holds 33025 taps.
+  LOWBIT_EXPECTS(s.in_channels * s.kernel * s.kernel <= 33025,
+                 "integer conv: more than 33025 taps per output would overflow int32 sums");
+  LOWBIT_EXPECTS(accumulator_shift >= 0 && accumulator_shift <= 30,
+                 "integer conv: accumulator_shift must be in [0, 30]");
+  LOWBIT_EXPECTS(r.min >= 0 && r.min <= r.max && r.max <= 255,
+                 "integer conv: output codes must lie in [0, 255], min <= max");
+  check_pointer(x, s.batch * s.in_channels * s.height * s.width, "x");
+  check_pointer(w, s.out_channels * s.in_channels * s.kernel * s.kernel, "w");
+  check_pointer(w_zero_point, s.out_channels, "w_zero_point");
+  check_pointer(bias, s.out_channels, "bias");
+  check_pointer(r.multiplier, s.out_channels, "multiplier");
+  check_pointer(r.shift, s.out_channels, "shift");
+  check_pointer(y, s.batch * s.out_channels * s.out_height() * s.out_width(), "y");
+}
+
+void check_max_pool_codes(const Pool2dShape& s, const std::uint8_t* x, const std::uint8_t* y) {
+  check_pool_shape(s);
+  check_pointer(x, pool_inputs(s), "x");
+  check_pointer(y, pool_outputs(s), "y");
+}
+
 void check_softmax_cross_entropy(const float* logits, const std::int32_t* labels,
                                  std::int64_t batch, int classes, const LossTotals* totals) {
   LOWBIT_EXPECTS(classes >= 1 && classes <= kMaxSoftmaxClasses,

@@ -23,6 +23,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# onnxruntime (with numpy) runs the ONNX files that save_onnx() writes in
+# tests/test_onnx.cpp, through tests/onnx_run.py; it comes from PyPI.
+if ! scripts/python-with.sh onnxruntime numpy >/dev/null; then
+  echo "setup: installing onnxruntime"
+  python3 -m pip install --quiet onnxruntime
+fi
+
 export CUDACXX="${CUDACXX:-/usr/local/cuda/bin/nvcc}"
 if [ ! -x "$CUDACXX" ]; then
   echo "setup: no CUDA compiler at $CUDACXX (install the CUDA Toolkit or set CUDACXX)" >&2

@@ -17,11 +17,12 @@
 namespace lowbit::test {
 
 // The ops both sides offer, as an X-macro.
-#define LOWBIT_TEST_OP_LIST(X)                                                            \
-  X(fake_quant_range) X(fake_quant_affine) X(ste_backward) X(ste_backward_range)          \
-  X(ema_fake_quant) X(bias_relu_ema_fake_quant) X(weight_range) X(fake_quant_weights)     \
-  X(lsq_forward) X(lsq_backward) X(lsq_init_scale) X(bias_activation)                     \
-  X(bias_activation_backward) X(add) X(sgd_step) X(affine_params_from_range)
+#define LOWBIT_TEST_OP_LIST(X)                                                                    \
+  X(fake_quant_range)                                                                             \
+  X(fake_quant_affine) X(ste_backward) X(ste_backward_range) X(ema_fake_quant)                    \
+      X(bias_relu_ema_fake_quant) X(weight_range) X(fake_quant_weights) X(lsq_forward)            \
+          X(lsq_backward) X(lsq_init_scale) X(bias_activation) X(bias_activation_backward) X(add) \
+              X(sgd_step) X(affine_params_from_range) X(integer_conv2d) X(max_pool_codes)
 
 #define LOWBIT_TEST_HOST_OP(op) \
   template <class... A>         \

@@ -101,6 +101,16 @@ TEST_F(CliHelp, TopLevelListsTheSubcommands) {
   EXPECT_EQ(result.status, 0) << result.err;
   EXPECT_NE(result.out.find("train"), std::string::npos) << result.out;
   EXPECT_NE(result.out.find("eval"), std::string::npos) << result.out;
+  EXPECT_NE(result.out.find("export"), std::string::npos) << result.out;
+}
+
+TEST_F(CliHelp, ExportAndEvalExplainTheDeploymentFlags) {
+  const CliResult exported = run({"export", "--help"});
+  EXPECT_EQ(exported.status, 0) << exported.err;
+  for (const char* text : {"--checkpoint", "--format", "lowbit", "onnx", "--out", "opset 21"})
+    EXPECT_NE(exported.out.find(text), std::string::npos) << text << "\n" << exported.out;
+  const CliResult eval = run({"eval", "--help"});
+  EXPECT_NE(eval.out.find("--integer"), std::string::npos) << eval.out;
 }
 
 TEST_F(CliHelp, TrainListsEveryFlagWithItsDefault) {
@@ -929,6 +939,112 @@ TEST_F(CliTrain, InitStartsFromTheWeightsOfAnotherRun) {
   EXPECT_EQ(both.status, 2);
   EXPECT_TRUE(one_error_line(both));
   EXPECT_NE(both.err.find("--resume excludes --init"), std::string::npos) << both.err;
+}
+
+
+// ---------------------------------------------------------------------------
+// Deployment: lowbit export and lowbit eval --integer
+
+using CliDeploy = Cli;
+
+TEST_F(CliDeploy, ExportWritesBothFormatsAndEvalRunsTheIntegerModel) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string checkpoint = path("q4.safetensors");
+  ASSERT_EQ(run({"train", "--device", "cpu", "--data", data_, "--epochs", "1", "--limit-train",
+                 "1024", "--limit-test", "64", "--batch", "64", "--save", checkpoint})
+                .status,
+            0);
+  const std::string model = path("q4.lowbit"), onnx = path("q4.onnx");
+  const CliResult exported = run({"export", "--checkpoint", checkpoint, "--out", model});
+  ASSERT_EQ(exported.status, 0) << exported.err;
+  EXPECT_NE(exported.out.find("wrote " + model + ": lowbit, "), std::string::npos)
+      << exported.out;
+  EXPECT_NE(exported.out.find("\n  conv1  weights 4-bit, output 4-bit, relu, max pool 2\n"),
+            std::string::npos)
+      << exported.out;
+  EXPECT_NE(exported.out.find("\n  fc3  weights 4-bit, output 8-bit\n"), std::string::npos)
+      << exported.out;
+  const CliResult as_onnx =
+      run({"export", "--checkpoint", checkpoint, "--format", "onnx", "--out", onnx});
+  ASSERT_EQ(as_onnx.status, 0) << as_onnx.err;
+  EXPECT_NE(as_onnx.out.find("wrote " + onnx + ": onnx, "), std::string::npos) << as_onnx.out;
+  EXPECT_GT(fs::file_size(onnx), 1000u);
+
+  // A checkpoint: integer inference beside its fake-quant eval.
+  const std::string metrics = path("integer.json");
+  const CliResult compared =
+      run({"eval", "--integer", "--checkpoint", checkpoint, "--device", "cpu", "--limit-test",
+           "500", "--metrics-json", metrics});
+  ASSERT_EQ(compared.status, 0) << compared.err;
+  EXPECT_NE(compared.out.find("integer inference of " + checkpoint + ": test accuracy "),
+            std::string::npos)
+      << compared.out;
+  EXPECT_NE(compared.out.find(" on 500 examples of "), std::string::npos) << compared.out;
+  EXPECT_NE(compared.out.find("fake-quant eval: test accuracy "), std::string::npos)
+      << compared.out;
+  EXPECT_NE(compared.out.find("; same top-1 on "), std::string::npos) << compared.out;
+  const nlohmann::json json = read_json(metrics);
+  EXPECT_TRUE(json.at("integer").get<bool>());
+  EXPECT_EQ(json.at("examples").get<int>(), 500);
+  EXPECT_EQ(json.at("agreeing").get<std::size_t>() + json.at("disagreeing").size(), 500u);
+
+  // The exported file: integer inference alone, with the same accuracy.
+  const CliResult file = run({"eval", "--integer", "--checkpoint", model, "--device", "cpu",
+                              "--data", data_, "--limit-test", "500"});
+  ASSERT_EQ(file.status, 0) << file.err;
+  EXPECT_EQ(file.out.find("fake-quant"), std::string::npos) << file.out;
+  const auto accuracy_of = [](const std::string& out) {
+    const auto at = out.find("test accuracy ");
+    return at == std::string::npos ? std::string() : out.substr(at, 21);
+  };
+  EXPECT_EQ(accuracy_of(file.out), accuracy_of(compared.out));
+  const CliResult plain = run({"eval", "--checkpoint", model, "--device", "cpu"});
+  EXPECT_EQ(plain.status, 1);
+  EXPECT_TRUE(one_error_line(plain));
+  EXPECT_NE(plain.err.find("is an exported integer model: evaluate it with --integer"),
+            std::string::npos)
+      << plain.err;
+}
+
+TEST_F(CliDeploy, ExportRefusesWhatItCannotWriteAndWritesNothing) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string fp32 = path("fp32.safetensors");
+  ASSERT_EQ(run({"train", "--device", "cpu", "--data", data_, "--epochs", "1", "--limit-train",
+                 "128", "--limit-test", "64", "--batch", "64", "--weight-bits", "0",
+                 "--act-bits", "0", "--save", fp32})
+                .status,
+            0);
+  const CliResult float_model =
+      run({"export", "--checkpoint", fp32, "--format", "onnx", "--out", path("fp32.onnx")});
+  EXPECT_EQ(float_model.status, 1);
+  EXPECT_TRUE(one_error_line(float_model));
+  EXPECT_NE(float_model.err.find("float weights or activations"), std::string::npos)
+      << float_model.err;
+  EXPECT_FALSE(fs::exists(path("fp32.onnx")));
+
+  const std::string three = path("q3.safetensors");
+  ASSERT_EQ(run({"train", "--device", "cpu", "--data", data_, "--epochs", "1", "--limit-train",
+                 "128", "--limit-test", "64", "--batch", "64", "--weight-bits", "3",
+                 "--act-bits", "3", "--save", three})
+                .status,
+            0);
+  const CliResult width = run({"export", "--checkpoint", three, "--out", path("q3.lowbit")});
+  EXPECT_EQ(width.status, 1);
+  EXPECT_NE(width.err.find("3-bit; the integer model takes 2, 4 or 8 bits"), std::string::npos)
+      << width.err;
+  EXPECT_FALSE(fs::exists(path("q3.lowbit")));
+
+  fs::create_directory(path("a-directory"));
+  const CliResult directory =
+      run({"export", "--checkpoint", three, "--out", path("a-directory")});
+  EXPECT_EQ(directory.status, 1);
+  EXPECT_NE(directory.err.find("exists and is not a regular file"), std::string::npos)
+      << directory.err;
+  const CliResult format =
+      run({"export", "--checkpoint", three, "--format", "tflite", "--out", path("x")});
+  EXPECT_EQ(format.status, 2);
+  EXPECT_TRUE(one_error_line(format));
+  EXPECT_FALSE(fs::exists(path("x")));
 }
 
 }  // namespace

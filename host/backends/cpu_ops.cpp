@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <exception>
 #include <initializer_list>
 #include <new>
 #include <string>
@@ -30,17 +31,25 @@ constexpr int kDotColumns = 4;
 // on the thread count.
 constexpr int64_t kMaxPartials = 64;
 
-// Calls f(begin, end) on one contiguous share of [0, rows) per thread.
+// Calls f(begin, end) on one contiguous share of [0, rows) per thread. An
+// exception must not leave an OpenMP region: the first one is rethrown after.
 template <class F>
 void parallel_rows(int64_t rows, const F& f) {
+  std::exception_ptr failure;
 #pragma omp parallel
   {
     const int64_t thread = omp_get_thread_num();
     const int64_t threads = omp_get_num_threads();
     const int64_t begin = rows * thread / threads;
     const int64_t end = rows * (thread + 1) / threads;
-    if (begin < end) f(begin, end);
+    try {
+      if (begin < end) f(begin, end);
+    } catch (...) {
+#pragma omp critical(lowbit_parallel_rows)
+      if (!failure) failure = std::current_exception();
+    }
   }
+  if (failure) std::rethrow_exception(failure);
 }
 
 // Lanes summed pairwise: (l, l+4), then (l, l+2), then (0, 1).
@@ -363,6 +372,20 @@ void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, fl
   parallel_rows(s.batch * s.channels, [&](int64_t begin, int64_t end) {
     ref::max_pool_backward(planes(s, end - begin), x + begin * in_plane, dy + begin * out_plane,
                            dx + begin * in_plane);
+  });
+}
+
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                    const std::uint8_t* w, const std::int32_t* w_zero_point,
+                    const std::int32_t* bias, int accumulator_shift, const Requantization& r,
+                    std::uint8_t* y) {
+  const int64_t in_example = s.in_channels * s.height * s.width;
+  const int64_t out_example = s.out_channels * s.out_height() * s.out_width();
+  parallel_rows(s.batch, [&](int64_t begin, int64_t end) {
+    Conv2dShape share = s;
+    share.batch = end - begin;
+    ref::integer_conv2d(share, x + begin * in_example, x_zero_point, w, w_zero_point, bias,
+                        accumulator_shift, r, y + begin * out_example);
   });
 }
 

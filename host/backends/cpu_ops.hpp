@@ -68,4 +68,11 @@ void max_pool_forward(const Pool2dShape& s, const float* x, float* y);
 /// ref::max_pool_backward with the planes shared out among the threads.
 void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx);
 
+/// ref::integer_conv2d with the examples shared out among the threads (exact
+/// integers: the same codes for any thread count).
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                    const std::uint8_t* w, const std::int32_t* w_zero_point,
+                    const std::int32_t* bias, int accumulator_shift, const Requantization& r,
+                    std::uint8_t* y);
+
 }  // namespace lowbit::cpu

@@ -25,15 +25,17 @@
 #include <utility>
 #include <vector>
 
+#include "cli/progress.hpp"
 #include "io/atomic_file.hpp"
 #include "lowbit/data.hpp"
+#include "lowbit/deploy.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/graph.hpp"
 #include "lowbit/lr_schedule.hpp"
 #include "lowbit/quantize.hpp"
+#include "lowbit/safetensors.hpp"
 #include "lowbit/trainer.hpp"
 #include "lowbit/types.hpp"
-#include "cli/progress.hpp"
 
 namespace lowbit::cli {
 namespace {
@@ -265,6 +267,14 @@ struct EvalCommand {
   std::int64_t limit_test = TrainOptions{}.limit_test;
   std::string metrics_json;
   int threads = 0;  ///< 0: one per core
+  bool integer = false;
+};
+
+struct ExportCommand {
+  CLI::App* app = nullptr;
+  std::string checkpoint;
+  std::string format = "lowbit";
+  std::string out;
 };
 
 /// The member of `options` at `path`, a chain of member pointers such as
@@ -460,11 +470,35 @@ void add_eval_command(CLI::App& app, EvalCommand& command) {
       ->check(kNonNegative)
       ->capture_default_str();
   add_threads_option(sub, command.threads);
+  sub.add_flag("--integer", command.integer,
+               "run integer-only inference (int8 codes, int32 sums, fixed-point "
+               "requantization) of the checkpoint, or of a model lowbit export wrote, and compare "
+               "a checkpoint's top-1 with its fake-quant eval");
   sub.add_option("--metrics-json", command.metrics_json,
                  std::string("write the results as JSON to PATH (accuracy is a fraction in "
                              "[0, 1])") +
                      kOutputPathHelp)
       ->type_name("PATH");
+}
+
+void add_export_command(CLI::App& app, ExportCommand& command) {
+  command.app = app.add_subcommand(
+      "export", "Write a trained quantized model for deployment: packed integer codes or ONNX.");
+  CLI::App& sub = *command.app;
+  sub.add_option("--checkpoint", command.checkpoint, "checkpoint written by lowbit train --save")
+      ->type_name("PATH")
+      ->required();
+  sub.add_option("--format", command.format,
+                 "lowbit: safetensors with packed 2/4/8-bit codes, int32 biases and "
+                 "fixed-point requantization (lowbit eval --integer runs it); onnx: a QDQ graph "
+                 "for onnxruntime (opset 21, or 25 with 2-bit types)")
+      ->type_name("FORMAT")
+      ->check(CLI::IsMember({"lowbit", "onnx"}))
+      ->capture_default_str();
+  sub.add_option("--out", command.out,
+                 "file to write; replaced atomically, and it must be a regular file if it exists")
+      ->type_name("PATH")
+      ->required();
 }
 
 /// OpenMP threads that spin while they wait hold their cores: next to one
@@ -499,7 +533,7 @@ int report_parse_error(const CLI::App& app, int argc, const CLI::ParseError& err
   const std::vector<std::string> unparsed = app.remaining();
   // CLI11 says only "A subcommand is required" for `lowbit frobnicate`.
   if (app.get_subcommands().empty() && !unparsed.empty())
-    message = "expected a command (train or eval) before " + unparsed.front();
+    message = "expected a command (train, eval or export) before " + unparsed.front();
   std::cerr << "error: " << one_line(message) << " (see " << command << " --help)\n";
   return kUsageError;
 }
@@ -745,8 +779,89 @@ int run_train(const TrainCommand& command) {
   return 0;
 }
 
+/// "7.9x".
+std::string ratio_text(double ratio) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1fx", ratio);
+  return text;
+}
+
+/// Bytes of the regular file at `path`.
+std::uintmax_t file_bytes(const std::string& path) {
+  std::error_code error;
+  const std::uintmax_t bytes = std::filesystem::file_size(path, error);
+  return error ? 0 : bytes;
+}
+
+int run_export(const ExportCommand& command) {
+  require_file(command.checkpoint, "checkpoint");
+  std::error_code ignored;
+  if (std::filesystem::exists(command.out, ignored) &&
+      !std::filesystem::is_regular_file(command.out, ignored))
+    throw std::runtime_error("--out " + command.out + ": exists and is not a regular file");
+  require_writable(command.out, "--out");
+  const IntegerModel model = integer_model(command.checkpoint);
+  if (command.format == "onnx")
+    save_onnx(command.out, model);
+  else
+    save_integer_model(command.out, model);
+  std::int64_t float_bytes = 0;  // the same weights and biases in fp32
+  for (const IntegerLayer& l : model.layers)
+    float_bytes += 4 * static_cast<std::int64_t>(l.weight_codes.size() + l.bias.size());
+  const auto written = static_cast<double>(file_bytes(command.out));
+  std::cout << "wrote " << command.out << ": " << command.format << ", " << group_thousands(written)
+            << " bytes (fp32 weights and biases: "
+            << group_thousands(static_cast<double>(float_bytes)) << " bytes, "
+            << ratio_text(static_cast<double>(float_bytes) / written) << " smaller)\n";
+  for (const IntegerLayer& l : model.layers)
+    std::cout << "  " << l.name << "  weights " << l.weight_bits << "-bit, output " << l.output.bits
+              << "-bit" << (l.relu ? ", relu" : "")
+              << (l.pool > 0 ? ", max pool " + std::to_string(l.pool) : "") << '\n';
+  return 0;
+}
+
+int run_integer_eval(const EvalCommand& command, const std::string& data) {
+  require_writable(command.metrics_json, "--metrics-json");
+  DeviceSelection device = choose_device(command.device, command.threads);
+  require_directory(data, "data directory");
+  const IntegerEvalReport report =
+      evaluate_integer(command.checkpoint, data, command.limit_test, *device.backend);
+  const auto examples = static_cast<double>(report.examples);
+  std::cout << "integer inference of " << command.checkpoint << ": test accuracy "
+            << percent(report.accuracy) << " on " << group_thousands(examples) << " examples of "
+            << data << '\n';
+  nlohmann::json metrics = {{"lowbit_version", LOWBIT_VERSION},
+                            {"integer", true},
+                            {"test_accuracy", report.accuracy},
+                            {"examples", report.examples},
+                            {"device", report.device}};
+  if (report.compared) {
+    std::cout << "fake-quant eval: test accuracy " << percent(report.fake_quant_accuracy)
+              << "; same top-1 on " << group_thousands(static_cast<double>(report.agreeing))
+              << " of " << group_thousands(examples) << " ("
+              << percent(examples > 0 ? static_cast<double>(report.agreeing) / examples : 1.0)
+              << ")\n";
+    metrics["fake_quant_accuracy"] = report.fake_quant_accuracy;
+    metrics["agreeing"] = report.agreeing;
+    metrics["disagreeing"] = report.disagreeing;
+  }
+  if (!command.metrics_json.empty()) write_text(command.metrics_json, metrics.dump(2) + "\n");
+  return 0;
+}
+
 int run_eval(const EvalCommand& command) {
   require_file(command.checkpoint, "checkpoint");
+  // An exported model names no dataset; a checkpoint, the one it was trained on.
+  const bool exported = safetensors::load(command.checkpoint).metadata.count("lowbit.format") > 0;
+  if (command.integer) {
+    std::string data = command.data;
+    if (command.data_option->count() == 0 && !exported)
+      data = checkpoint_info(command.checkpoint).options.data_dir;
+    return run_integer_eval(command, data);
+  }
+  if (exported)
+    throw std::runtime_error(command.checkpoint +
+                             " is an exported integer model: evaluate it with --integer");
   const CheckpointInfo checkpoint = checkpoint_info(command.checkpoint);
   const TrainOptions& trained = checkpoint.options;
   const std::string data = command.data_option->count() > 0 ? command.data : trained.data_dir;
@@ -781,14 +896,19 @@ int run(int argc, char** argv) {
   app.require_subcommand(1);
   TrainCommand train_command;
   EvalCommand eval_command;
+  ExportCommand export_command;
   add_train_command(app, train_command);
   add_eval_command(app, eval_command);
+  add_export_command(app, export_command);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
-    return report_parse_error(app, argc, error, {train_command.app, eval_command.app});
+    return report_parse_error(app, argc, error,
+                              {train_command.app, eval_command.app, export_command.app});
   }
-  return train_command.app->parsed() ? run_train(train_command) : run_eval(eval_command);
+  if (train_command.app->parsed()) return run_train(train_command);
+  if (export_command.app->parsed()) return run_export(export_command);
+  return run_eval(eval_command);
 }
 
 }  // namespace

@@ -224,6 +224,7 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool 
         break;
       case NodeKind::softmax_cross_entropy:
         classes_ = static_cast<int>(in_shape[0]);
+        logits_ = input(i, 0).value;
         layer = std::make_unique<SoftmaxCrossEntropyLayer>(node.name, backend, batch, classes_,
                                                            input(i, 0), labels(), totals());
         break;

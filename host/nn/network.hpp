@@ -45,6 +45,8 @@ class Network {
   int classes() const { return classes_; }
   float* images() const { return images_; }
   std::int32_t* labels() const { return labels_.as<std::int32_t>(); }
+  /// The loss's input: [batch, classes].
+  const float* logits() const { return logits_; }
   LossTotals* totals() const { return totals_.as<LossTotals>(); }
 
   float* parameters() const { return parameters_.as<float>(); }
@@ -108,6 +110,7 @@ class Network {
   Buffer steps_done_;           // one std::int64_t
   bool counts_steps_ = false;   // some weight quantizer has a quant_delay
   float* images_ = nullptr;
+  const float* logits_ = nullptr;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<GradientSum> gradient_sums_;
 };

@@ -5,6 +5,7 @@
 
 #include "lowbit/error.hpp"
 #include "lowbit/graph.hpp"
+#include "lowbit/nn_element.hpp"
 #include "lowbit/quantize.hpp"
 
 namespace lowbit {
@@ -117,6 +118,24 @@ LossTotals Session::evaluate() {
     network_.forward(Pass::eval);
   }
   return totals();
+}
+
+std::vector<std::int32_t> Session::predict() {
+  backend_.fill_zero(cursor_.data(), sizeof(std::int64_t));
+  const std::int64_t batch = options_.batch, classes = network_.classes();
+  std::vector<float> logits(static_cast<std::size_t>(batch * classes));
+  std::vector<std::int32_t> predictions;
+  for (std::int64_t first = 0; first < test_.count; first += batch) {
+    gather(test_, nullptr);
+    backend_.advance_cursor(cursor_.as<std::int64_t>());
+    network_.forward(Pass::eval);
+    backend_.download(logits.data(), network_.logits(), logits.size() * sizeof(float));
+    for (std::int64_t r = 0; r < batch && first + r < test_.count; ++r) {
+      const float* row = logits.data() + r * classes;
+      predictions.push_back(first_maximum(row, static_cast<int>(classes)));
+    }
+  }
+  return predictions;
 }
 
 std::uint64_t Session::skipped_ema_batches() {

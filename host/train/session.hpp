@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "lowbit/backend.hpp"
 #include "lowbit/data.hpp"
@@ -51,6 +52,9 @@ class Session {
   LossTotals totals();
   /// Test-set loss and accuracy; leaves every trained state as it was.
   LossTotals evaluate();
+  /// The top-1 class (first maximum logit) of each test example, as
+  /// evaluate() computes them.
+  std::vector<std::int32_t> predict();
   /// Batches the EMA observers skipped as non-finite, over all observers.
   std::uint64_t skipped_ema_batches();
 

@@ -67,15 +67,6 @@ class Timeline {
   virtual std::vector<double> take_intervals_ms() = 0;
 };
 
-/// NCHW input, KCRS weights, square stride and symmetric zero padding.
-struct Conv2dShape {
-  std::int64_t batch = 1, in_channels = 1, height = 1, width = 1;
-  std::int64_t out_channels = 1, kernel = 1, stride = 1, padding = 0;
-
-  std::int64_t out_height() const { return (height + 2 * padding - kernel) / stride + 1; }
-  std::int64_t out_width() const { return (width + 2 * padding - kernel) / stride + 1; }
-};
-
 /// Fully connected layer: x [batch, in], w [out, in] (PyTorch's layout).
 struct LinearShape {
   std::int64_t batch = 1, in_features = 1, out_features = 1;
@@ -123,6 +114,13 @@ class Backend {
   /// windows add in one fixed order: ref::max_pool_backward).
   virtual void max_pool_backward(const Pool2dShape& s, const float* x, const float* y,
                                  const float* dy, float* dx) = 0;
+
+  // ---- Integer inference (ref.hpp documents each) ----
+  virtual void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x,
+                              std::int32_t x_zero_point, const std::uint8_t* w,
+                              const std::int32_t* w_zero_point, const std::int32_t* bias,
+                              int accumulator_shift, const Requantization& r, std::uint8_t* y) = 0;
+  virtual void max_pool_codes(const Pool2dShape& s, const std::uint8_t* x, std::uint8_t* y) = 0;
 
   // ---- lowbit kernels (ref.hpp documents each) ----
   virtual void bias_activation(const float* x, const float* bias, const ChannelLayout& layout,

@@ -104,6 +104,16 @@ void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLa
                               float* y, EmaRangeState* state, const EmaConfig& config,
                               std::uint32_t* mask, ClipCount* clip_count, cudaStream_t stream);
 
+/// See ref::integer_conv2d: one thread per output.
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                    const std::uint8_t* w, const std::int32_t* w_zero_point,
+                    const std::int32_t* bias, int accumulator_shift, const Requantization& r,
+                    std::uint8_t* y, cudaStream_t stream);
+
+/// See ref::max_pool_codes.
+void max_pool_codes(const Pool2dShape& s, const std::uint8_t* x, std::uint8_t* y,
+                    cudaStream_t stream);
+
 /// See ref::add.
 void add(const float* a, const float* b, std::int64_t n, float* y, cudaStream_t stream);
 

@@ -78,6 +78,18 @@ LOWBIT_HD RangeParams nudge_range(float min, float max, int qmin, int qmax) {
   return p;
 }
 
+/// The integer level t of fake_quant(x): fake_quant(x) = t·scale exactly, t
+/// in [-quant_zero, qmax - qmin - quant_zero] (an integer-valued float; NaN
+/// for NaN; 0 in a zero-width range). The code of the grid is t + qmin +
+/// quant_zero, its zero point qmin + quant_zero.
+LOWBIT_HD float quant_level(float x, const RangeParams& p, RangeScaling scaling) {
+  if (p.scale == 0.0f) return 0.0f;
+  const float clamped = clamp_to(flush_subnormal(x), p.nudged_min, p.nudged_max);
+  const float shifted = flush_subnormal(clamped - p.nudged_min);
+  const float units = scaling == RangeScaling::divide ? shifted / p.scale : shifted * p.inv_scale;
+  return floorf(units - p.quant_zero + 0.5f);
+}
+
 /// TensorFlow's range fake quant, with cs = clamp(x, nudged_min, nudged_max)
 /// - nudged_min:
 ///   divide:   y = floor(cs / scale - quant_zero + 0.5)·scale
@@ -86,10 +98,7 @@ LOWBIT_HD RangeParams nudge_range(float min, float max, int qmin, int qmax) {
 /// ±Inf clamp to the ends; a zero-width range gives +0 for every x.
 LOWBIT_HD float fake_quant(float x, const RangeParams& p, RangeScaling scaling) {
   if (p.scale == 0.0f) return 0.0f;
-  const float clamped = clamp_to(flush_subnormal(x), p.nudged_min, p.nudged_max);
-  const float shifted = flush_subnormal(clamped - p.nudged_min);
-  const float units = scaling == RangeScaling::divide ? shifted / p.scale : shifted * p.inv_scale;
-  return floorf(units - p.quant_zero + 0.5f) * p.scale;
+  return quant_level(x, p, scaling) * p.scale;
 }
 
 /// MaskFormat::sides plane 0: x >= nudged_min (on the flushed x; true for
@@ -144,11 +153,16 @@ LOWBIT_HD float affine_q(float x, const AffineParams& p) {
   return round_half_even(x * p.inv_scale) + p.zero_point;
 }
 
-/// y = (clamp(q, qmin, qmax) - zero_point)·scale. A zero output is +0; NaN
-/// stays NaN.
+/// The code clamp(q, qmin, qmax), as a float (NaN for NaN).
+LOWBIT_HD float affine_code(float x, const AffineParams& p) {
+  return clamp_to(affine_q(x, p), p.qmin, p.qmax);
+}
+
+/// y = (affine_code(x) - zero_point)·scale. A zero output is +0; NaN stays
+/// NaN.
 LOWBIT_HD float fake_quant(float x, const AffineParams& p) {
   if (x != x) return x;
-  return (clamp_to(affine_q(x, p), p.qmin, p.qmax) - p.zero_point) * p.scale;
+  return (affine_code(x, p) - p.zero_point) * p.scale;
 }
 
 /// STE pass bit: qmin <= q <= qmax.

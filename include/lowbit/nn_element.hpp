@@ -63,6 +63,18 @@ LOWBIT_HD bool argmax_takes(float value, int index, float best, int best_index) 
   return value > best || (value == best && index < best_index);
 }
 
+/// The row's top-1 by argmax_takes (classes when every value is NaN).
+LOWBIT_HD int first_maximum(const float* row, int classes) {
+  float best = -INFINITY;
+  int best_index = classes;
+  for (int c = 0; c < classes; ++c)
+    if (argmax_takes(row[c], c, best, best_index)) {
+      best = row[c];
+      best_index = c;
+    }
+  return best_index;
+}
+
 /// -log softmax of the label: log Σ exp(x - max) - (x[label] - max).
 LOWBIT_HD float softmax_row_loss(float exp_sum, float shifted_label_logit) {
   return logf(exp_sum) - shifted_label_logit;

@@ -173,6 +173,20 @@ void add(const float* a, const float* b, std::int64_t n, float* y);
 /// the first NaN of a window wins. y copies that element's bits.
 void max_pool_forward(const Pool2dShape& s, const float* x, float* y);
 
+/// Integer convolution with requantization (integer-only inference):
+/// sum = Σ (x - x_zero_point)·(w[k] - w_zero_point[k]) over the window in
+/// int32 (padding taps contribute nothing, as if x held x_zero_point there),
+/// acc = sum·2^accumulator_shift + bias[k] saturated to int32 (accumulate()),
+/// y[n,k,oy,ox] = requantize(acc, r, k). x is NCHW codes, w KCRS codes, y
+/// NCHW codes. A Linear is the 1×1 case on [N, features, 1, 1].
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                    const std::uint8_t* w, const std::int32_t* w_zero_point,
+                    const std::int32_t* bias, int accumulator_shift, const Requantization& r,
+                    std::uint8_t* y);
+
+/// Max pooling of codes (one grid, so the maximum code is the maximum value).
+void max_pool_codes(const Pool2dShape& s, const std::uint8_t* x, std::uint8_t* y);
+
 /// Backward of max_pool_forward: each window's dy goes to its first maximum
 /// (the element max_pool_forward picked), so ties and NaN route as there.
 /// dx (overwritten, must not overlap x or dy) starts at +0 and adds the dy of

@@ -103,6 +103,19 @@ constexpr std::int64_t mask_words(std::int64_t n, MaskFormat format = MaskFormat
   return (format == MaskFormat::sides ? 2 : 1) * ((n + 31) / 32);
 }
 
+/// NCHW input, KCRS weights, square stride and symmetric zero padding.
+struct Conv2dShape {
+  std::int64_t batch = 1, in_channels = 1, height = 1, width = 1;
+  std::int64_t out_channels = 1, kernel = 1, stride = 1, padding = 0;
+
+  LOWBIT_HD constexpr std::int64_t out_height() const {
+    return (height + 2 * padding - kernel) / stride + 1;
+  }
+  LOWBIT_HD constexpr std::int64_t out_width() const {
+    return (width + 2 * padding - kernel) / stride + 1;
+  }
+};
+
 /// Max pooling of NCHW input with a square kernel×kernel window, `stride`
 /// apart, no padding.
 struct Pool2dShape {
@@ -176,6 +189,18 @@ constexpr std::int64_t packed_bytes(std::int64_t n, int bits) { return (n * bits
 struct ClipCount {
   unsigned long long quantized = 0;  ///< atomicAdd's type
   unsigned long long clipped = 0;
+};
+
+/// Requantization of int32 accumulators to a code grid (integer inference),
+/// per output channel: code = clamp(zero_point + multiplier·2^(shift-31)·acc,
+/// min, max) in fixed point (integer_element.hpp). The arrays are in the op's
+/// memory (device memory for lowbit::cuda).
+struct Requantization {
+  const std::int32_t* multiplier = nullptr;  ///< [channels], in [2^30, 2^31), or 0
+  const std::int32_t* shift = nullptr;       ///< [channels], in [-31, 30]
+  std::int32_t zero_point = 0;
+  std::int32_t min = 0;  ///< a fused ReLU raises it to zero_point
+  std::int32_t max = 255;
 };
 
 /// Running totals of the softmax cross-entropy over the steps since they were

@@ -9,7 +9,8 @@ std::int64_t element_count(const std::vector<std::int64_t>& shape) {
   return n;
 }
 
-/// The integer grid of an affine (pytorch) or LSQ quantizer.
+}  // namespace
+
 AffineQuant affine_grid(const FakeQuantAttrs& a) {
   // LSQ steps have no zero point, so LSQ weights are always on a signed grid.
   const bool is_signed = a.weights ? a.symmetric || a.range == RangeMode::lsq : a.is_signed;
@@ -18,8 +19,6 @@ AffineQuant affine_grid(const FakeQuantAttrs& a) {
   if (a.narrow_range) q.qmin += 1;
   return q;
 }
-
-}  // namespace
 
 FakeQuantLayer::FakeQuantLayer(std::string name, Backend& backend, const FakeQuantAttrs& attrs,
                                const std::vector<std::int64_t>& shape, Binding x, Binding y,

@@ -99,6 +99,9 @@ class SoftmaxCrossEntropyLayer final : public Layer {
   LossTotals* totals_;
 };
 
+/// The integer grid of an affine (pytorch) or LSQ quantizer.
+AffineQuant affine_grid(const FakeQuantAttrs& attrs);
+
 /// Fake quantization of weights (last-value ranges) or activations (EMA,
 /// lagged EMA or LSQ), in either rounding family. `state` is the EMA observer
 /// of an activation quantizer (null otherwise); `scale` the LSQ step size;
