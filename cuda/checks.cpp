@@ -250,7 +250,8 @@ void check_max_pool_backward(const Pool2dShape& s, const float* x, const float* 
   check_pointer(dx, pool_inputs(s), "dx");
 }
 
-void check_integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, const std::uint8_t* w,
+void check_integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                          int x_fraction_bits, const std::uint8_t* w,
                           const std::int32_t* w_zero_point, const std::int32_t* bias,
                           int accumulator_shift, const Requantization& r, const std::uint8_t* y) {
   LOWBIT_EXPECTS(s.batch >= 0 && s.in_channels > 0 && s.height > 0 && s.width > 0 &&
@@ -258,9 +259,15 @@ void check_integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, const std
                  "integer conv: sizes must be positive (batch, padding >= 0)");
   LOWBIT_EXPECTS(s.kernel <= s.height + 2 * s.padding && s.kernel <= s.width + 2 * s.padding,
                  "integer conv: the kernel is larger than the padded input");
-  // |(x - x_zero)·(w - w_zero)| <= 255·255 per tap: int32 holds 33025 taps.
-  LOWBIT_EXPECTS(s.in_channels * s.kernel * s.kernel <= 33025,
-                 "integer conv: more than 33025 taps per output would overflow int32 sums");
+  LOWBIT_EXPECTS(x_fraction_bits >= 0 && x_fraction_bits <= 16,
+                 "integer conv: x_fraction_bits must be in [0, 16]");
+  const std::int64_t x_span = std::int64_t{255} << x_fraction_bits;
+  LOWBIT_EXPECTS(x_zero_point >= 0 && x_zero_point <= x_span,
+                 "integer conv: x_zero_point must be in [0, 255·2^x_fraction_bits]");
+  // |(x·2^f - x_zero)·(w - w_zero)| <= 255·2^f·255 per tap, in int32.
+  LOWBIT_EXPECTS(s.in_channels * s.kernel * s.kernel <= INT32_MAX / (x_span * 255),
+                 "integer conv: " + std::to_string(s.in_channels * s.kernel * s.kernel) +
+                     " taps per output would overflow int32 sums");
   LOWBIT_EXPECTS(accumulator_shift >= 0 && accumulator_shift <= 30,
                  "integer conv: accumulator_shift must be in [0, 30]");
   LOWBIT_EXPECTS(r.min >= 0 && r.min <= r.max && r.max <= 255,

@@ -49,7 +49,8 @@ void check_bias_activation_backward(const float* dy, const float* y, const Chann
                                     Workspace workspace);
 void check_add(const float* a, const float* b, std::int64_t n, const float* y);
 void check_max_pool_forward(const Pool2dShape& s, const float* x, const float* y);
-void check_integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, const std::uint8_t* w,
+void check_integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                          int x_fraction_bits, const std::uint8_t* w,
                           const std::int32_t* w_zero_point, const std::int32_t* bias,
                           int accumulator_shift, const Requantization& r, const std::uint8_t* y);
 void check_max_pool_codes(const Pool2dShape& s, const std::uint8_t* x, const std::uint8_t* y);

@@ -13,7 +13,7 @@ namespace {
 
 /// One thread per output code, grid-stride.
 __global__ void integer_conv2d_kernel(Conv2dShape s, const std::uint8_t* x,
-                                      std::int32_t x_zero_point, const std::uint8_t* w,
+                                      std::int32_t x_zero_point, int x_fraction_bits, const std::uint8_t* w,
                                       const std::int32_t* w_zero_point, const std::int32_t* bias,
                                       int accumulator_shift, Requantization r, std::uint8_t* y) {
   const std::int64_t oh = s.out_height(), ow = s.out_width();
@@ -22,7 +22,7 @@ __global__ void integer_conv2d_kernel(Conv2dShape s, const std::uint8_t* x,
   for (std::int64_t i = std::int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
        i += stride) {
     const std::int64_t ox = i % ow, oy = i / ow % oh, k = i / (ow * oh) % s.out_channels;
-    y[i] = integer_conv_output(s, x, x_zero_point, w, w_zero_point, bias, accumulator_shift, r,
+    y[i] = integer_conv_output(s, x, x_zero_point, x_fraction_bits, w, w_zero_point, bias, accumulator_shift, r,
                                i / (ow * oh * s.out_channels), k, oy, ox);
   }
 }
@@ -37,15 +37,16 @@ __global__ void max_pool_codes_kernel(Pool2dShape s, const std::uint8_t* x, std:
 
 }  // namespace
 
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
                     const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y, cudaStream_t stream) {
-  lowbit::detail::check_integer_conv2d(s, x, w, w_zero_point, bias, accumulator_shift, r, y);
+  lowbit::detail::check_integer_conv2d(s, x, x_zero_point, x_fraction_bits, w, w_zero_point, bias,
+                                       accumulator_shift, r, y);
   const std::int64_t total = s.batch * s.out_channels * s.out_height() * s.out_width();
   if (total == 0) return;
   integer_conv2d_kernel<<<detail::grid_for(total, detail::kBlockThreads), detail::kBlockThreads, 0,
-                          stream>>>(s, x, x_zero_point, w, w_zero_point, bias, accumulator_shift, r,
+                          stream>>>(s, x, x_zero_point, x_fraction_bits, w, w_zero_point, bias, accumulator_shift, r,
                                     y);
   LOWBIT_LAUNCH_CHECK();
 }

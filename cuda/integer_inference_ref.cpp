@@ -30,17 +30,18 @@ FixedPointMultiplier fixed_point_multiplier(double m) {
 
 namespace lowbit::ref {
 
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
                     const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y) {
-  detail::check_integer_conv2d(s, x, w, w_zero_point, bias, accumulator_shift, r, y);
+  detail::check_integer_conv2d(s, x, x_zero_point, x_fraction_bits, w, w_zero_point, bias,
+                                       accumulator_shift, r, y);
   const std::int64_t oh = s.out_height(), ow = s.out_width();
   for (std::int64_t n = 0; n < s.batch; ++n)
     for (std::int64_t k = 0; k < s.out_channels; ++k)
       for (std::int64_t oy = 0; oy < oh; ++oy)
         for (std::int64_t ox = 0; ox < ow; ++ox)
-          *y++ = integer_conv_output(s, x, x_zero_point, w, w_zero_point, bias, accumulator_shift,
+          *y++ = integer_conv_output(s, x, x_zero_point, x_fraction_bits, w, w_zero_point, bias, accumulator_shift,
                                      r, n, k, oy, ox);
 }
 

@@ -91,6 +91,7 @@ struct ConvCase {
   Conv2dShape shape;
   std::vector<std::uint8_t> x, w;
   std::int32_t x_zero_point = 0;
+  int x_fraction_bits = 0;
   std::vector<std::int32_t> w_zero_point, bias, multiplier, shift;
   int accumulator_shift = 0;
   std::int32_t y_zero_point = 0, y_min = 0, y_max = 255;
@@ -110,7 +111,8 @@ ConvCase random_case(std::uint32_t seed) {
     c.x.push_back(static_cast<std::uint8_t>(pick(0, (1 << x_bits) - 1)));
   for (std::int64_t i = 0; i < s.out_channels * s.in_channels * s.kernel * s.kernel; ++i)
     c.w.push_back(static_cast<std::uint8_t>(pick(0, (1 << w_bits) - 1)));
-  c.x_zero_point = pick(0, (1 << x_bits) - 1);
+  c.x_fraction_bits = pick(0, 1) == 1 ? pick(1, 8) : 0;
+  c.x_zero_point = pick(0, ((1 << x_bits) - 1) << c.x_fraction_bits);
   c.accumulator_shift = pick(0, 6);
   for (std::int64_t k = 0; k < s.out_channels; ++k) {
     c.w_zero_point.push_back(pick(0, (1 << w_bits) - 1));
@@ -145,7 +147,7 @@ std::vector<std::uint8_t> expected_conv(const ConvCase& c) {
                     c.x[((n * s.in_channels + ci) * s.height + iy) * s.width + ix];
                 const std::int64_t b =
                     c.w[((k * s.in_channels + ci) * s.kernel + ky) * s.kernel + kx];
-                sum += (a - c.x_zero_point) * (b - c.w_zero_point[k]);
+                sum += ((a << c.x_fraction_bits) - c.x_zero_point) * (b - c.w_zero_point[k]);
               }
           EXPECT_EQ(sum, static_cast<std::int32_t>(sum));
           const std::int64_t acc = sum * (std::int64_t{1} << c.accumulator_shift) + c.bias[k];
@@ -174,7 +176,8 @@ TYPED_TEST(IntegerOps, ConvMatchesPlainLoopsOnRandomShapes) {
         static_cast<std::size_t>(s.batch * s.out_channels * s.out_height() * s.out_width());
     auto y = api.upload(std::vector<std::uint8_t>(outputs, 0xA5));
     const Requantization r{multiplier.data(), shift.data(), c.y_zero_point, c.y_min, c.y_max};
-    api.integer_conv2d(s, x.data(), c.x_zero_point, w.data(), w_zero.data(), bias.data(),
+    api.integer_conv2d(s, x.data(), c.x_zero_point, c.x_fraction_bits, w.data(), w_zero.data(),
+                       bias.data(),
                        c.accumulator_shift, r, y.data());
     ASSERT_EQ(api.download(y), expected_conv(c))
         << "seed " << seed << ": batch " << s.batch << " " << s.in_channels << "x" << s.height
@@ -222,17 +225,25 @@ TYPED_TEST(IntegerOps, BadArgumentsAreRefusedBeforeAnyWork) {
   const auto conv = [&](const Conv2dShape& shape, const std::uint8_t* weights, int shift,
                         const Requantization& req) {
     return [&, shape, weights, shift, req] {
-      api.integer_conv2d(shape, x.data(), 0, weights, ints.data(), ints.data(), shift, req,
+      api.integer_conv2d(shape, x.data(), 0, 0, weights, ints.data(), ints.data(), shift, req,
                          y.data());
     };
   };
   EXPECT_TRUE(test::throws_mentioning(conv(s, nullptr, 0, r), "w is null"));
   EXPECT_TRUE(test::throws_mentioning(conv(s, w.data(), 31, r), "accumulator_shift"));
+  const auto zero_point = [&](std::int32_t x_zero_point, int x_fraction_bits) {
+    return [&, x_zero_point, x_fraction_bits] {
+      api.integer_conv2d(s, x.data(), x_zero_point, x_fraction_bits, w.data(), ints.data(),
+                         ints.data(), 0, r, y.data());
+    };
+  };
+  EXPECT_TRUE(test::throws_mentioning(zero_point(256, 0), "x_zero_point must be in"));
+  EXPECT_TRUE(test::throws_mentioning(zero_point(0, 17), "x_fraction_bits"));
   Requantization wide = r;
   wide.max = 256;
   EXPECT_TRUE(test::throws_mentioning(conv(s, w.data(), 0, wide), "[0, 255]"));
   Conv2dShape huge = s;
-  huge.in_channels = 2000;  // 18000 taps fit; 2000·25 do not
+  huge.in_channels = 2000;  // 33025 taps fit in int32 sums; 2000·25 do not
   huge.kernel = 5;
   huge.height = huge.width = 5;
   EXPECT_TRUE(test::throws_mentioning(conv(huge, w.data(), 0, r), "overflow"));

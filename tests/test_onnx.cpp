@@ -222,6 +222,7 @@ IntegerModel random_model(const std::vector<std::int64_t>& input_shape,
   const Normalization norm;
   model.input = {8, 1.0f / (255.0f * norm.std),
                  static_cast<std::int32_t>(std::lround(255.0f * norm.mean)), 0, 255};
+  model.input_zero_point_fine = model.input.zero_point;  // an integer zero point
   Activations x = input_values(model, pixels, kExamples);
   float input_scale = model.input.scale;
   for (const LayerSpec& spec : specs) {

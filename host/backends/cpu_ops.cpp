@@ -375,7 +375,7 @@ void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, fl
   });
 }
 
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
                     const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y) {
@@ -384,7 +384,7 @@ void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_
   parallel_rows(s.batch, [&](int64_t begin, int64_t end) {
     Conv2dShape share = s;
     share.batch = end - begin;
-    ref::integer_conv2d(share, x + begin * in_example, x_zero_point, w, w_zero_point, bias,
+    ref::integer_conv2d(share, x + begin * in_example, x_zero_point, x_fraction_bits, w, w_zero_point, bias,
                         accumulator_shift, r, y + begin * out_example);
   });
 }

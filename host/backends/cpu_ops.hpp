@@ -70,7 +70,7 @@ void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, fl
 
 /// ref::integer_conv2d with the examples shared out among the threads (exact
 /// integers: the same codes for any thread count).
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
                     const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y);

@@ -68,8 +68,9 @@ std::vector<std::uint8_t> integer_inference(const IntegerModel& model,
           std::to_string(height) + "x" + std::to_string(width));
   Arena arena(backend);
   const std::uint8_t* x = arena.upload(pixels);
-  const CodeGrid* input = &model.input;
-  for (const IntegerLayer& l : model.layers) {
+  for (std::size_t index = 0; index < model.layers.size(); ++index) {
+    const IntegerLayer& l = model.layers[index];
+    const LayerInput read = layer_input(model, index);
     Conv2dShape s{count, channels, height, width, l.out_channels, l.kernel, l.stride, l.padding};
     if (l.linear) s = {count, channels * height * width, 1, 1, l.out_channels, 1, 1, 0};
     LOWBIT_EXPECTS(s.in_channels == l.in_channels, "integer inference: layer " + l.name +
@@ -77,7 +78,7 @@ std::vector<std::uint8_t> integer_inference(const IntegerModel& model,
                                                        " channels but gets " +
                                                        std::to_string(s.in_channels));
     std::vector<std::int32_t> multiplier, shift;
-    for (const FixedPointMultiplier& m : requantization_multipliers(l, *input)) {
+    for (const FixedPointMultiplier& m : requantization_multipliers(model, index)) {
       multiplier.push_back(m.multiplier);
       shift.push_back(m.shift);
     }
@@ -88,7 +89,7 @@ std::vector<std::uint8_t> integer_inference(const IntegerModel& model,
                            out.qmax};
     std::uint8_t* y =
         arena.allocate<std::uint8_t>(count * s.out_channels * s.out_height() * s.out_width());
-    backend.integer_conv2d(s, x, input->zero_point, arena.upload(l.weight_codes),
+    backend.integer_conv2d(s, x, read.zero_point, read.fraction_bits, arena.upload(l.weight_codes),
                            arena.upload(l.weight_zero_point), arena.upload(l.bias),
                            l.accumulator_shift, r, y);
     channels = s.out_channels;
@@ -104,7 +105,6 @@ std::vector<std::uint8_t> integer_inference(const IntegerModel& model,
       width = p.out_width();
       x = pooled;
     }
-    input = &l.output;
   }
   std::vector<std::uint8_t> codes(static_cast<std::size_t>(count * channels * height * width));
   backend.download(codes.data(), x, codes.size());

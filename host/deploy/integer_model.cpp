@@ -78,6 +78,8 @@ Quantizer quantizer_of(const FakeQuantAttrs& a, const QuantizerReport& r) {
   return q;
 }
 
+constexpr int kInputFractionBits = 8;
+
 const QuantizerReport& report_of(const std::vector<QuantizerReport>& reports,
                                  const std::string& name) {
   for (const QuantizerReport& r : reports)
@@ -96,13 +98,15 @@ void expect_width(int bits, const std::string& what) {
 /// None for 8-bit inputs and weights, TFLite's bias scale: there one unit is
 /// a few thousandths of an output step, and runtimes that fuse such layers
 /// into integer kernels (onnxruntime's QLinearConv) assume that scale.
-int accumulator_shift(const Quantizer& weights, const CodeGrid& input, std::int64_t taps) {
+int accumulator_shift(const Quantizer& weights, const CodeGrid& input, const LayerInput& read,
+                      std::int64_t taps) {
   if (input.bits == 8 && weights.grids[0].bits == 8) return 0;
   std::int64_t w_span = 0;
   for (const CodeGrid& g : weights.grids)
     w_span = std::max<std::int64_t>({w_span, g.qmax - g.zero_point, g.zero_point - g.qmin});
-  const std::int64_t x_span =
-      std::max<std::int64_t>(input.qmax - input.zero_point, input.zero_point - input.qmin);
+  const std::int64_t x_span = std::max<std::int64_t>(
+      (std::int64_t{input.qmax} << read.fraction_bits) - read.zero_point,
+      read.zero_point - (std::int64_t{input.qmin} << read.fraction_bits));
   const std::int64_t largest = std::max<std::int64_t>(1, taps * w_span * x_span);
   int shift = 0;
   while (shift < 16 && (largest << (shift + 1)) < (std::int64_t{1} << 30)) ++shift;
@@ -122,32 +126,25 @@ class LayerBuilder {
     throw Error("export: the checkpoint has no parameter " + name, __FILE__, __LINE__);
   }
 
-  /// Codes, grids and the int32 bias at input scale × weight scale.
-  /// `input_offset` is what the input grid's zero point exceeds the real one
-  /// by (nonzero only for raw pixels): its product with the weights is a
-  /// constant per channel, folded into the bias.
+  /// Codes, grids and the int32 bias at the accumulator's scale, for a
+  /// layer that reads `read` on the grid `input`.
   void weights(IntegerLayer& layer, const Quantizer& q, const CodeGrid& input,
-               double input_offset) const {
+               const LayerInput& read) const {
     const std::vector<float> w = parameter(layer.name + ".weight");
     const std::vector<float> b = parameter(layer.name + ".bias");
     const auto channels = static_cast<std::size_t>(layer.out_channels);
     const std::size_t taps = w.size() / channels;
     layer.weight_codes.resize(w.size());
-    layer.accumulator_shift = accumulator_shift(q, input, static_cast<std::int64_t>(taps));
+    layer.accumulator_shift = accumulator_shift(q, input, read, static_cast<std::int64_t>(taps));
     for (std::size_t c = 0; c < channels; ++c) {
       const CodeGrid& g = q.grids[q.grids.size() == 1 ? 0 : c];
       layer.weight_scale.push_back(g.scale);
       layer.weight_zero_point.push_back(g.zero_point);
-      std::int64_t code_sum = 0;  // Σ (code - zero_point) over the taps
-      for (std::size_t t = 0; t < taps; ++t) {
-        const std::uint8_t code = q.code(w[c * taps + t], q.grids.size() == 1 ? 0 : c);
-        layer.weight_codes[c * taps + t] = code;
-        code_sum += code - g.zero_point;
-      }
-      const double unit = static_cast<double>(input.scale) * static_cast<double>(g.scale);
-      const double bias = std::nearbyint(std::ldexp(
-          static_cast<double>(b[c]) / unit + input_offset * static_cast<double>(code_sum),
-          layer.accumulator_shift));
+      for (std::size_t t = 0; t < taps; ++t)
+        layer.weight_codes[c * taps + t] = q.code(w[c * taps + t], q.grids.size() == 1 ? 0 : c);
+      const double unit = static_cast<double>(read.scale) * static_cast<double>(g.scale);
+      const double bias = std::nearbyint(std::ldexp(static_cast<double>(b[c]) / unit,
+                                                    read.fraction_bits + layer.accumulator_shift));
       LOWBIT_EXPECTS(std::fabs(bias) <= std::numeric_limits<std::int32_t>::max(),
                      "export: " + layer.name + "'s bias of channel " + std::to_string(c) +
                          " does not fit int32 at its accumulator scale");
@@ -196,6 +193,8 @@ IntegerModel integer_model(const std::string& checkpoint_path) {
   model.normalization = checkpoint.options.normalization;
   const double pixel_scale = 1.0 / (255.0 * model.normalization.std);
   const double real_zero = 255.0 * static_cast<double>(model.normalization.mean);
+  LOWBIT_EXPECTS(real_zero >= 0.0 && real_zero <= 255.0,
+                 "export: the input normalisation's mean must lie in [0, 1]");
   model.input = {8, static_cast<float>(pixel_scale),
                  static_cast<std::int32_t>(std::lround(real_zero)), 0, 255};
   model.rounding = options.rounding;
@@ -234,10 +233,19 @@ IntegerModel integer_model(const std::string& checkpoint_path) {
           std::get<FakeQuantAttrs>(graph.nodes()[static_cast<std::size_t>(index)].attrs);
       expect_width(attrs.bits, node.name + "'s weight");
       layer.weight_bits = attrs.bits;
-      const bool first = model.layers.empty();
-      const CodeGrid& input = first ? model.input : model.layers.back().output;
+      if (model.layers.empty()) {
+        // The zero point 255·mean to within 2^-9 of a pixel, as the first
+        // layer's int32 sums allow (integer_conv2d's bound).
+        const std::int64_t taps = layer.in_channels * layer.kernel * layer.kernel;
+        int bits = kInputFractionBits;
+        while (bits > 0 && taps * (std::int64_t{255} << bits) * 255 > INT32_MAX) --bits;
+        model.input_fraction_bits = bits;
+        model.input_zero_point_fine =
+            static_cast<std::int32_t>(std::lround(std::ldexp(real_zero, bits)));
+      }
+      const CodeGrid& input = model.layers.empty() ? model.input : model.layers.back().output;
       builder.weights(layer, quantizer_of(attrs, report_of(reports, weight_quant)), input,
-                      first ? static_cast<double>(model.input.zero_point) - real_zero : 0.0);
+                      layer_input(model, model.layers.size()));
       model.layers.push_back(std::move(layer));
       quantized_output = false;
       continue;
@@ -269,13 +277,21 @@ IntegerModel integer_model(const std::string& checkpoint_path) {
   return model;
 }
 
-std::vector<FixedPointMultiplier> requantization_multipliers(const IntegerLayer& layer,
-                                                             const CodeGrid& input) {
+LayerInput layer_input(const IntegerModel& model, std::size_t index) {
+  if (index == 0) return {model.input.scale, model.input_zero_point_fine, model.input_fraction_bits};
+  const CodeGrid& g = model.layers[index - 1].output;
+  return {g.scale, g.zero_point, 0};
+}
+
+std::vector<FixedPointMultiplier> requantization_multipliers(const IntegerModel& model,
+                                                             std::size_t index) {
+  const IntegerLayer& layer = model.layers[index];
+  const LayerInput read = layer_input(model, index);
   std::vector<FixedPointMultiplier> m;
   for (const float w : layer.weight_scale)
     m.push_back(fixed_point_multiplier(
-        std::ldexp(static_cast<double>(input.scale) * w / static_cast<double>(layer.output.scale),
-                   -layer.accumulator_shift)));
+        std::ldexp(static_cast<double>(read.scale) * w / static_cast<double>(layer.output.scale),
+                   -(read.fraction_bits + layer.accumulator_shift))));
   return m;
 }
 

@@ -6,7 +6,8 @@
 //   L.requant.multiplier  I32 [out]  fixed point, docs/numerics.md
 //   L.requant.shift       I32 [out]
 //   L.output.scale        F32 [1], L.output.zero_point I32 [1]
-// and input.scale F32 [1], input.zero_point I32 [1]. The metadata holds the
+// and input.scale F32 [1], input.zero_point I32 [1] (rounded) and
+// input.zero_point_fine I32 [1] (with input_fraction_bits). The metadata holds the
 // graph ("lowbit.model": JSON with the shapes, widths, grids' code ranges,
 // ReLU and pooling of each layer), the widths and the rounding family.
 #include <cmath>
@@ -76,13 +77,15 @@ void save_integer_model(const std::string& path, const IntegerModel& model) {
       make_tensor("input.scale", DType::F32, {1}, std::vector{model.input.scale}));
   file.tensors.push_back(
       make_tensor("input.zero_point", DType::I32, {1}, std::vector{model.input.zero_point}));
-  const CodeGrid* input = &model.input;
-  for (const IntegerLayer& l : model.layers) {
+  file.tensors.push_back(make_tensor("input.zero_point_fine", DType::I32, {1},
+                                     std::vector{model.input_zero_point_fine}));
+  for (std::size_t index = 0; index < model.layers.size(); ++index) {
+    const IntegerLayer& l = model.layers[index];
     const auto n = static_cast<std::int64_t>(l.weight_codes.size());
     std::vector<std::uint8_t> packed(static_cast<std::size_t>(packed_bytes(n, l.weight_bits)));
     ref::pack_codes(l.weight_codes.data(), n, l.weight_bits, packed.data());
     std::vector<std::int32_t> multiplier, shift;
-    for (const FixedPointMultiplier& m : requantization_multipliers(l, *input)) {
+    for (const FixedPointMultiplier& m : requantization_multipliers(model, index)) {
       multiplier.push_back(m.multiplier);
       shift.push_back(m.shift);
     }
@@ -113,13 +116,13 @@ void save_integer_model(const std::string& path, const IntegerModel& model) {
                       {"relu", l.relu},
                       {"output", grid_json(l.output)},
                       {"pool", l.pool}});
-    input = &l.output;
   }
   const nlohmann::json description = {
       {"format", kFormat},
       {"graph", "lenet5"},
       {"input_shape", model.input_shape},
       {"input", grid_json(model.input)},
+      {"input_fraction_bits", model.input_fraction_bits},
       {"normalization", {{"mean", model.normalization.mean}, {"std", model.normalization.std}}},
       {"rounding", to_string(model.rounding)},
       {"range", to_string(model.range)},
@@ -158,6 +161,7 @@ IntegerModel load_integer_model(const std::string& path) {
                       g.at("qmax").get<std::int32_t>()};
     };
     model.input = grid(j.at("input"));
+    model.input_fraction_bits = j.at("input_fraction_bits").get<int>();
     for (const nlohmann::json& l : j.at("layers")) {
       IntegerLayer layer;
       layer.name = l.at("name").get<std::string>();
@@ -184,8 +188,16 @@ IntegerModel load_integer_model(const std::string& path) {
   model.input.zero_point =
       read_tensor<std::int32_t>(file, path, "input.zero_point", DType::I32, 1)[0];
   check_grid(model.input, path, "the input grid");
-  const CodeGrid* input = &model.input;
-  for (IntegerLayer& l : model.layers) {
+  model.input_zero_point_fine =
+      read_tensor<std::int32_t>(file, path, "input.zero_point_fine", DType::I32, 1)[0];
+  const int fraction = model.input_fraction_bits;
+  LOWBIT_EXPECTS(fraction >= 0 && fraction <= 16 && model.input_zero_point_fine >= 0 &&
+                     model.input_zero_point_fine <= (255 << fraction) &&
+                     std::abs(model.input_zero_point_fine - (model.input.zero_point << fraction)) <=
+                         (1 << fraction),
+                 path + ": the input's fine zero point does not match its grid");
+  for (std::size_t index = 0; index < model.layers.size(); ++index) {
+    IntegerLayer& l = model.layers[index];
     const std::string& name = l.name;
     LOWBIT_EXPECTS(l.in_channels > 0 && l.out_channels > 0 && l.kernel > 0 && l.stride > 0 &&
                        l.padding >= 0 && l.pool >= 0 && l.accumulator_shift >= 0 &&
@@ -221,12 +233,11 @@ IntegerModel load_integer_model(const std::string& path) {
         read_tensor<std::int32_t>(file, path, name + ".requant.multiplier", DType::I32, out);
     const auto shift =
         read_tensor<std::int32_t>(file, path, name + ".requant.shift", DType::I32, out);
-    const std::vector<FixedPointMultiplier> expected = requantization_multipliers(l, *input);
+    const std::vector<FixedPointMultiplier> expected = requantization_multipliers(model, index);
     for (std::size_t c = 0; c < expected.size(); ++c)
       LOWBIT_EXPECTS(multiplier[c] == expected[c].multiplier && shift[c] == expected[c].shift,
                      path + ": " + name + "'s requantization of channel " + std::to_string(c) +
                          " does not follow from its scales");
-    input = &l.output;
   }
   return model;
 }

@@ -396,7 +396,15 @@ void save_onnx(const std::string& path, const IntegerModel& model) {
        graph.constant("pixels.zero_point", tensor_proto::kUint8, {},
                       raw_codes({static_cast<std::uint8_t>(model.input.zero_point)}, 8))},
       "pixels.dequantized");
-  float input_scale = model.input.scale;
+  // The zero point's fraction (255·mean is no integer): added once, in float.
+  const double fraction =
+      model.input.zero_point -
+      std::ldexp(static_cast<double>(model.input_zero_point_fine), -model.input_fraction_bits);
+  if (fraction != 0.0)
+    x = graph.node("Add",
+                   {x, graph.scalar("pixels.zero_point_fraction",
+                                    static_cast<float>(fraction * model.input.scale))},
+                   "pixels.normalized");
   bool flat = false;
   for (std::size_t i = 0; i < model.layers.size(); ++i) {
     const IntegerLayer& layer = model.layers[i];
@@ -425,8 +433,10 @@ void save_onnx(const std::string& path, const IntegerModel& model) {
     // 8-bit layer has no fractional bits: onnxruntime fuses it into an
     // integer kernel that takes the unit to be input scale × weight scale.)
     std::vector<float> bias_scale(static_cast<std::size_t>(out));
+    const LayerInput read = layer_input(model, i);
     for (std::int64_t c = 0; c < out; ++c)
-      bias_scale[c] = std::ldexp(input_scale * layer.weight_scale[c], -layer.accumulator_shift);
+      bias_scale[c] = std::ldexp(read.scale * layer.weight_scale[c],
+                                 -(read.fraction_bits + layer.accumulator_shift));
     const std::string bias_name = graph.node(
         "DequantizeLinear",
         {graph.constant(name + ".bias", tensor_proto::kInt32, {out}, raw_int32s(layer.bias)),
@@ -453,7 +463,6 @@ void save_onnx(const std::string& path, const IntegerModel& model) {
       x = graph.node("MaxPool", {x}, last ? "logits" : name + ".pooled",
                      {ints_attribute("kernel_shape", window), ints_attribute("strides", window)});
     }
-    input_scale = layer.output.scale;
   }
   std::vector<std::int64_t> logits_dims{-1};
   logits_dims.insert(logits_dims.end(), logits_shape.begin(), logits_shape.end());

@@ -117,7 +117,7 @@ class Backend {
 
   // ---- Integer inference (ref.hpp documents each) ----
   virtual void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x,
-                              std::int32_t x_zero_point, const std::uint8_t* w,
+                              std::int32_t x_zero_point, int x_fraction_bits, const std::uint8_t* w,
                               const std::int32_t* w_zero_point, const std::int32_t* bias,
                               int accumulator_shift, const Requantization& r, std::uint8_t* y) = 0;
   virtual void max_pool_codes(const Pool2dShape& s, const std::uint8_t* x, std::uint8_t* y) = 0;

@@ -105,7 +105,7 @@ void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLa
                               std::uint32_t* mask, ClipCount* clip_count, cudaStream_t stream);
 
 /// See ref::integer_conv2d: one thread per output.
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
                     const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y, cudaStream_t stream);

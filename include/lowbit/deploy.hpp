@@ -47,7 +47,7 @@ struct IntegerLayer {
   /// can be a third of an output step). As large as int32 allows.
   int accumulator_shift = 0;
   /// Per output channel, in units of input scale × weight_scale[c] /
-  /// 2^accumulator_shift: the accumulator's scale.
+  /// 2^(input fraction bits + accumulator_shift): the accumulator's scale.
   std::vector<std::int32_t> bias;
   bool relu = false;
   CodeGrid output;        ///< the activation quantizer's grid
@@ -60,11 +60,16 @@ struct IntegerModel {
   /// One example: [channels, height, width].
   std::vector<std::int64_t> input_shape;
   /// Input codes are raw 8-bit pixels p; the trained model saw
-  /// (p/255 - mean)/std. The input grid is scale 1/(255·std) with the zero
-  /// point round(255·mean) (docs/numerics.md: the remainder is folded into
-  /// the first biases).
+  /// (p/255 - mean)/std = (p - 255·mean)·scale with scale 1/(255·std).
   Normalization normalization;
+  /// The input grid, with the zero point 255·mean rounded (for formats that
+  /// need an integer: ONNX's DequantizeLinear).
   CodeGrid input;
+  /// The zero point 255·mean in fixed point, input_zero_point_fine /
+  /// 2^input_fraction_bits: the first layer subtracts it from each pixel
+  /// shifted left by input_fraction_bits (integer_conv2d's x_fraction_bits).
+  std::int32_t input_zero_point_fine = 0;
+  int input_fraction_bits = 0;
   std::vector<IntegerLayer> layers;
   Rounding rounding = Rounding::tensorflow;
   RangeMode range = RangeMode::ema;
@@ -107,11 +112,20 @@ IntegerModel load_integer_model(const std::string& path);
 /// write_file() writes.
 void save_onnx(const std::string& path, const IntegerModel& model);
 
-/// Each output channel's requantization when `layer` reads codes of `input`:
-/// fixed_point_multiplier(input.scale·weight_scale[c]/(output.scale·
-/// 2^accumulator_shift)), taken in double.
-std::vector<FixedPointMultiplier> requantization_multipliers(const IntegerLayer& layer,
-                                                             const CodeGrid& input);
+/// What layer `index` of `model` reads: the codes' scale, and their zero
+/// point with its fractional bits (only the first layer's has any).
+struct LayerInput {
+  float scale = 1.0f;
+  std::int32_t zero_point = 0;
+  int fraction_bits = 0;
+};
+LayerInput layer_input(const IntegerModel& model, std::size_t index);
+
+/// Each output channel's requantization of layer `index`:
+/// fixed_point_multiplier(input scale·weight_scale[c]/(output.scale·
+/// 2^(input fraction_bits + accumulator_shift))), taken in double.
+std::vector<FixedPointMultiplier> requantization_multipliers(const IntegerModel& model,
+                                                             std::size_t index);
 
 /// Runs `model` on `count` examples of 8-bit pixels (input_shape each) with
 /// integer arithmetic only, on `backend`; returns the output codes,

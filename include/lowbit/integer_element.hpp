@@ -71,7 +71,8 @@ LOWBIT_HD std::int32_t requantize(std::int32_t acc, const Requantization& r, std
 /// products in int32, accumulated with the bias and requantized. Both sides
 /// compute each output with this, in this order.
 LOWBIT_HD std::uint8_t integer_conv_output(const Conv2dShape& s, const std::uint8_t* x,
-                                           std::int32_t x_zero_point, const std::uint8_t* w,
+                                           std::int32_t x_zero_point, int x_fraction_bits,
+                                           const std::uint8_t* w,
                                            const std::int32_t* w_zero_point,
                                            const std::int32_t* bias, int accumulator_shift,
                                            const Requantization& r, std::int64_t n, std::int64_t k,
@@ -88,7 +89,8 @@ LOWBIT_HD std::uint8_t integer_conv_output(const Conv2dShape& s, const std::uint
       for (std::int64_t kx = 0; kx < s.kernel; ++kx) {
         const std::int64_t ix = ox * s.stride - s.padding + kx;
         if (ix < 0 || ix >= s.width) continue;
-        sum += (std::int32_t{row[ix]} - x_zero_point) * (std::int32_t{w_row[kx]} - wz);
+        sum += ((std::int32_t{row[ix]} << x_fraction_bits) - x_zero_point) *
+               (std::int32_t{w_row[kx]} - wz);
       }
     }
   return static_cast<std::uint8_t>(requantize(accumulate(sum, accumulator_shift, bias[k]), r, k));

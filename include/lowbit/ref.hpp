@@ -174,12 +174,13 @@ void add(const float* a, const float* b, std::int64_t n, float* y);
 void max_pool_forward(const Pool2dShape& s, const float* x, float* y);
 
 /// Integer convolution with requantization (integer-only inference):
-/// sum = Σ (x - x_zero_point)·(w[k] - w_zero_point[k]) over the window in
-/// int32 (padding taps contribute nothing, as if x held x_zero_point there),
+/// sum = Σ (x·2^x_fraction_bits - x_zero_point)·(w[k] - w_zero_point[k])
+/// over the window in int32, so the input's zero point can have fractional
+/// bits (padding taps contribute nothing, as if x were at the zero point),
 /// acc = sum·2^accumulator_shift + bias[k] saturated to int32 (accumulate()),
 /// y[n,k,oy,ox] = requantize(acc, r, k). x is NCHW codes, w KCRS codes, y
 /// NCHW codes. A Linear is the 1×1 case on [N, features, 1, 1].
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
                     const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y);
