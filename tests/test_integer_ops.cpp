@@ -97,13 +97,17 @@ struct ConvCase {
   std::int32_t y_zero_point = 0, y_min = 0, y_max = 255;
 };
 
-ConvCase random_case(std::uint32_t seed) {
+/// Random codes, grids and requantization for `shape`, or a random shape
+/// too when it has batch -1.
+ConvCase random_case(std::uint32_t seed, Conv2dShape shape = {-1}) {
   std::mt19937 rng(seed);
   const auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   ConvCase c;
   Conv2dShape& s = c.shape;
-  s = {pick(0, 3), pick(1, 5), pick(1, 13), pick(1, 13),
-       pick(1, 7), pick(1, 5), pick(1, 3),  pick(0, 2)};
+  s = shape;
+  if (s.batch < 0)
+    s = {pick(0, 3), pick(1, 5), pick(1, 13), pick(1, 13),
+         pick(1, 7), pick(1, 5), pick(1, 3),  pick(0, 2)};
   while (s.kernel > s.height + 2 * s.padding || s.kernel > s.width + 2 * s.padding) --s.kernel;
   const int x_bits = std::vector<int>{2, 4, 8}[pick(0, 2)];
   const int w_bits = std::vector<int>{2, 4, 8}[pick(0, 2)];
@@ -111,7 +115,7 @@ ConvCase random_case(std::uint32_t seed) {
     c.x.push_back(static_cast<std::uint8_t>(pick(0, (1 << x_bits) - 1)));
   for (std::int64_t i = 0; i < s.out_channels * s.in_channels * s.kernel * s.kernel; ++i)
     c.w.push_back(static_cast<std::uint8_t>(pick(0, (1 << w_bits) - 1)));
-  c.x_fraction_bits = pick(0, 1) == 1 ? pick(1, 8) : 0;
+  c.x_fraction_bits = shape.batch < 0 && pick(0, 1) == 1 ? pick(1, 8) : 0;
   c.x_zero_point = pick(0, ((1 << x_bits) - 1) << c.x_fraction_bits);
   c.accumulator_shift = pick(0, 6);
   for (std::int64_t k = 0; k < s.out_channels; ++k) {
@@ -161,10 +165,16 @@ std::vector<std::uint8_t> expected_conv(const ConvCase& c) {
   return y;
 }
 
+// Random convolutions, then Linear layers (1×1 on [N, F, 1, 1], which the
+// GPU runs with __dp4a when F is a multiple of 4), LeNet-5's among them.
 TYPED_TEST(IntegerOps, ConvMatchesPlainLoopsOnRandomShapes) {
   TypeParam api;
-  for (std::uint32_t seed = 0; seed < 60; ++seed) {
-    const ConvCase c = random_case(seed);
+  std::vector<ConvCase> cases;
+  for (std::uint32_t seed = 0; seed < 60; ++seed) cases.push_back(random_case(seed));
+  std::uint32_t seed = 100;
+  for (const std::int64_t features : {4, 8, 400, 120, 84, 6, 255})
+    cases.push_back(random_case(seed++, {5, features, 1, 1, 7, 1, 1, 0}));
+  for (const ConvCase& c : cases) {
     const Conv2dShape& s = c.shape;
     auto x = api.upload(c.x);
     auto w = api.upload(c.w);
@@ -177,12 +187,10 @@ TYPED_TEST(IntegerOps, ConvMatchesPlainLoopsOnRandomShapes) {
     auto y = api.upload(std::vector<std::uint8_t>(outputs, 0xA5));
     const Requantization r{multiplier.data(), shift.data(), c.y_zero_point, c.y_min, c.y_max};
     api.integer_conv2d(s, x.data(), c.x_zero_point, c.x_fraction_bits, w.data(), w_zero.data(),
-                       bias.data(),
-                       c.accumulator_shift, r, y.data());
+                       bias.data(), c.accumulator_shift, r, y.data());
     ASSERT_EQ(api.download(y), expected_conv(c))
-        << "seed " << seed << ": batch " << s.batch << " " << s.in_channels << "x" << s.height
-        << "x" << s.width << " -> " << s.out_channels << " k" << s.kernel << " s" << s.stride
-        << " p" << s.padding;
+        << "batch " << s.batch << " " << s.in_channels << "x" << s.height << "x" << s.width
+        << " -> " << s.out_channels << " k" << s.kernel << " s" << s.stride << " p" << s.padding;
   }
 }
 

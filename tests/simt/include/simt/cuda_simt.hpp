@@ -571,6 +571,18 @@ inline float __int_as_float(int v) { return ::simt::detail::from_bits<float>(sta
 inline long long __double_as_longlong(double v) { return static_cast<long long>(::simt::detail::to_bits(v)); }
 inline double __longlong_as_double(long long v) { return ::simt::detail::from_bits<double>(static_cast<std::uint64_t>(v)); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+// Four-way byte dot product plus c (wrapping, as the hardware's).
+inline unsigned __dp4a(unsigned a, unsigned b, unsigned c) {
+  for (int i = 0; i < 32; i += 8) c += ((a >> i) & 0xffu) * ((b >> i) & 0xffu);
+  return c;
+}
+inline int __dp4a(int a, int b, int c) {
+  unsigned sum = static_cast<unsigned>(c);
+  for (int i = 0; i < 32; i += 8)
+    sum += static_cast<unsigned>(static_cast<int>(static_cast<signed char>(a >> i)) *
+                                 static_cast<int>(static_cast<signed char>(b >> i)));
+  return static_cast<int>(sum);
+}
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __ffsll(long long x) { return __builtin_ffsll(x); }
