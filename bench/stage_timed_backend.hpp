@@ -104,12 +104,12 @@ class StageTimedBackend final : public Backend {
                          float* dx) override {
     timed(Stage::pool, [&] { inner_.max_pool_backward(s, x, y, dy, dx); });
   }
-  void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+  void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
                       const std::uint8_t* w, const std::int32_t* w_zero_point,
                       const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                       std::uint8_t* y) override {
     timed(Stage::conv, [&] {
-      inner_.integer_conv2d(s, x, x_zero_point, w, w_zero_point, bias, accumulator_shift, r, y);
+      inner_.integer_conv2d(s, x, x_zero_point, x_fraction_bits, w, w_zero_point, bias, accumulator_shift, r, y);
     });
   }
   void max_pool_codes(const Pool2dShape& s, const std::uint8_t* x, std::uint8_t* y) override {
