@@ -194,6 +194,31 @@ TYPED_TEST(IntegerOps, ConvMatchesPlainLoopsOnRandomShapes) {
   }
 }
 
+// The CPU backend's own integer convolution (columns of centred inputs, any
+// thread count) gives the reference's codes.
+TEST(IntegerOpsCpuBackend, ConvEqualsTheReferenceForAnyThreadCount) {
+  std::vector<ConvCase> cases;
+  for (std::uint32_t seed = 200; seed < 240; ++seed) cases.push_back(random_case(seed));
+  for (const std::int64_t features : {4, 400, 84, 7})
+    cases.push_back(random_case(300 + static_cast<std::uint32_t>(features),
+                                {9, features, 1, 1, 5, 1, 1, 0}));
+  for (const int threads : {1, 2, 3}) {
+    const auto backend = make_cpu_backend(threads);
+    for (const ConvCase& c : cases) {
+      const Conv2dShape& s = c.shape;
+      std::vector<std::uint8_t> y(
+          static_cast<std::size_t>(s.batch * s.out_channels * s.out_height() * s.out_width()));
+      const Requantization r{c.multiplier.data(), c.shift.data(), c.y_zero_point, c.y_min,
+                             c.y_max};
+      backend->integer_conv2d(s, c.x.data(), c.x_zero_point, c.x_fraction_bits, c.w.data(),
+                              c.w_zero_point.data(), c.bias.data(), c.accumulator_shift, r,
+                              y.data());
+      ASSERT_EQ(y, expected_conv(c)) << threads << " threads, batch " << s.batch << " "
+                                     << s.in_channels << "x" << s.height << "x" << s.width;
+    }
+  }
+}
+
 TYPED_TEST(IntegerOps, MaxPoolTakesEachWindowsLargestCode) {
   TypeParam api;
   std::mt19937 rng(9);

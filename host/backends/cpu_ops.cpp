@@ -10,8 +10,10 @@
 #include <initializer_list>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "lowbit/error.hpp"
+#include "lowbit/integer_element.hpp"
 #include "lowbit/ref.hpp"
 
 namespace lowbit::cpu {
@@ -375,17 +377,66 @@ void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, fl
   });
 }
 
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
-                    const std::uint8_t* w, const std::int32_t* w_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                    int x_fraction_bits, const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y) {
-  const int64_t in_example = s.in_channels * s.height * s.width;
-  const int64_t out_example = s.out_channels * s.out_height() * s.out_width();
+  // The reference validates everything but x and y on an empty batch.
+  Conv2dShape none = s;
+  none.batch = 0;
+  ref::integer_conv2d(none, nullptr, x_zero_point, x_fraction_bits, w, w_zero_point, bias,
+                      accumulator_shift, r, nullptr);
+  if (s.batch == 0) return;
+  check_pointers("integer_conv2d", {x, y});
+  const int64_t taps = s.in_channels * s.kernel * s.kernel;
+  const int64_t oh = s.out_height(), ow = s.out_width();
+  std::vector<std::int32_t> centred(static_cast<std::size_t>(s.out_channels * taps));
+  for (int64_t k = 0; k < s.out_channels; ++k)
+    for (int64_t t = 0; t < taps; ++t)
+      centred[k * taps + t] = std::int32_t{w[k * taps + t]} - w_zero_point[k];
+  // Rows of centred inputs, one per tap, columns the outputs a weight meets:
+  // each example's positions, or for a Linear (1×1 on [N, F, 1, 1]) the
+  // examples of the share. The sums are exact integers, so this order gives
+  // the reference's codes.
+  const bool linear = s.kernel == 1 && s.height == 1 && s.width == 1;
   parallel_rows(s.batch, [&](int64_t begin, int64_t end) {
-    Conv2dShape share = s;
-    share.batch = end - begin;
-    ref::integer_conv2d(share, x + begin * in_example, x_zero_point, x_fraction_bits, w, w_zero_point, bias,
-                        accumulator_shift, r, y + begin * out_example);
+    const int64_t blocks = linear ? 1 : end - begin;
+    const int64_t columns = linear ? end - begin : oh * ow;
+    std::vector<std::int32_t> cols(static_cast<std::size_t>(taps * columns));
+    std::vector<std::int32_t> sums(static_cast<std::size_t>(columns));
+    for (int64_t block = 0; block < blocks; ++block) {
+      for (int64_t t = 0; t < taps; ++t) {
+        const int64_t c = t / (s.kernel * s.kernel), ky = t / s.kernel % s.kernel,
+                      kx = t % s.kernel;
+        std::int32_t* row = cols.data() + t * columns;
+        for (int64_t col = 0; col < columns; ++col) {
+          const int64_t n = linear ? begin + col : begin + block;
+          const int64_t oy = linear ? 0 : col / ow, ox = linear ? 0 : col % ow;
+          const int64_t iy = oy * s.stride - s.padding + ky, ix = ox * s.stride - s.padding + kx;
+          const bool inside = iy >= 0 && iy < s.height && ix >= 0 && ix < s.width;
+          row[col] =
+              inside ? (std::int32_t{x[((n * s.in_channels + c) * s.height + iy) * s.width + ix]}
+                        << x_fraction_bits) -
+                           x_zero_point
+                     : 0;
+        }
+      }
+      for (int64_t k = 0; k < s.out_channels; ++k) {
+        std::fill(sums.begin(), sums.end(), 0);
+        for (int64_t t = 0; t < taps; ++t) {
+          const std::int32_t weight = centred[k * taps + t];
+          const std::int32_t* row = cols.data() + t * columns;
+          for (int64_t col = 0; col < columns; ++col) sums[col] += weight * row[col];
+        }
+        for (int64_t col = 0; col < columns; ++col) {
+          const int64_t n = linear ? begin + col : begin + block;
+          const int64_t at =
+              linear ? n * s.out_channels + k : (n * s.out_channels + k) * oh * ow + col;
+          y[at] = static_cast<std::uint8_t>(
+              requantize(accumulate(sums[col], accumulator_shift, bias[k]), r, k));
+        }
+      }
+    }
   });
 }
 
