@@ -3,8 +3,11 @@
 - results.json matches bench/results.schema.json, holds every benchmark of
   the raw Google Benchmark files, and has step breakdowns that fit the step
   (convolutions and GEMMs in every step, quantizers in QAT steps only);
+- each inference row carries peers.json's PyTorch figure for its batch (int8
+  beside integer widths, fp32 beside fp32) and their ratio;
 - every table of results.md has as many cells in each row as in its header,
-  and renders to an HTML table;
+  and renders to an HTML table; the inference table has a row per batch and a
+  column per config;
 - the charts it names are PNG files.
 Exit 0 when all hold; otherwise each problem is printed and exit 1.
 
@@ -51,15 +54,17 @@ def check(out_dir):
         problems.append(f"results.json: {path or '(top)'}: {error.message}")
 
     # Every raw benchmark appears once in results.json.
-    for raw, key in (("kernels.json", ("kernels",)), ("train.json", ("training", "breakdown"))):
+    for raw, key in (("kernels.json", ("kernels",)), ("train.json", ("training", "breakdown")),
+                     ("inference.json", ("inference",))):
         with open(os.path.join(out_dir, raw), encoding="utf-8") as f:
             names = {b["name"] for b in json.load(f)["benchmarks"]}
         reported = [r["name"] for k in key for r in results.get(k, [])]
         if sorted(reported) != sorted(names):
             problems.append(f"results.json: {'/'.join(key)} holds {len(reported)} rows for "
                             f"the {len(names)} benchmarks of {raw}")
-    if not results.get("kernels") or not results.get("training"):
-        problems.append("results.json: no kernel or training figures")
+    if not results.get("kernels") or not results.get("training") or not results.get("inference"):
+        problems.append("results.json: no kernel, training or inference figures")
+    problems += check_inference_peers(out_dir, results)
     # Every step convolves and multiplies; only QAT steps quantize.
     for r in results.get("breakdown", []):
         stages = r.get("stages_ms") or {}
@@ -73,10 +78,14 @@ def check(out_dir):
         text = f.read()
     # Cells per row as written: markdown would pad or cut a ragged row silently.
     written = []  # cells per line, for each table
-    in_table = False
+    headings = []  # the section each table is in
+    heading, in_table = None, False
     for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
         if line.startswith("|") and not in_table:
             written.append([])
+            headings.append(heading)
         in_table = line.startswith("|")
         if in_table:
             written[-1].append(line.strip().strip("|").count("|") + 1)
@@ -85,6 +94,15 @@ def check(out_dir):
             if cells != counts[0]:
                 problems.append(f"results.md: table {i + 1}, line {r}: {cells} cells under a "
                                 f"header of {counts[0]}")
+    inference = results.get("inference", [])
+    if inference:
+        counts = next((c for c, h in zip(written, headings) if h == "LeNet-5 inference"), [])
+        batches = {r["batch"] for r in inference}
+        configs = {r["config"] for r in inference}
+        # batch, a column per config, PyTorch int8 and fp32; two header lines.
+        if len(counts) != len(batches) + 2 or counts[0] != len(configs) + 3:
+            problems.append(f"results.md: the inference table is not {len(batches)} batches by "
+                            f"{len(configs)} configs and PyTorch's two")
     markdown_tables = len(written)
     parser = TableShapes()
     parser.feed(markdown.markdown(text, extensions=["tables"]))
@@ -107,6 +125,28 @@ def check(out_dir):
             problems.append(f"{chart['file']}: {e}")
         if f"]({chart['file']})" not in text:
             problems.append(f"results.md: does not show {chart['file']}")
+    return problems
+
+
+def check_inference_peers(out_dir, results):
+    """Each inference row's PyTorch figure is peers.json's (none when PyTorch did
+    not run), and its ratio ours ÷ theirs."""
+    problems = []
+    peers = {}
+    if results.get("peers", {}).get("status") == "ran":
+        with open(os.path.join(out_dir, "peers.json"), encoding="utf-8") as f:
+            peers = {(p["config"], p["batch"]): p.get("images_per_s")
+                     for p in json.load(f).get("inference", [])}
+    for r in results.get("inference", []):
+        expected = peers.get((r.get("torch_config"), r.get("batch")))
+        if r.get("torch_images_per_s") != expected:
+            problems.append(f"results.json: {r['name']}: PyTorch {r.get('torch_config')} "
+                            f"figure {r.get('torch_images_per_s')}, peers.json has {expected}")
+        ours, theirs = r.get("images_per_s"), r.get("torch_images_per_s")
+        ratio = ours / theirs if ours and theirs else None
+        got = r.get("speedup_vs_torch")
+        if (ratio is None) != (got is None) or (ratio and abs(got / ratio - 1) > 1e-9):
+            problems.append(f"results.json: {r['name']}: speed-up {got}, expected {ratio}")
     return problems
 
 

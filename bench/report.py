@@ -2,14 +2,16 @@
 """Turns one benchmark run into results.json, results.md and PNG charts.
 
 Inputs (all from the same run, written by scripts/bench.sh):
-  kernels.json  Google Benchmark JSON of lowbit_bench_kernels
-  train.json    Google Benchmark JSON of lowbit_bench_train
-  peers.json    bench/peers/torch_peers.py output (optional: PyTorch's figures)
-  machine.json  the card, driver, CUDA and cuDNN versions, host and date
+  kernels.json    Google Benchmark JSON of lowbit_bench_kernels
+  train.json      Google Benchmark JSON of lowbit_bench_train
+  inference.json  Google Benchmark JSON of lowbit_bench_inference (optional)
+  peers.json      bench/peers/torch_peers.py output (optional: PyTorch's figures)
+  machine.json    the card, driver, CUDA and cuDNN versions, host and date
 
 results.json follows bench/results.schema.json. Every ratio in it is taken
 between figures of this run: % of the device copy, QAT overhead over our own
-fp32 step, and speed-up over PyTorch on the same machine. DESIGN.md §4's
+fp32 step, and speed-up over PyTorch on the same machine (for inference,
+PyTorch's int8 and fp32 on the CPU, whatever ran lowbit). DESIGN.md §4's
 targets are judged only on a GPU run; a CPU run reports the same figures,
 labelled CPU, with no verdict.
 """
@@ -138,6 +140,41 @@ def training_rows(gbench):
                 row["stages_ms"] = {s: b["ms_" + s] for s in STAGES}
             breakdowns.append(row)
     return steps, breakdowns
+
+
+def inference_rows(gbench):
+    rows = []
+    for b in gbench.get("benchmarks", []):
+        if b.get("run_type", "iteration") != "iteration":
+            continue
+        device, _, params, _ = parse_name(b["name"])
+        bits = params.get("bits")
+        row = {
+            "name": b["name"],
+            "device": device,
+            "config": str(bits) if bits else "fp32",
+            "bits": bits,
+            "batch": params["batch"],
+            "range": (b.get("label") or None) if bits else None,
+            "error": b.get("error_message") if b.get("error_occurred") else None,
+        }
+        if row["error"] is None:
+            row.update({"images_per_s": b["items_per_second"], "batch_ms": time_ms(b)})
+        rows.append(row)
+    return rows
+
+
+def attach_peer_inference(rows, peers):
+    """Integer rows beside PyTorch's int8, whatever their width; fp32 beside its fp32."""
+    torch_rate = {(p["config"], p["batch"]): (p.get("images_per_s"), p.get("error"))
+                  for p in peers.get("inference", [])}
+    for r in rows:
+        r["torch_config"] = "int8" if r["bits"] else "fp32"
+        rate, error = torch_rate.get((r["torch_config"], r["batch"]), (None, None))
+        r["torch_images_per_s"] = rate
+        r["torch_error"] = error
+        ours = r.get("images_per_s")
+        r["speedup_vs_torch"] = ours / rate if ours and rate else None
 
 
 def peer_comparisons(kernels, peers):
@@ -412,6 +449,8 @@ def markdown(results):
         out += [table(["config", "range", "batch", "mode", "img/s", "step ms", "QAT overhead",
                        "PyTorch img/s", "vs PyTorch"], rows), ""]
 
+    out += inference_section(results)
+
     breakdown = [r for r in results["breakdown"] if r["error"] is None]
     if breakdown:
         out += ["## Where an eager step's time goes", "",
@@ -430,12 +469,55 @@ def markdown(results):
     if peers["status"] != "ran":
         out += [f"PyTorch peers: {peers['status']} ({peers.get('reason') or 'no reason given'}).",
                 ""]
-    errors = [r for r in kernels + steps + results["breakdown"] if r["error"]]
+    errors = [r for r in kernels + steps + results["breakdown"] + results["inference"]
+              if r["error"]]
     if errors:
         out += ["## Failures", ""] + [f"- `{r['name']}`: {r['error']}" for r in errors] + [""]
     for chart in results["charts"]:
         out += [f"![{chart['title']}]({chart['file']})", ""]
     return "\n".join(out)
+
+
+def inference_section(results):
+    """Images/s by batch (rows) and bits (columns), PyTorch's int8 and fp32 beside."""
+    rows = results["inference"]
+    if not rows:
+        return []
+    peers = results["peers"]
+    widths = sorted({r["bits"] for r in rows if r["bits"]})
+    configs = [str(b) for b in widths] + ["fp32"]
+    by_key = {(r["config"], r["batch"]): r for r in rows}
+    torch_where = (f"on the CPU ({peers.get('threads')} threads, "
+                   f"{peers.get('inference_engine') or 'no quantized'} engine)"
+                   if peers["status"] == "ran" else "nowhere in this run (see below)")
+    out = ["## LeNet-5 inference", "",
+           "Images per second, from 8-bit pixels in host memory to class scores in host "
+           "memory, one call per batch. lowbit's 2/4/8-bit columns are integer-only inference "
+           "(int32 accumulation, fixed-point requantization); fp32 is the trainer's eval. "
+           f"PyTorch runs {torch_where}: int8 is eager-mode post-training static "
+           "quantization, fp32 eager eval. In brackets, lowbit ÷ PyTorch: every integer "
+           "width against PyTorch int8, fp32 against PyTorch fp32.", ""]
+
+    def ours(r):
+        if r is None:
+            return "–"
+        if r["error"]:
+            return "error"
+        ratio = f" ({r['speedup_vs_torch']:.2f}×)" if r["speedup_vs_torch"] else ""
+        return fmt(r["images_per_s"]) + ratio
+
+    def theirs(r):
+        if r is None or not (r["torch_images_per_s"] or r["torch_error"]):
+            return "–"
+        return fmt(r["torch_images_per_s"]) if r["torch_images_per_s"] else "error"
+
+    table_rows = []
+    for batch in sorted({r["batch"] for r in rows}):
+        int8 = next((by_key[(c, batch)] for c in configs[:-1] if (c, batch) in by_key), None)
+        table_rows.append([batch] + [ours(by_key.get((c, batch))) for c in configs]
+                          + [theirs(int8), theirs(by_key.get(("fp32", batch)))])
+    header = (["batch"] + [f"{b}-bit" for b in widths] + ["fp32", "PyTorch int8", "PyTorch fp32"])
+    return out + [table(header, table_rows), ""]
 
 
 # ---------------------------------------------------------------------------
@@ -530,7 +612,7 @@ def peers_section(args):
     except (OSError, ValueError) as e:
         return {"status": "failed", "reason": f"{args.peers}: {e}"}, {}
     section = {"status": "ran", "reason": None}
-    for key in ("torch_version", "device", "device_name", "threads"):
+    for key in ("torch_version", "device", "device_name", "threads", "inference_engine"):
         section[key] = peers.get(key)
     return section, peers
 
@@ -541,7 +623,8 @@ def build(args):
     machine = load_json(args.machine) if args.machine else {}
     kernels = kernel_rows(kernels_run)
     steps, breakdown = training_rows(train_run)
-    devices = {r["device"] for r in kernels + steps}
+    inference = inference_rows(load_json(args.inference)) if args.inference else []
+    devices = {r["device"] for r in kernels + steps + inference}
     if len(devices) != 1:
         sys.exit(f"report: expected one device prefix in the benchmark names, got {devices}")
     backend = devices.pop()
@@ -557,8 +640,10 @@ def build(args):
         "breakdown": breakdown,
         "peers": peers,
         "peer_kernels": peer_comparisons(kernels, peer_run),
+        "inference": inference,
     }
     attach_peer_training(steps, peer_run)
+    attach_peer_inference(inference, peer_run)
     results["targets"] = targets(kernels, steps, results["peer_kernels"], backend)
     return results
 
@@ -568,6 +653,7 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kernels", required=True, help="lowbit_bench_kernels JSON")
     parser.add_argument("--train", required=True, help="lowbit_bench_train JSON")
+    parser.add_argument("--inference", help="lowbit_bench_inference JSON")
     parser.add_argument("--peers", help="torch_peers.py JSON (omit when PyTorch did not run)")
     parser.add_argument("--peers-skipped", help="why the peers did not run")
     parser.add_argument("--machine", help="machine.json from scripts/bench.sh")

@@ -13,7 +13,8 @@ py=$("$root/scripts/python-with.sh" jsonschema markdown) || {
 }
 "$py" "$root/bench/check_results.py" "$2"
 
-# The checker must catch a broken output: a missing key and a ragged table.
+# The checker must catch a broken output: a missing key, a lost inference
+# row, a wrong ratio and a ragged table.
 broken="$2-broken"
 rm -rf "$broken" && cp -r "$2" "$broken"
 "$py" - "$broken" <<'PY'
@@ -21,6 +22,8 @@ import json, os, sys
 path = os.path.join(sys.argv[1], "results.json")
 results = json.load(open(path))
 del results["targets"]
+results["inference"].pop()
+results["inference"][0]["speedup_vs_torch"] = 1e9
 json.dump(results, open(path, "w"))
 with open(os.path.join(sys.argv[1], "results.md"), "a") as f:
     f.write("\n| a | b |\n|---|---|\n| 1 | 2 | 3 |\n")
@@ -29,7 +32,8 @@ if "$py" "$root/bench/check_results.py" "$broken" 2>"$broken/check.log"; then
   echo "bench_report: check_results.py passed a broken output" >&2
   exit 1
 fi
-for expected in "'targets' is a required property" "3 cells under a header of 2"; do
+for expected in "'targets' is a required property" "3 cells under a header of 2" \
+                "benchmarks of inference.json" "speed-up 1000000000.0"; do
   grep -qF "$expected" "$broken/check.log" || {
     echo "bench_report: check_results.py did not report: $expected" >&2
     cat "$broken/check.log" >&2

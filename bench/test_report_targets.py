@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Unit tests of bench/report.py's parsing and DESIGN.md §4 verdicts, on
 hand-made rows: a GPU run at n = 2^26 is judged, anything else is not, and
-PyTorch's ratio is PyTorch's time over lowbit's."""
+PyTorch's ratio is PyTorch's time over lowbit's; inference rows sit beside
+PyTorch's int8 (integer widths) or fp32 figure at their batch."""
 
 import os
 import sys
@@ -94,6 +95,58 @@ class Targets(unittest.TestCase):
         comparisons = report.peer_comparisons(gpu_kernels(), peers)
         rows = {r["target"]: r for r in report.targets(gpu_kernels(), [], comparisons, "gpu")}
         self.assertEqual(rows["per-tensor fake quant forward"]["torch"], "error: RuntimeError: no")
+
+
+def inference_bench(config, batch, rate=None, label="", error=None):
+    b = {"name": f"cpu/inference/{config}/batch:{batch}/real_time", "run_type": "iteration",
+         "real_time": 1e6 * batch / rate if rate else 0.0, "time_unit": "us", "label": label}
+    if error:
+        b.update({"error_occurred": True, "error_message": error})
+    else:
+        b["items_per_second"] = rate
+    return b
+
+
+class Inference(unittest.TestCase):
+    def setUp(self):
+        gbench = {"benchmarks": [inference_bench("fp32", 64, 8000.0, "fp32"),
+                                 inference_bench("bits:8", 64, 4000.0, "ema"),
+                                 inference_bench("bits:2", 64, 3000.0, "lsq"),
+                                 inference_bench("bits:4", 1, error="boom")]}
+        self.rows = report.inference_rows(gbench)
+        peers = {"inference": [{"config": "int8", "batch": 64, "images_per_s": 2000.0},
+                               {"config": "fp32", "batch": 64, "images_per_s": 16000.0},
+                               {"config": "int8", "batch": 1, "images_per_s": None,
+                                "error": "RuntimeError: no"}]}
+        report.attach_peer_inference(self.rows, peers)
+        self.by_config = {(r["config"], r["batch"]): r for r in self.rows}
+
+    def test_rows(self):
+        fp32, eight = self.by_config[("fp32", 64)], self.by_config[("8", 64)]
+        self.assertEqual((fp32["bits"], fp32["range"], fp32["images_per_s"]), (None, None, 8000.0))
+        self.assertEqual((eight["bits"], eight["range"]), (8, "ema"))
+        self.assertAlmostEqual(eight["batch_ms"], 16.0)
+        self.assertEqual(self.by_config[("4", 1)]["error"], "boom")
+
+    def test_every_integer_width_against_int8_and_fp32_against_fp32(self):
+        self.assertAlmostEqual(self.by_config[("8", 64)]["speedup_vs_torch"], 2.0)
+        self.assertAlmostEqual(self.by_config[("2", 64)]["speedup_vs_torch"], 1.5)
+        self.assertEqual(self.by_config[("2", 64)]["torch_config"], "int8")
+        self.assertAlmostEqual(self.by_config[("fp32", 64)]["speedup_vs_torch"], 0.5)
+        failed = self.by_config[("4", 1)]
+        self.assertEqual((failed["speedup_vs_torch"], failed["torch_error"]),
+                         (None, "RuntimeError: no"))
+
+    def test_table_is_batches_by_configs(self):
+        results = {"inference": self.rows,
+                   "peers": {"status": "ran", "threads": 2, "inference_engine": "qnnpack"}}
+        text = "\n".join(report.inference_section(results))
+        lines = [line for line in text.splitlines() if line.startswith("|")]
+        self.assertEqual(lines[0], "| batch | 2-bit | 4-bit | 8-bit | fp32 | PyTorch int8 | "
+                                   "PyTorch fp32 |")
+        self.assertEqual(lines[2], "| 1 | – | error | – | – | error | – |")
+        self.assertEqual(lines[3], "| 64 | 3,000 (1.50×) | – | 4,000 (2.00×) | 8,000 (0.50×) | "
+                                   "2,000 | 16,000 |")
 
 
 if __name__ == "__main__":

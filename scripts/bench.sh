@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # lowbit's benchmarks in one command. Builds (scripts/setup.sh), runs the
-# kernel and training-step suites (Google Benchmark: on the GPU when there is
-# one, else on the CPU backend, labelled as such), then PyTorch's equivalents
-# at the same sizes when a python3 can import torch, and writes into --out:
-#   kernels.json, train.json   the suites' raw Google Benchmark JSON
+# kernel, training-step and inference suites (Google Benchmark: on the GPU
+# when there is one, else on the CPU backend, labelled as such), then
+# PyTorch's equivalents at the same sizes when a python3 can import torch
+# (its int8 and fp32 inference on the CPU), and writes into --out:
+#   kernels.json, train.json,  the suites' raw Google Benchmark JSON
+#   inference.json             (the inference suite trains its models on
+#                              Fashion-MNIST: $LOWBIT_DATA_DIR, else Debian's)
 #   peers.json                 PyTorch's figures (bench/peers/torch_peers.py)
 #   machine.json               card, driver, CUDA, cuDNN, host and date
 #   results.json               all of it merged, with every ratio
@@ -11,14 +14,14 @@
 #   results.md                 the tables, and kernels_roofline.png and
 #                              training.png (matplotlib)
 # Meant to finish in under 5 minutes on an H100/H200 (no GPU run has timed
-# it yet); 80 s on this project's 2-core CPU machine, PyTorch included.
+# it yet); 81 s on this project's 2-core CPU machine, PyTorch included.
 #
 # Usage: scripts/bench.sh [options]
 #   --out DIR        where the results go (default bench-results/)
 #   --build-dir DIR  the build to run (default build)
 #   --no-build       run what --build-dir holds; skip setup and build
 #   --no-peers       skip PyTorch
-#   --quick          the smallest size and batch only, briefly: checks that
+#   --quick          the smallest size and batches only, briefly: checks that
 #                    the pipeline works (its figures are noise)
 #   --min-time S     seconds of timed calls per kernel benchmark (default 0.05)
 # Exit status: 0 when every suite and the report succeeded (PyTorch failing
@@ -60,11 +63,12 @@ if [ "$do_build" -eq 1 ]; then
 fi
 kernels_bin="$build_dir/bench/lowbit_bench_kernels"
 train_bin="$build_dir/bench/lowbit_bench_train"
-for bin in "$kernels_bin" "$train_bin"; do
+inference_bin="$build_dir/bench/lowbit_bench_inference"
+for bin in "$kernels_bin" "$train_bin" "$inference_bin"; do
   [ -x "$bin" ] || { echo "bench.sh: $bin is missing (build first, or drop --no-build)" >&2; exit 1; }
 done
 mkdir -p "$out"
-rm -f "$out"/{kernels,train,peers,machine,results}.json "$out"/results.md \
+rm -f "$out"/{kernels,train,inference,peers,machine,results}.json "$out"/results.md \
   "$out"/{kernels_roofline,training}.png
 
 py=$(scripts/python-with.sh json matplotlib || scripts/python-with.sh json) ||
@@ -74,9 +78,11 @@ failed=0
 if [ "$quick" -eq 1 ]; then
   kernel_args=(--benchmark_filter=/n:65536/ --benchmark_min_time=0.01)
   train_args=(--benchmark_filter=batch:64 --benchmark_min_time=0.01)
+  inference_args=(--benchmark_filter=/batch:1/ --benchmark_min_time=0.01)
 else
   kernel_args=(--benchmark_min_time="$min_time")
   train_args=(--benchmark_min_time=0.25)
+  inference_args=(--benchmark_min_time=0.5)
 fi
 echo "bench.sh: kernels -> $out/kernels.json"
 "$kernels_bin" "${kernel_args[@]}" --benchmark_out="$out/kernels.json" \
@@ -84,6 +90,10 @@ echo "bench.sh: kernels -> $out/kernels.json"
 echo "bench.sh: training step -> $out/train.json"
 "$train_bin" "${train_args[@]}" --benchmark_out="$out/train.json" \
   --benchmark_out_format=json >"$out/train.log" 2>&1 || { failed=1; tail -n 5 "$out/train.log"; }
+echo "bench.sh: inference -> $out/inference.json"
+"$inference_bin" "${inference_args[@]}" --benchmark_out="$out/inference.json" \
+  --benchmark_out_format=json >"$out/inference.log" 2>&1 ||
+  { failed=1; tail -n 5 "$out/inference.log"; }
 
 # PyTorch at the sizes the suites ran: the GPU suite goes to 2^26.
 peer_args=(--out "$out/peers.json")
@@ -95,7 +105,8 @@ else
   steps=10
 fi
 if [ "$quick" -eq 1 ]; then
-  peer_args+=(--sizes 65536 --batches 64 --train-steps 3 --warmup-steps 1 --min-time 0.01)
+  peer_args+=(--sizes 65536 --batches 64 --train-steps 3 --warmup-steps 1 --min-time 0.01
+              --inference-batches 1 --inference-min-time 0.01)
 else
   peer_args+=(--sizes "$sizes" --train-steps "$steps" --min-time "$min_time")
 fi
@@ -146,9 +157,14 @@ machine = {
 json.dump(machine, open(path, "w"), indent=1)
 PY
 
+# A suite that failed before writing its JSON (the inference one without
+# Fashion-MNIST) has already set failed; the report shows the rest.
+report_inference=()
+[ -f "$out/inference.json" ] && report_inference=(--inference "$out/inference.json")
 if [ -f "$out/kernels.json" ] && [ -f "$out/train.json" ]; then
   "$py" bench/report.py --kernels "$out/kernels.json" --train "$out/train.json" \
-    --machine "$out/machine.json" --out-dir "$out" "${report_peers[@]}" || failed=1
+    "${report_inference[@]}" --machine "$out/machine.json" --out-dir "$out" \
+    "${report_peers[@]}" || failed=1
 else
   failed=1
 fi

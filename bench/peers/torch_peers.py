@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times PyTorch's equivalents of lowbit's kernels and LeNet-5 training.
+"""Times PyTorch's equivalents of lowbit's kernels, LeNet-5 training and inference.
 
 scripts/bench.sh runs lowbit's Google Benchmark suites, then this script at the
 same sizes, so that every lowbit figure can be given a PyTorch ratio. Only
@@ -26,6 +26,17 @@ call is timed with time.perf_counter.
 Training: LeNet-5 as lowbit's, eager mode, data already on the device, in fp32
 and with PyTorch's eager-mode QAT (torch.ao.quantization) at the --train-bits.
 
+Inference, on the CPU whatever --device says (PyTorch's quantized kernels are
+CPU-only): the same LeNet-5 in eval mode at the --inference-batches, fp32 and
+int8 by eager-mode post-training static quantization (conv and linear fused
+with their ReLU, the engine's default qconfig, calibrated on a few batches of
+random pixels), on the fbgemm engine, or where torch lacks it onednn (also
+for x86: on a 2-core EPYC 5-20x qnnpack's speed from batch 64 up), else qnnpack.
+Weights are PyTorch's random init: time does not depend on them. Each call
+takes uint8 pixels [B, 1, 28, 28] to logits, normalisation included, as
+lowbit_bench_inference does, and is timed as the kernels are on the CPU but
+for --inference-min-time seconds.
+
 A measurement that raises is recorded with its error and a null time; the
 script still exits 0. Exit 2: bad arguments. Exit 1: torch cannot be imported.
 JSON goes to --out, or else to stdout; progress lines go to stderr.
@@ -42,6 +53,8 @@ KERNEL_SEED_DY = 0x85EBCA6B  # kernels_bench.cpp: grads()
 FALLBACK_L2_BYTES = 100 << 20
 MIN_CALLS = 3
 DATA_MEAN, DATA_STD = 0.2860, 0.3530
+FUSED_PAIRS = [["conv1", "relu1"], ["conv2", "relu2"], ["fc1", "relu3"], ["fc2", "relu4"]]
+CALIBRATION_BATCHES = 8
 
 
 # ---------------------------------------------------------------------------
@@ -95,8 +108,8 @@ def _train_bits(text):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(
-        description="Time PyTorch's fake-quant ops and LeNet-5 (fp32 and QAT) training at "
-        "lowbit's benchmark sizes; print JSON.")
+        description="Time PyTorch's fake-quant ops, LeNet-5 (fp32 and QAT) training and "
+        "LeNet-5 (fp32 and int8) CPU inference at lowbit's benchmark sizes; print JSON.")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto (the default): cuda if torch.cuda.is_available(), else cpu")
     p.add_argument("--sizes", type=_int_list(1, 1 << 40), default="65536,1048576",
@@ -115,8 +128,15 @@ def parse_args(argv):
                    help="timed steps per training config (default: %(default)s)")
     p.add_argument("--warmup-steps", type=_count(0), default=5,
                    help="untimed steps before the timed ones (default: %(default)s)")
+    p.add_argument("--inference-batches", type=_int_list(1, 1 << 20), default="1,64,1024",
+                   help="CPU inference batch sizes, comma-separated (default: %(default)s)")
+    p.add_argument("--inference-min-time", type=_positive_float, default=0.5,
+                   help="seconds of timed calls per inference measurement, at least 3 calls "
+                   "(default: %(default)s, as scripts/bench.sh runs lowbit's)")
     p.add_argument("--skip-kernels", action="store_true", help="skip the kernel measurements")
     p.add_argument("--skip-training", action="store_true", help="skip the training measurements")
+    p.add_argument("--skip-inference", action="store_true",
+                   help="skip the inference measurements")
     p.add_argument("--threads", type=_count(1), default=os.cpu_count() or 1,
                    help="CPU threads for PyTorch (default: every core, as lowbit's CPU "
                         "backend uses through OpenMP)")
@@ -347,12 +367,16 @@ def build_model(torch, config, device):
     model = lenet5(torch).train()
     if config != "fp32":
         tq = torch.ao.quantization
-        pairs = [["conv1", "relu1"], ["conv2", "relu2"], ["fc1", "relu3"], ["fc2", "relu4"]]
         fuse = getattr(tq, "fuse_modules_qat", tq.fuse_modules)  # train mode: QAT fusion
-        model = fuse(model, pairs)
+        model = fuse(model, FUSED_PAIRS)
         model.qconfig = qat_qconfig(torch, int(config))
         model = tq.prepare_qat(model.train())
     return model.to(device)
+
+
+def normalise(images):
+    """uint8 pixels -> the network's float input, as lowbit normalises them."""
+    return (images.float() / 255.0 - DATA_MEAN) / DATA_STD
 
 
 def synthetic_data(torch, batch, device):
@@ -377,7 +401,7 @@ def train_throughput(torch, config, batch, args, device):
         nonlocal step_index
         lo = (step_index % batches) * batch
         step_index += 1
-        x = (images[lo:lo + batch].float() / 255.0 - DATA_MEAN) / DATA_STD
+        x = normalise(images[lo:lo + batch])
         loss = loss_fn(model(x), labels[lo:lo + batch])
         optimizer.zero_grad()
         loss.backward()
@@ -418,6 +442,60 @@ def run_training(torch, args, device):
 
 
 # ---------------------------------------------------------------------------
+# Inference
+
+
+def quantized_engine(torch):
+    engines = torch.backends.quantized.supported_engines
+    for engine in ("fbgemm", "onednn", "qnnpack"):
+        if engine in engines:
+            return engine
+    raise RuntimeError(f"torch has none of fbgemm, onednn and qnnpack (it has {engines})")
+
+
+def inference_model(torch, config, engine):
+    """LeNet-5 in eval mode: fp32, or int8 by post-training static quantization."""
+    torch.manual_seed(0)
+    model = lenet5(torch).eval()
+    if config == "int8":
+        tq = torch.ao.quantization
+        torch.backends.quantized.engine = engine
+        model = tq.fuse_modules(model, FUSED_PAIRS)
+        model.qconfig = tq.get_default_qconfig(engine)
+        tq.prepare(model, inplace=True)
+        images, _ = synthetic_data(torch, 64, torch.device("cpu"))
+        with torch.inference_mode():
+            for b in range(CALIBRATION_BATCHES):
+                model(normalise(images[b * 64:(b + 1) * 64]))
+        tq.convert(model, inplace=True)
+    return model
+
+
+def run_inference(torch, args):
+    """Images/s of fp32 and int8 eval at each batch, on the CPU."""
+    cpu = torch.device("cpu")
+    timer = Timer(torch, cpu, args.inference_min_time)
+    engine, results = None, []
+    for config in ("int8", "fp32"):
+        for batch in args.inference_batches:
+            images_per_s, error = None, None
+            try:
+                engine = engine or quantized_engine(torch)
+                model = inference_model(torch, config, engine)
+                pixels, _ = synthetic_data(torch, batch, cpu)
+                pixels = pixels[:batch].contiguous()
+                with torch.inference_mode():
+                    images_per_s = batch / timer.mean_seconds(lambda: model(normalise(pixels)))
+            except Exception as e:  # recorded, never fatal
+                error = first_line(e)
+            results.append({"config": config, "batch": batch, "images_per_s": images_per_s,
+                            "error": error})
+            shown = f"{images_per_s:.1f} img/s" if error is None else f"error: {error}"
+            progress(f"inference {config} batch={batch}: {shown}")
+    return engine, results
+
+
+# ---------------------------------------------------------------------------
 # Main
 
 
@@ -444,8 +522,8 @@ def main(argv=None):
         return 2
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
-    if not use_cuda:
-        torch.set_num_threads(args.threads)
+    # The CPU inference runs even beside CUDA kernels and training.
+    torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     device_name = (torch.cuda.get_device_name(device) if use_cuda
                    else f"cpu ({threads} threads)")
@@ -458,13 +536,18 @@ def main(argv=None):
         "device_name": device_name,
         "threads": threads,
         "min_time_s": args.min_time,
+        "inference_min_time_s": args.inference_min_time,
         "kernels": [],
         "training": [],
+        "inference_engine": None,
+        "inference": [],
     }
     if not args.skip_kernels:
         report["kernels"] = run_kernels(torch, args, device, Timer(torch, device, args.min_time))
     if not args.skip_training:
         report["training"] = run_training(torch, args, device)
+    if not args.skip_inference:
+        report["inference_engine"], report["inference"] = run_inference(torch, args)
     write_json(report, args.out)
     return 0
 
