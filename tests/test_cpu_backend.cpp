@@ -21,6 +21,7 @@
 
 #include "backends/cpu_ops.hpp"
 #include "lowbit/backend.hpp"
+#include "integer_cases.hpp"
 #include "lowbit/ref.hpp"
 #include "test_util.hpp"
 
@@ -736,6 +737,30 @@ TEST(CpuBackend, DispatchesToTheCpuOpsAndTheReference) {
   Floats gx(n);
   ref::ste_backward(g.data(), mask.data(), MaskFormat::pass, n, gx.data());
   EXPECT_TRUE(same_bits(gx, to_host(bgx)));
+}
+
+// The CPU backend's own integer convolution (columns of centred inputs, any
+// thread count) gives the reference's codes.
+TEST(CpuBackend, IntegerConvEqualsTheReferenceForAnyThreadCount) {
+  std::vector<test::ConvCase> cases;
+  for (std::uint32_t seed = 200; seed < 240; ++seed) cases.push_back(test::random_case(seed));
+  for (const std::int64_t features : {4, 400, 84, 7})
+    cases.push_back(test::random_case(300 + static_cast<std::uint32_t>(features),
+                                      {9, features, 1, 1, 5, 1, 1, 0}));
+  for (const int threads : {1, 2, 3}) {
+    const auto backend = make_cpu_backend(threads);
+    for (const test::ConvCase& c : cases) {
+      const Conv2dShape& s = c.shape;
+      std::vector<std::uint8_t> y(
+          static_cast<std::size_t>(s.batch * s.out_channels * s.out_height() * s.out_width()));
+      const Requantization r{c.multiplier.data(), c.shift.data(), c.y_zero_point, c.y_min, c.y_max};
+      backend->integer_conv2d(s, c.x.data(), c.x_zero_point, c.x_fraction_bits, c.w.data(),
+                              c.w_zero_point.data(), c.bias.data(), c.accumulator_shift, r,
+                              y.data());
+      ASSERT_EQ(y, test::expected_conv(c)) << threads << " threads, batch " << s.batch << " "
+                                           << s.in_channels << "x" << s.height << "x" << s.width;
+    }
+  }
 }
 
 }  // namespace

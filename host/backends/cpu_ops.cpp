@@ -409,16 +409,22 @@ void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_
         const int64_t c = t / (s.kernel * s.kernel), ky = t / s.kernel % s.kernel,
                       kx = t % s.kernel;
         std::int32_t* row = cols.data() + t * columns;
-        for (int64_t col = 0; col < columns; ++col) {
-          const int64_t n = linear ? begin + col : begin + block;
-          const int64_t oy = linear ? 0 : col / ow, ox = linear ? 0 : col % ow;
-          const int64_t iy = oy * s.stride - s.padding + ky, ix = ox * s.stride - s.padding + kx;
-          const bool inside = iy >= 0 && iy < s.height && ix >= 0 && ix < s.width;
-          row[col] =
-              inside ? (std::int32_t{x[((n * s.in_channels + c) * s.height + iy) * s.width + ix]}
-                        << x_fraction_bits) -
-                           x_zero_point
-                     : 0;
+        const auto centre = [&](std::uint8_t code) {
+          return (std::int32_t{code} << x_fraction_bits) - x_zero_point;
+        };
+        if (linear) {
+          for (int64_t col = 0; col < columns; ++col)
+            row[col] = centre(x[(begin + col) * s.in_channels + c]);
+          continue;
+        }
+        const std::uint8_t* plane = x + ((begin + block) * s.in_channels + c) * s.height * s.width;
+        for (int64_t oy = 0; oy < oh; ++oy) {
+          const int64_t iy = oy * s.stride - s.padding + ky;
+          for (int64_t ox = 0; ox < ow; ++ox) {
+            const int64_t ix = ox * s.stride - s.padding + kx;
+            const bool inside = iy >= 0 && iy < s.height && ix >= 0 && ix < s.width;
+            row[oy * ow + ox] = inside ? centre(plane[iy * s.width + ix]) : 0;
+          }
         }
       }
       for (int64_t k = 0; k < s.out_channels; ++k) {
