@@ -49,6 +49,15 @@ std::vector<float> fake_quant_weights(const Checkpoint& c, const std::string& la
   if (a.range == RangeMode::lsq) {
     const std::vector<float> step = checkpoint_floats(c, layer + "/weight_quant.scale");
     ref::lsq_forward(w.data(), y.data(), layout, step.data(), affine_grid(a));
+  } else if (a.rounding == Rounding::pytorch) {
+    std::vector<float> scale(min.size());
+    std::vector<std::int32_t> zero_point(min.size());
+    ref::weight_range(w.data(), layout, a.symmetric, min.data(), max.data(),
+                      test::host_workspace(storage, layout));
+    ref::affine_params_from_range(min.data(), max.data(), layout.channels, affine_grid(a),
+                                  a.symmetric, scale.data(), zero_point.data());
+    ref::fake_quant_affine(w.data(), y.data(), layout, scale.data(), zero_point.data(),
+                           affine_grid(a), nullptr);
   } else {
     ref::fake_quant_weights(w.data(), y.data(), layout, {a.bits, a.narrow_range}, a.symmetric,
                             min.data(), max.data(), nullptr, test::host_workspace(storage, layout));
@@ -80,6 +89,37 @@ TEST(Deploy, WeightCodesDequantizeToTheFakeQuantWeightsBitForBit) {
     }
     EXPECT_EQ(model.layers.back().output.bits, 8);  // the logits keep 8 bits
   }
+}
+
+// PyTorch's rounding family exports too: affine codes and zero points.
+TEST(Deploy, PyTorchRoundingExportsBitExactWeightsAndAgrees) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  TrainOptions o;
+  o.data_dir = test::fashion_mnist_dir();
+  o.quantize.rounding = Rounding::pytorch;
+  o.quantize.quant_delay = 0;  // PyTorch's observers have no delay
+  o.limit_train = 3072;
+  o.limit_test = 256;
+  o.batch = 64;
+  o.epochs = 1;
+  o.save_path = test::temp_path("pytorch.safetensors");
+  train(o, *cpu, nullptr);
+  const IntegerModel model = integer_model(o.save_path);
+  EXPECT_EQ(model.rounding, Rounding::pytorch);
+  const Checkpoint checkpoint = read_checkpoint(o.save_path);
+  for (const IntegerLayer& l : model.layers) {
+    const std::vector<float> want = fake_quant_weights(checkpoint, l.name);
+    const std::size_t taps = want.size() / static_cast<std::size_t>(l.out_channels);
+    std::vector<float> got;
+    for (std::size_t i = 0; i < want.size(); ++i)
+      got.push_back(static_cast<float>(l.weight_codes[i] - l.weight_zero_point[i / taps]) *
+                    l.weight_scale[i / taps]);
+    EXPECT_TRUE(test::same_bits(want, got)) << l.name;
+  }
+  const IntegerEvalReport r = evaluate_integer(o.save_path, o.data_dir, 2000, *cpu);
+  EXPECT_GE(r.agreeing, 1998) << r.disagreeing.size() << " disagree";
+  fs::remove(o.save_path);
 }
 
 TEST(Deploy, ModelFileRoundTripsAndIsAFractionOfTheCheckpoint) {
