@@ -33,7 +33,6 @@
 #include "lowbit/graph.hpp"
 #include "lowbit/lr_schedule.hpp"
 #include "lowbit/quantize.hpp"
-#include "lowbit/safetensors.hpp"
 #include "lowbit/trainer.hpp"
 #include "lowbit/types.hpp"
 
@@ -852,7 +851,7 @@ int run_integer_eval(const EvalCommand& command, const std::string& data) {
 int run_eval(const EvalCommand& command) {
   require_file(command.checkpoint, "checkpoint");
   // An exported model names no dataset; a checkpoint, the one it was trained on.
-  const bool exported = safetensors::load(command.checkpoint).metadata.count("lowbit.format") > 0;
+  const bool exported = is_integer_model_file(command.checkpoint);
   if (command.integer) {
     std::string data = command.data;
     if (command.data_option->count() == 0 && !exported)

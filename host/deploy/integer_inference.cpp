@@ -7,7 +7,6 @@
 #include "lowbit/deploy.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/nn_element.hpp"
-#include "lowbit/safetensors.hpp"
 #include "lowbit/trainer.hpp"
 #include "train/checkpoint.hpp"
 #include "train/session.hpp"
@@ -35,12 +34,6 @@ class Arena {
   Backend& backend_;
   std::vector<Buffer> buffers_;
 };
-
-/// Whether `path` is a file save_integer_model() wrote (else a checkpoint).
-bool is_integer_model_file(const std::string& path) {
-  const safetensors::File file = safetensors::load(path);
-  return file.metadata.count("lowbit.format") != 0;
-}
 
 /// The top-1 of each row of output codes: the first maximum code.
 std::vector<std::int32_t> top1(const std::vector<std::uint8_t>& codes, std::int64_t classes) {

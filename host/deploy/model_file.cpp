@@ -138,6 +138,10 @@ void save_integer_model(const std::string& path, const IntegerModel& model) {
   safetensors::save(path, file);
 }
 
+bool is_integer_model_file(const std::string& path) {
+  return safetensors::load(path).metadata.count("lowbit.format") != 0;
+}
+
 IntegerModel load_integer_model(const std::string& path) {
   const safetensors::File file = safetensors::load(path);
   const auto meta = file.metadata.find("lowbit.model");

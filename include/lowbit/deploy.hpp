@@ -90,6 +90,10 @@ void save_integer_model(const std::string& path, const IntegerModel& model);
 /// Reads what save_integer_model() wrote, verifying every field.
 IntegerModel load_integer_model(const std::string& path);
 
+/// Whether the safetensors file at `path` is one save_integer_model() wrote
+/// (rather than a training checkpoint). Throws for an unreadable file.
+bool is_integer_model_file(const std::string& path);
+
 /// Writes `model` as a standard ONNX QDQ graph that onnxruntime runs: input
 /// "pixels" (uint8 [N, C, H, W]) through DequantizeLinear with the input
 /// grid; each weight as an initializer of codes (UINT8, UINT4 or UINT2, the
