@@ -6,12 +6,12 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <exception>
 #include <initializer_list>
 #include <new>
 #include <string>
 #include <vector>
 
+#include "backends/cpu_parallel.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/integer_element.hpp"
 #include "lowbit/ref.hpp"
@@ -32,27 +32,6 @@ constexpr int kDotColumns = 4;
 // count depends only on the batch, so the order of the sum does not depend
 // on the thread count.
 constexpr int64_t kMaxPartials = 64;
-
-// Calls f(begin, end) on one contiguous share of [0, rows) per thread. An
-// exception must not leave an OpenMP region: the first one is rethrown after.
-template <class F>
-void parallel_rows(int64_t rows, const F& f) {
-  std::exception_ptr failure;
-#pragma omp parallel
-  {
-    const int64_t thread = omp_get_thread_num();
-    const int64_t threads = omp_get_num_threads();
-    const int64_t begin = rows * thread / threads;
-    const int64_t end = rows * (thread + 1) / threads;
-    try {
-      if (begin < end) f(begin, end);
-    } catch (...) {
-#pragma omp critical(lowbit_parallel_rows)
-      if (!failure) failure = std::current_exception();
-    }
-  }
-  if (failure) std::rethrow_exception(failure);
-}
 
 // Lanes summed pairwise: (l, l+4), then (l, l+2), then (0, 1).
 inline float fold_lanes(float (&acc)[kLanes]) {
