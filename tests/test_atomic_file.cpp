@@ -31,11 +31,6 @@ void write_text(const std::string& path, const std::string& text) {
   write_file(path, {{text.data(), text.size()}});
 }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
-
 struct stat status_of(const std::string& path) {
   struct stat status {};
   EXPECT_EQ(::lstat(path.c_str(), &status), 0) << path << ": " << std::strerror(errno);
@@ -55,8 +50,9 @@ TEST_F(WriteFile, ReplacesARegularFileWithANewOne) {
   const ino_t before = status_of(path("out.json")).st_ino;
   fs::create_hard_link(path("out.json"), path("old.json"));  // the old inode stays in use
   write_text(path("out.json"), "new");
-  EXPECT_EQ(read_text(path("out.json")), "new");
-  EXPECT_EQ(read_text(path("old.json")), "old") << "the old file was written over, not replaced";
+  EXPECT_EQ(test::read_file(path("out.json")), "new");
+  EXPECT_EQ(test::read_file(path("old.json")), "old")
+      << "the old file was written over, not replaced";
   EXPECT_NE(status_of(path("out.json")).st_ino, before);
   EXPECT_EQ(scratch_.names(), (std::vector<std::string>{"old.json", "out.json"}));
 }
@@ -69,8 +65,8 @@ TEST_F(WriteFile, FollowsASymlinkAndKeepsIt) {
   write_text(path("link.json"), "new");
   EXPECT_TRUE(fs::is_symlink(path("link.json")));
   EXPECT_EQ(fs::read_symlink(path("link.json")), "runs/target.json");
-  EXPECT_EQ(read_text(path("runs/target.json")), "new");
-  EXPECT_EQ(read_text(path("runs/old.json")), "old") << "the target was written over, not replaced";
+  EXPECT_EQ(test::read_file(path("runs/target.json")), "new");
+  EXPECT_EQ(test::read_file(path("runs/old.json")), "old") << "the target was written over, not replaced";
   EXPECT_EQ(scratch_.names(), (std::vector<std::string>{"link.json", "runs"}));
 }
 
@@ -79,7 +75,7 @@ TEST_F(WriteFile, ADanglingSymlinkCreatesItsTarget) {
   EXPECT_EQ(write_problem(path("link.json")), "");
   write_text(path("link.json"), "new");
   EXPECT_TRUE(fs::is_symlink(path("link.json")));
-  EXPECT_EQ(read_text(path("created.json")), "new");
+  EXPECT_EQ(test::read_file(path("created.json")), "new");
 }
 
 // The reader opens first (without blocking: there is no writer yet), so the
@@ -138,7 +134,7 @@ TEST_F(WriteFile, WritesIntoAnOpenFileNamedThroughProc) {
   ASSERT_EQ(::write(fd, "printed\n", 8), 8);
   write_text("/dev/fd/" + std::to_string(fd), "{}\n");
   ::close(fd);
-  EXPECT_EQ(read_text(path("log.txt")), "printed\n{}\n");
+  EXPECT_EQ(test::read_file(path("log.txt")), "printed\n{}\n");
   EXPECT_EQ(scratch_.names(), std::vector<std::string>{"log.txt"});
 }
 
@@ -196,7 +192,7 @@ TEST_F(WriteFile, RemovesTheTemporaryFilesOfDeadWriters) {
   expected.push_back("ckpt.safetensors");
   std::sort(expected.begin(), expected.end());
   EXPECT_EQ(scratch_.names(), expected);
-  EXPECT_EQ(read_text(path("ckpt.safetensors")), "saved");
+  EXPECT_EQ(test::read_file(path("ckpt.safetensors")), "saved");
 }
 
 }  // namespace

@@ -43,14 +43,9 @@ std::string quoted(const std::string& arg) {
   return text + "'";
 }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
+nlohmann::json read_json(const fs::path& path) {
+  return nlohmann::json::parse(test::read_file(path));
 }
-
-nlohmann::json read_json(const fs::path& path) { return nlohmann::json::parse(read_text(path)); }
 
 std::string percent_text(double fraction) {
   char text[32];
@@ -79,8 +74,8 @@ class Cli : public ::testing::Test {
     const int raw = std::system(command.c_str());
     CliResult result;
     result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-    result.out = read_text(out);
-    result.err = read_text(err);
+    result.out = test::read_file(out);
+    result.err = test::read_file(err);
     return result;
   }
 
@@ -685,19 +680,21 @@ TEST_F(CliTrain, Fp32ReportsNoRangeAndNoEma) {
 TEST_F(CliTrain, DivergenceExits1NamingTheStepsAndKeepsTheCheckpoint) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   const std::string checkpoint = path("good.safetensors");
-  std::vector<std::string> args = {"train", "--device", "cpu", "--data", data_, "--epochs", "1",
-                                   "--limit-train", "640", "--limit-test", "64", "--batch", "64",
-                                   "--save", checkpoint};
+  std::vector<std::string> args = {
+      "train", "--device",     "cpu", "--data",  data_, "--epochs", "1",       "--limit-train",
+      "640",   "--limit-test", "64",  "--batch", "64",  "--save",   checkpoint};
   ASSERT_EQ(run(args).status, 0);
-  const std::string good = read_text(checkpoint);
+  const std::string good = test::read_file(checkpoint);
   args = {"train", "--device", "cpu", "--data", data_, "--resume", checkpoint, "--epochs", "2",
           "--lr", "1e30", "--save", checkpoint};
   const CliResult result = run(args);
   EXPECT_EQ(result.status, 1);
-  EXPECT_EQ(result.err, "error: training diverged: the loss became non-finite in epoch 2 at step "
-                        "2; try a lower --lr than 1e+30; " + checkpoint + " keeps epoch 1\n");
+  EXPECT_EQ(result.err,
+            "error: training diverged: the loss became non-finite in epoch 2 at step "
+            "2; try a lower --lr than 1e+30; " +
+                checkpoint + " keeps epoch 1\n");
   EXPECT_EQ(result.out.find("summary"), std::string::npos) << result.out;
-  EXPECT_TRUE(read_text(checkpoint) == good) << "the checkpoint must not be overwritten";
+  EXPECT_TRUE(test::read_file(checkpoint) == good) << "the checkpoint must not be overwritten";
 }
 
 TEST_F(CliTrain, EvalRefusesACheckpointWithNonFiniteWeights) {

@@ -287,11 +287,6 @@ std::string quoted(const std::string& arg) {
   return text + "'";
 }
 
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 /// The python3 that imports onnxruntime and numpy (scripts/python-with.sh),
 /// or "" when there is none.
 std::string onnxruntime_python() {
@@ -334,8 +329,8 @@ std::string onnxruntime_python() {
   const int status = std::system(command.c_str());
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
     return ::testing::AssertionFailure() << "onnxruntime failed (" << command << "):\n"
-                                         << read_bytes(err_path);
-  const std::string bytes = read_bytes(logits_path);
+                                         << test::read_file(err_path);
+  const std::string bytes = test::read_file(logits_path);
   logits->resize(bytes.size() / sizeof(float));
   std::memcpy(logits->data(), bytes.data(), logits->size() * sizeof(float));
   return ::testing::AssertionSuccess();
@@ -492,7 +487,7 @@ bool parse_fields(const std::string& bytes,
 ::testing::AssertionResult read_header(const std::string& path, ModelHeader* header) {
   std::vector<std::pair<int, std::string>> strings;
   std::vector<std::pair<int, std::uint64_t>> varints;
-  if (!parse_fields(read_bytes(path), &strings, &varints))
+  if (!parse_fields(test::read_file(path), &strings, &varints))
     return ::testing::AssertionFailure() << path << " is not a protobuf message";
   for (const auto& [field, value] : varints)
     if (field == 1) header->ir_version = static_cast<std::int64_t>(value);

@@ -1,14 +1,15 @@
 // The trainer end to end on the CPU with real Fashion-MNIST (CI installs it),
 // and on the GPU where there is one.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <filesystem>
 
-#include "train/checkpoint.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/trainer.hpp"
 #include "test_util.hpp"
+#include "train/checkpoint.hpp"
 
 namespace lowbit {
 namespace {
@@ -209,6 +210,40 @@ TEST(Trainer, SameSeedGivesIdenticalWeights) {
   const std::vector<std::uint8_t> a = weights(7, "seed_a"), b = weights(7, "seed_b");
   EXPECT_TRUE(a == b);
   EXPECT_FALSE(a == weights(8, "seed_c"));
+}
+
+// The CPU backend shares its work out among threads without changing a bit:
+// a run's checkpoint is the same file with 1, 2 and 3 threads, at every
+// width and range mode. Batch 200 puts every op of the step over the size
+// at which it goes parallel, and leaves uneven shares.
+TEST(Trainer, CheckpointBytesDoNotDependOnTheCpuThreadCount) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const int saved_threads = omp_get_max_threads();
+  struct Config {
+    int bits;
+    RangeMode range;
+  };
+  for (const Config config :
+       {Config{0, RangeMode::ema}, Config{8, RangeMode::ema}, Config{4, RangeMode::ema},
+        Config{4, RangeMode::lagged}, Config{2, RangeMode::lsq}, Config{3, RangeMode::ema}}) {
+    const std::string what = std::to_string(config.bits) + " bits, " + to_string(config.range);
+    std::vector<std::string> files;
+    for (const int threads : {1, 2, 3}) {
+      const auto cpu = make_cpu_backend(threads);
+      TrainOptions o = small_run(config.bits, 600);
+      o.batch = 200;
+      o.limit_test = 200;
+      o.quantize.range = config.range;
+      if (config.range != RangeMode::lsq) o.quantize.quant_delay = 1;
+      o.save_path = test::temp_path("threads_" + std::to_string(threads));
+      train(o, *cpu, nullptr);
+      files.push_back(test::read_file(o.save_path));
+      fs::remove(o.save_path);
+    }
+    EXPECT_TRUE(files[0] == files[1]) << what << ": 1 and 2 threads";
+    EXPECT_TRUE(files[0] == files[2]) << what << ": 1 and 3 threads";
+  }
+  omp_set_num_threads(saved_threads);
 }
 
 TEST(Trainer, EachEpochTrainsAtItsScheduledRate) {

@@ -129,6 +129,12 @@ inline std::string temp_path(const std::string& name) {
       .string();
 }
 
+/// The whole of a file, as bytes (empty if it cannot be read).
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
 /// A fresh directory at temp_path(name), removed with everything in it when
 /// the object goes (one per test fixture).
 class ScratchDirectory {
