@@ -570,7 +570,8 @@ ChannelLayout random_activation_layout(std::mt19937& rng) {
     case 3:
       return ChannelLayout::per_tensor(pick(1, 150000));
     case 4:
-      return {pick(1, 3), pick(20000, 70000), 1};  // a row longer than the spread limit
+      return {pick(1, 3), pick(20000, 70000),
+              1};  // a [channels, inner] block too large to spread the bias
     default:
       return {pick(1, 9), pick(1, 5), pick(1, 127)};
   }

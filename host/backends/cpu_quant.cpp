@@ -1,7 +1,7 @@
 // lowbit::cpu elementwise quantizer ops. Each thread takes whole 32-element
 // mask words (parallel_words) and walks its share in spans of one set of
 // parameters (a channel run, or the whole share); a span goes to a worker
-// that handles one mask word at a time in fixed-length loops the compiler
+// that handles one mask word at a time in `omp simd` loops the compiler
 // vectorises, built twice and picked once at load time (AVX2 or SSE2).
 #include "backends/cpu_quant.hpp"
 
@@ -71,7 +71,7 @@ struct Totals {
 
 // How a worker turns x into the value it quantizes, v.
 enum class Input {
-  plain,       // v = x (+ bias)
+  plain,       // v = x
   relu,        // v = relu(x (+ bias)); the mask also needs v > 0
   activation,  // v = activation_forward(x (+ bias), relu)
 };
@@ -176,12 +176,26 @@ constexpr BitTable make_bits() {
 }
 constexpr BitTable kBits = make_bits();
 
-// The body of every quantizing worker. Whole mask words go through two
-// 32-long loops (x into a local block first, so y may be x and the compiler
-// needs no alias check); a span's partial first and last words go element by
-// element, OR-ing into a word its thread started.
+// Which bits an output has: a (pass, or plane 0), b (plane 1; the pass bit
+// is a & b) and c (clipped). The others are constant and not computed.
+template <Input kIn, Output kOut>
+struct Bits {
+  static constexpr bool kRange = kOut == Output::range_divide || kOut == Output::range_multiply;
+  static constexpr bool a = kRange || kOut == Output::affine || kOut == Output::identity;
+  static constexpr bool b = kRange || kOut == Output::identity || kIn == Input::relu;
+  static constexpr bool c = kRange || kOut == Output::affine || kOut == Output::lsq;
+};
+
+// The body of every quantizing worker. A whole mask word is one `omp simd`
+// loop, which reads x[i] before writing y[i] in each lane, so y may be x
+// without the compiler's alias check (that would fall back to scalar code in
+// place). Its bits go out as all-ones/zero lanes that a second loop packs
+// (ANDed with the bit: OR-ing bits into a word inside the first loop does not
+// vectorise, and SSE2 cannot shift by a lane's index). A span's partial first
+// and last words go element by element, OR-ing into a word its thread began.
 template <Input kIn, Bias kBias, Output kOut, bool kMinMax>
-LOWBIT_ALWAYS_INLINE void run(const Span& s) {
+LOWBIT_ALWAYS_INLINE void run_span(const Span& s, const Params& p) {
+  using Has = Bits<kIn, kOut>;
   const float* const x = s.x;
   float* const y = s.y;
   const int64_t begin = s.begin;
@@ -190,7 +204,6 @@ LOWBIT_ALWAYS_INLINE void run(const Span& s) {
   uint32_t* const plane1 = s.plane1;
   const float scalar_bias = s.bias;
   const float* const bias_row = s.bias_row;
-  const Params p{s.range, s.affine, s.lsq, s.relu};
   const auto bias_of = [&](int64_t i) {
     if constexpr (kBias == Bias::row) return bias_row[i - begin];
     return scalar_bias;
@@ -202,82 +215,120 @@ LOWBIT_ALWAYS_INLINE void run(const Span& s) {
     if (plane1 != nullptr) plane1[word] = fresh ? b : (plane1[word] | b);
   };
 
-  float lo[kWord], hi[kWord];
-  uint32_t nonfinite = 0;
+  // Per-lane min/max and non-finite flags (the lane is the bit in the word).
+  alignas(32) float lo[kWord];
+  alignas(32) float hi[kWord];
+  alignas(32) uint32_t nonfinite[kWord];
   if constexpr (kMinMax) {
-    std::copy(s.totals->lo, s.totals->lo + kWord, lo);
-    std::copy(s.totals->hi, s.totals->hi + kWord, hi);
+    for (int j = 0; j < kWord; ++j) {
+      lo[j] = s.totals->lo[j];
+      hi[j] = s.totals->hi[j];
+      nonfinite[j] = 0;
+    }
   }
   unsigned long long clipped = 0;
 
   int64_t i = begin;
   while (i < end) {
     const int64_t base = i & ~int64_t{kWord - 1};
+    uint32_t a = ~0u, b = ~0u, c = 0;
     if (i == base && i + kWord <= end) {
-      float v[kWord];
-      for (int j = 0; j < kWord; ++j) v[j] = input<kIn, kBias>(x[i + j], bias_of(i + j), p.relu);
-      // The bits go through all-ones/zero lanes packed afterwards: OR-ing
-      // them into a word in this loop does not vectorise, nor does a shift
-      // by j in SSE2.
-      uint32_t fa[kWord], fb[kWord], fc[kWord];
-      for (int j = 0; j < kWord; ++j) {
-        if constexpr (kOut != Output::none) y[i + j] = output_y<kOut>(v[j], p);
-        fa[j] = lanes(output_a<kOut>(v[j], p));
-        fb[j] = lanes(output_b<kIn, kOut>(v[j], p));
-        fc[j] = lanes(output_c<kOut>(v[j], p));
+      alignas(32) uint32_t lanes_a[kWord];
+      alignas(32) uint32_t lanes_b[kWord];
+      alignas(32) uint32_t lanes_c[kWord];
+      // A computed v goes through a block of its own: in one loop with the
+      // quantizer the compiler threads relu's zero into the range tests and
+      // makes selects between masks it cannot vectorise.
+      alignas(32) float staged[kWord];
+      if constexpr (kIn != Input::plain) {
+#pragma omp simd
+        for (int j = 0; j < kWord; ++j)
+          staged[j] = input<kIn, kBias>(x[i + j], bias_of(i + j), p.relu);
       }
-      uint32_t a = 0, b = 0, c = 0;
+      const float* const in = kIn != Input::plain ? staged : x + i;
+#pragma omp simd
       for (int j = 0; j < kWord; ++j) {
-        a |= fa[j] & kBits.bit[j];
-        b |= fb[j] & kBits.bit[j];
-        c |= fc[j] & kBits.bit[j];
-      }
-      if constexpr (kMinMax) {
-        for (int j = 0; j < kWord; ++j) {
-          lo[j] = v[j] < lo[j] ? v[j] : lo[j];
-          hi[j] = v[j] > hi[j] ? v[j] : hi[j];
-          nonfinite |= static_cast<uint32_t>(!is_finite(v[j])) << j;
+        const float v = in[j];
+        if constexpr (kOut != Output::none) y[i + j] = output_y<kOut>(v, p);
+        if constexpr (Has::a) lanes_a[j] = lanes(output_a<kOut>(v, p));
+        if constexpr (Has::b) lanes_b[j] = lanes(output_b<kIn, kOut>(v, p));
+        if constexpr (Has::c) lanes_c[j] = lanes(output_c<kOut>(v, p));
+        if constexpr (kMinMax) {
+          lo[j] = v < lo[j] ? v : lo[j];
+          hi[j] = v > hi[j] ? v : hi[j];
+          nonfinite[j] |= lanes(!is_finite(v));
         }
       }
+      if constexpr (Has::a || Has::b || Has::c) {
+        uint32_t pa = 0, pb = 0, pc = 0;
+        for (int j = 0; j < kWord; ++j) {
+          if constexpr (Has::a) pa |= lanes_a[j] & kBits.bit[j];
+          if constexpr (Has::b) pb |= lanes_b[j] & kBits.bit[j];
+          if constexpr (Has::c) pc |= lanes_c[j] & kBits.bit[j];
+        }
+        if constexpr (Has::a) a = pa;
+        if constexpr (Has::b) b = pb;
+        if constexpr (Has::c) c = pc;
+      }
       store(i / kWord, a, b, true);
-      clipped += static_cast<unsigned>(__builtin_popcount(c));
       i += kWord;
     } else {
       const int64_t stop = std::min(base + kWord, end);
-      uint32_t a = 0, b = 0, c = 0;
+      // Bits outside [i, stop) stay clear.
+      const uint32_t span_bits = (~0u << (i - base)) & (~0u >> (base + kWord - stop));
+      a &= span_bits;
+      b &= span_bits;
       for (int64_t k = i; k < stop; ++k) {
         const int j = static_cast<int>(k - base);
         const float v = input<kIn, kBias>(x[k], bias_of(k), p.relu);
         if constexpr (kOut != Output::none) y[k] = output_y<kOut>(v, p);
-        a |= static_cast<uint32_t>(output_a<kOut>(v, p)) << j;
-        b |= static_cast<uint32_t>(output_b<kIn, kOut>(v, p)) << j;
-        c |= static_cast<uint32_t>(output_c<kOut>(v, p)) << j;
+        if constexpr (Has::a) a &= ~kBits.bit[j] | lanes(output_a<kOut>(v, p));
+        if constexpr (Has::b) b &= ~kBits.bit[j] | lanes(output_b<kIn, kOut>(v, p));
+        if constexpr (Has::c) c |= kBits.bit[j] & lanes(output_c<kOut>(v, p));
         if constexpr (kMinMax) {
           lo[j] = v < lo[j] ? v : lo[j];
           hi[j] = v > hi[j] ? v : hi[j];
-          nonfinite |= static_cast<uint32_t>(!is_finite(v)) << j;
+          nonfinite[j] |= lanes(!is_finite(v));
         }
       }
       store(base / kWord, a, b, i == base);
-      clipped += static_cast<unsigned>(__builtin_popcount(c));
       i = stop;
     }
+    if constexpr (Has::c) clipped += static_cast<unsigned>(__builtin_popcount(c));
   }
 
   Totals& t = *s.totals;
   t.clipped += clipped;
   if constexpr (kMinMax) {
-    std::copy(lo, lo + kWord, t.lo);
-    std::copy(hi, hi + kWord, t.hi);
-    t.nonfinite = t.nonfinite || nonfinite != 0;
+    uint32_t any = 0;
+    for (int j = 0; j < kWord; ++j) {
+      t.lo[j] = lo[j];
+      t.hi[j] = hi[j];
+      any |= nonfinite[j];
+    }
+    t.nonfinite = t.nonfinite || any != 0;
   }
+}
+
+template <Input kIn, Bias kBias, Output kOut, bool kMinMax>
+LOWBIT_ALWAYS_INLINE void run(const Span& s) {
+  const Params p{s.range, s.affine, s.lsq, s.relu};
+  // Two copies of the span: in each the compiler knows the outcome of the
+  // element functions' zero-width test (scale == 0) and drops it from the
+  // loop (about 10% of the time of a range op).
+  if (Bits<kIn, kOut>::kRange && p.range.scale == 0.0f)
+    run_span<kIn, kBias, kOut, kMinMax>(s, p);
+  else
+    run_span<kIn, kBias, kOut, kMinMax>(s, p);
 }
 
 using SpanFn = void (*)(const Span&);
 
-#define LOWBIT_SPAN_WORKER(name, in, bias, out, minmax) \
-  LOWBIT_SIMD_CLONES void name(const Span& s) {         \
-    run<Input::in, Bias::bias, Output::out, minmax>(s); \
+// flatten: the element functions must inline into the loops (the inliner's
+// growth limits would otherwise keep some of them as calls).
+#define LOWBIT_SPAN_WORKER(name, in, bias, out, minmax)                  \
+  LOWBIT_SIMD_CLONES __attribute__((flatten)) void name(const Span& s) { \
+    run<Input::in, Bias::bias, Output::out, minmax>(s);                  \
   }
 
 LOWBIT_SPAN_WORKER(range_divide, plain, none, range_divide, false)
@@ -305,10 +356,6 @@ LOWBIT_SPAN_WORKER(relu_minmax, relu, none, none, true)
 LOWBIT_SPAN_WORKER(relu_minmax_scalar, relu, scalar, none, true)
 LOWBIT_SPAN_WORKER(relu_minmax_row, relu, row, none, true)
 
-LOWBIT_SPAN_WORKER(activation, activation, none, identity, false)
-LOWBIT_SPAN_WORKER(activation_scalar, activation, scalar, identity, false)
-LOWBIT_SPAN_WORKER(activation_row, activation, row, identity, false)
-
 #undef LOWBIT_SPAN_WORKER
 
 // One worker per way of reading the bias.
@@ -323,38 +370,58 @@ constexpr BiasWorkers kReluIdentity{relu_identity, relu_identity_scalar, relu_id
 constexpr BiasWorkers kReluIdentityMinMax{relu_identity_minmax, relu_identity_minmax_scalar,
                                           relu_identity_minmax_row};
 constexpr BiasWorkers kReluMinMax{relu_minmax, relu_minmax_scalar, relu_minmax_row};
-constexpr BiasWorkers kActivation{activation, activation_scalar, activation_row};
 
-// dx = ste_gradient(dy, bit) over [begin, end), begin on a word.
+// dx = ste_gradient(dy, bit) over [begin, end), begin on a word. (`omp
+// simd`: each lane reads dy[i] before writing dx[i], so dx may be dy.)
 LOWBIT_SIMD_CLONES void ste_span(const float* dy, const uint32_t* plane0, const uint32_t* plane1,
                                  float* dx, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; i += kWord) {
     const int64_t word = i / kWord;
     const uint32_t bits = plane1 != nullptr ? plane0[word] & plane1[word] : plane0[word];
     if (i + kWord <= end) {
-      float g[kWord];
-      for (int j = 0; j < kWord; ++j) g[j] = dy[i + j];
-      for (int j = 0; j < kWord; ++j) dx[i + j] = ste_gradient(g[j], (bits & kBits.bit[j]) != 0u);
+#pragma omp simd
+      for (int j = 0; j < kWord; ++j)
+        dx[i + j] = ste_gradient(dy[i + j], (bits & kBits.bit[j]) != 0u);
     } else {
       for (int64_t k = i; k < end; ++k) dx[k] = ste_gradient(dy[k], ((bits >> (k - i)) & 1u) != 0u);
     }
   }
 }
 
-// y = a + b over [begin, end), a word of both inputs read before y is written.
+// y = a + b over [begin, end); y may be a or b.
 LOWBIT_SIMD_CLONES void add_span(const float* a, const float* b, float* y, int64_t begin,
                                  int64_t end) {
-  int64_t i = begin;
-  for (; i + kWord <= end; i += kWord) {
-    float va[kWord], vb[kWord];
-    for (int j = 0; j < kWord; ++j) {
-      va[j] = a[i + j];
-      vb[j] = b[i + j];
-    }
-    for (int j = 0; j < kWord; ++j) y[i + j] = sum(va[j], vb[j]);
-  }
-  for (; i < end; ++i) y[i] = sum(a[i], b[i]);
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) y[i] = sum(a[i], b[i]);
 }
+
+// y = activation_forward(x + bias, relu) over a span: no mask, so no words.
+template <Bias kBias>
+LOWBIT_ALWAYS_INLINE void activate(const Span& s) {
+  const float* const x = s.x;
+  float* const y = s.y;
+  const float bias = s.bias;
+  const float* const bias_row = s.bias_row;
+  const bool relu = s.relu;
+  const int64_t begin = s.begin, end = s.end;
+#pragma omp simd
+  for (int64_t i = begin; i < end; ++i) {
+    const float b = kBias == Bias::row ? bias_row[i - begin] : bias;
+    y[i] = input<Input::activation, kBias>(x[i], b, relu);
+  }
+}
+
+LOWBIT_SIMD_CLONES __attribute__((flatten)) void activation(const Span& s) {
+  activate<Bias::none>(s);
+}
+LOWBIT_SIMD_CLONES __attribute__((flatten)) void activation_scalar(const Span& s) {
+  activate<Bias::scalar>(s);
+}
+LOWBIT_SIMD_CLONES __attribute__((flatten)) void activation_row(const Span& s) {
+  activate<Bias::row>(s);
+}
+
+constexpr BiasWorkers kActivation{activation, activation_scalar, activation_row};
 
 // Runs f(begin, end, totals) on each thread's share of [0, n) (whole mask
 // words) and sums the shares' totals.
