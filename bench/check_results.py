@@ -54,7 +54,8 @@ def check(out_dir):
         problems.append(f"results.json: {path or '(top)'}: {error.message}")
 
     # Every raw benchmark appears once in results.json.
-    for raw, key in (("kernels.json", ("kernels",)), ("train.json", ("training", "breakdown")),
+    for raw, key in (("kernels.json", ("kernels", "reference_kernels")),
+                     ("train.json", ("training", "breakdown")),
                      ("inference.json", ("inference",))):
         with open(os.path.join(out_dir, raw), encoding="utf-8") as f:
             names = {b["name"] for b in json.load(f)["benchmarks"]}

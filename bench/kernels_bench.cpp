@@ -6,8 +6,10 @@
 // With a CUDA device it times lowbit::cuda (names start "gpu/"): CUDA-event
 // time per call, after one untimed warm-up call, with L2 flushed before every
 // timed call so that inputs come from device memory. Without a device it times
-// the CPU reference lowbit::ref (names start "cpu/") at small sizes, so that
-// CPU-only CI still runs every op; those inputs may sit in the CPU caches.
+// the CPU backend's ops, lowbit::cpu on every core (names start "cpu/"; the
+// copy is shared out among the cores too), and beside them the single-threaded
+// reference lowbit::ref ("ref/", measured against the same copy), at sizes
+// up to 16 MiB per tensor; the smaller ones may sit in the CPU caches.
 //
 // Counters:
 //   bytes_per_elem  the fewest bytes the op must move per element: each input
@@ -34,6 +36,9 @@
 #include <utility>
 #include <vector>
 
+#include "backends/cpu_parallel.hpp"
+#include "backends/cpu_quant.hpp"
+#include "backends/cpu_reductions.hpp"
 #include "harness.hpp"
 #include "lowbit/cuda.hpp"
 #include "lowbit/device_buffer.hpp"
@@ -102,17 +107,22 @@ class CudaEventTimer {
 };
 
 // ---------------------------------------------------------------------------
-// Backends: one set of benchmark bodies runs on lowbit::cuda or lowbit::ref,
-// whose signatures differ only by the trailing stream.
+// Backends: one set of benchmark bodies runs on lowbit::cuda, lowbit::cpu or
+// lowbit::ref, whose signatures differ only by the CUDA side's trailing stream.
+// Packing and the EMA state's reset have one CPU version, the reference's.
 
 #define LOWBIT_BENCH_OPS(X)                                                     \
   X(fake_quant_range) X(fake_quant_affine) X(ste_backward) X(ste_backward_range) \
-  X(ema_state_init) X(ema_fake_quant) X(fake_quant_weights) X(lsq_forward)       \
-  X(lsq_backward) X(pack_codes) X(unpack_codes) X(bias_activation)
+  X(ema_fake_quant) X(fake_quant_weights) X(lsq_forward) X(lsq_backward)         \
+  X(bias_activation)
+#define LOWBIT_BENCH_REF_ONLY_OPS(X) X(ema_state_init) X(pack_codes) X(unpack_codes)
 #define LOWBIT_BENCH_GPU_OP(op) \
   template <class... A>         \
   static void op(A... a) { lowbit::cuda::op(a..., kStream); }
 #define LOWBIT_BENCH_CPU_OP(op) \
+  template <class... A>         \
+  static void op(A... a) { lowbit::cpu::op(a...); }
+#define LOWBIT_BENCH_REF_OP(op) \
   template <class... A>         \
   static void op(A... a) { lowbit::ref::op(a...); }
 
@@ -124,6 +134,7 @@ struct Gpu {
   inline static DeviceBuffer<std::byte>* l2_flush = nullptr;  // owned by main
 
   LOWBIT_BENCH_OPS(LOWBIT_BENCH_GPU_OP)
+  LOWBIT_BENCH_REF_ONLY_OPS(LOWBIT_BENCH_GPU_OP)
 
   static void copy(float* dst, const float* src, std::int64_t n) {
     LOWBIT_CUDA_TRY(cudaMemcpyAsync(dst, src, sizeof(float) * static_cast<std::size_t>(n),
@@ -146,28 +157,54 @@ struct Gpu {
   }
 };
 
+/// Wall time of all iterations on the host.
+template <class Op>
+double host_time(benchmark::State& state, const Op& op) {
+  op();
+  const auto begin = std::chrono::steady_clock::now();
+  for (auto _ : state) op();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+}
+
 struct Cpu {
   static constexpr const char* kLabel = "cpu";
   template <class T>
   using Buffer = std::vector<T>;
 
   LOWBIT_BENCH_OPS(LOWBIT_BENCH_CPU_OP)
+  LOWBIT_BENCH_REF_ONLY_OPS(LOWBIT_BENCH_REF_OP)
 
+  /// The machine's copy bandwidth: one share per thread, as the ops split.
   static void copy(float* dst, const float* src, std::int64_t n) {
-    std::memcpy(dst, src, sizeof(float) * static_cast<std::size_t>(n));
+    lowbit::cpu::parallel_rows(n, [&](std::int64_t begin, std::int64_t end) {
+      std::memcpy(dst + begin, src + begin, sizeof(float) * static_cast<std::size_t>(end - begin));
+    });
   }
 
   template <class Op>
   static double time(benchmark::State& state, const Op& op) {
-    op();
-    const auto begin = std::chrono::steady_clock::now();
-    for (auto _ : state) op();
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+    return host_time(state, op);
+  }
+};
+
+struct Ref {
+  static constexpr const char* kLabel = "ref";
+  template <class T>
+  using Buffer = std::vector<T>;
+
+  LOWBIT_BENCH_OPS(LOWBIT_BENCH_REF_OP)
+  LOWBIT_BENCH_REF_ONLY_OPS(LOWBIT_BENCH_REF_OP)
+
+  template <class Op>
+  static double time(benchmark::State& state, const Op& op) {
+    return host_time(state, op);
   }
 };
 
 #undef LOWBIT_BENCH_GPU_OP
 #undef LOWBIT_BENCH_CPU_OP
+#undef LOWBIT_BENCH_REF_OP
+#undef LOWBIT_BENCH_REF_ONLY_OPS
 #undef LOWBIT_BENCH_OPS
 
 template <class B, class T>
@@ -401,13 +438,17 @@ std::string suffix(int bits, std::int64_t n) {
   return (bits > 0 ? "/bits:" + std::to_string(bits) : std::string()) + "/n:" + std::to_string(n);
 }
 
+/// B's ops, after the baselines they are measured against: the copy and our
+/// fp32 pass (the reference has none of its own: the CPU backend's count).
 template <class B>
 void register_all(const std::vector<std::int64_t>& sizes, const std::vector<int>& widths) {
   using State = benchmark::State;
-  for (const std::int64_t n : sizes)
-    add<B>("copy" + suffix(0, n), [n](State& s) { bench_copy<B>(s, n); });
-  for (const std::int64_t n : sizes)
-    add<B>("fp32_bias_relu" + suffix(0, n), [n](State& s) { bench_fp32_bias_relu<B>(s, n); });
+  if constexpr (!std::is_same_v<B, Ref>) {
+    for (const std::int64_t n : sizes)
+      add<B>("copy" + suffix(0, n), [n](State& s) { bench_copy<B>(s, n); });
+    for (const std::int64_t n : sizes)
+      add<B>("fp32_bias_relu" + suffix(0, n), [n](State& s) { bench_fp32_bias_relu<B>(s, n); });
+  }
   // The STE backward reads only the mask, not the width: one per size.
   for (const std::int64_t n : sizes) {
     add<B>("ste_backward/pass" + suffix(0, n),
@@ -471,8 +512,11 @@ int main(int argc, char** argv) {
       Gpu::l2_flush = &l2_flush.emplace(2 * add_gpu_context());
       register_all<Gpu>({1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26}, {2, 4, 8, 16});
     } else {
-      benchmark::AddCustomContext("backend", "cpu: lowbit::ref (no CUDA device)");
-      register_all<Cpu>({1 << 16, 1 << 18, 1 << 20}, {2, 4, 8, 16});
+      benchmark::AddCustomContext(
+          "backend", "cpu: lowbit::cpu on every core, beside lowbit::ref (no CUDA device)");
+      const std::vector<std::int64_t> sizes = {1 << 16, 1 << 18, 1 << 20, 1 << 22};
+      register_all<Cpu>(sizes, {2, 4, 8, 16});
+      register_all<Ref>(sizes, {2, 4, 8, 16});
     }
   });
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Unit tests of bench/report.py's parsing and DESIGN.md §4 verdicts, on
-hand-made rows: a GPU run at n = 2^26 is judged, anything else is not, and
-PyTorch's ratio is PyTorch's time over lowbit's; inference rows sit beside
+hand-made rows: a GPU run at n = 2^26 is judged, anything else is not (a
+CPU run judges the CPU targets at batch 256), and PyTorch's ratio is
+PyTorch's time over lowbit's; inference rows sit beside
 PyTorch's int8 (integer widths) or fp32 figure at their batch."""
 
 import os
@@ -25,6 +26,19 @@ def step(bits, batch, rate, overhead, torch_rate=None, mode="graph"):
             "bits": bits or None, "batch": batch, "range": None, "error": None, "mode": mode,
             "images_per_s": rate, "step_ms": 1.0, "loss": 2.0,
             "qat_overhead_pct": overhead, "torch_images_per_s": torch_rate}
+
+
+def cpu_steps(rate_2bit):
+    """A CPU run at batch 256 (PyTorch eager at 1,600 img/s for QAT), and one
+    slow width at batch 64 that the batch-256 verdicts must not see."""
+    steps = [step(0, 256, 3000.0, None), step(8, 256, 2600.0, 100 * (3000 / 2600 - 1), 1600.0),
+             step(4, 256, 2500.0, 20.0, 1600.0),
+             step(2, 256, rate_2bit, 100 * (3000 / rate_2bit - 1), 1600.0),
+             step(0, 64, 3000.0, None), step(4, 64, 1000.0, 200.0, 1600.0)]
+    for r in steps:
+        if r["torch_images_per_s"]:
+            r["speedup_vs_torch"] = r["images_per_s"] / r["torch_images_per_s"]
+    return steps
 
 
 def gpu_kernels(n=N, fq_pct=95.0, ema_pct=80.0):
@@ -73,11 +87,26 @@ class Targets(unittest.TestCase):
     def test_below_target_size_or_on_cpu_nothing_gpu_is_judged(self):
         small = report.targets(gpu_kernels(n=1 << 20), [], [], "gpu")
         self.assertTrue(small and all(r["met"] is None for r in small))
-        steps = [step(0, 64, 3000.0, None), step(4, 64, 2500.0, 20.0)]
+        steps = cpu_steps(rate_2bit=2500.0)
         cpu = verdicts(report.targets(gpu_kernels(), steps, [], "cpu"))
-        self.assertIs(cpu["CPU QAT training"], True)
         self.assertTrue(all(met is None for target, met in cpu.items()
-                            if target != "CPU QAT training"))
+                            if not target.startswith("CPU")))
+
+    def test_cpu_targets_are_judged_at_batch_256(self):
+        cpu = verdicts(report.targets([], cpu_steps(rate_2bit=2500.0), [], "cpu"))
+        self.assertIs(cpu["CPU QAT training against PyTorch eager, same cores"], True)
+        self.assertIs(cpu["CPU QAT overhead over our fp32 step"], True)  # 3000/2500: 20%
+        # 2 bits at 2300 img/s: 1.44× PyTorch's 1600, 30.4% over our fp32.
+        cpu = verdicts(report.targets([], cpu_steps(rate_2bit=2300.0), [], "cpu"))
+        self.assertIs(cpu["CPU QAT training against PyTorch eager, same cores"], False)
+        self.assertIs(cpu["CPU QAT overhead over our fp32 step"], False)
+
+    def test_reference_speedup_is_its_time_over_ours(self):
+        ours = [kernel("lsq_forward", 4, 0.5, 40.0), kernel("copy", None, 0.1, None)]
+        ref = [dict(kernel("lsq_forward", 4, 6.0, 3.0), device="ref")]
+        report.attach_reference(ours, ref)
+        self.assertAlmostEqual(ours[0]["speedup_vs_ref"], 12.0)
+        self.assertNotIn("speedup_vs_ref", ours[1])
 
     def test_pytorch_ratio_is_its_time_over_ours(self):
         kernels = gpu_kernels()

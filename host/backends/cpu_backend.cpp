@@ -1,6 +1,7 @@
-// The CPU reference backend: host memory, the lowbit::cpu layer math
-// (cpu_ops.hpp) and the lowbit::ref kernels, all run at once on the calling
-// thread (with OpenMP inside), so synchronize() has nothing to wait for.
+// The CPU backend: host memory, the lowbit::cpu layer math (cpu_ops.hpp) and
+// quantizer ops (cpu_quant.hpp), and lowbit::ref for the rest, all run at once
+// on the calling thread (with OpenMP inside), so synchronize() has nothing to
+// wait for.
 #include <omp.h>
 
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "backends/cpu_ops.hpp"
+#include "backends/cpu_quant.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
@@ -143,7 +145,7 @@ class CpuBackend final : public Backend {
 
   void bias_activation(const float* x, const float* bias, const ChannelLayout& layout, bool relu,
                        float* y) override {
-    ref::bias_activation(x, bias, layout, relu, y);
+    cpu::bias_activation(x, bias, layout, relu, y);
   }
   void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
                                 bool relu, const std::uint32_t* pass_mask, float* dx,
@@ -153,10 +155,10 @@ class CpuBackend final : public Backend {
   void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                                 float* y, EmaRangeState* state, const EmaConfig& config,
                                 std::uint32_t* mask, ClipCount* clip_count) override {
-    ref::bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask, clip_count);
+    cpu::bias_relu_ema_fake_quant(x, bias, layout, y, state, config, mask, clip_count);
   }
   void add(const float* a, const float* b, std::int64_t n, float* y) override {
-    ref::add(a, b, n, y);
+    cpu::add(a, b, n, y);
   }
   void softmax_cross_entropy(const float* logits, const std::int32_t* labels, std::int64_t batch,
                              int classes, float* d_logits, LossTotals* totals) override {
@@ -184,17 +186,17 @@ class CpuBackend final : public Backend {
   void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                          const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
                          ClipCount* clip_count) override {
-    ref::fake_quant_affine(x, y, layout, scale, zero_point, quant, mask, clip_count);
+    cpu::fake_quant_affine(x, y, layout, scale, zero_point, quant, mask, clip_count);
   }
   void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
                     std::int64_t n, float* dx) override {
-    ref::ste_backward(dy, mask, mask_format, n, dx);
+    cpu::ste_backward(dy, mask, mask_format, n, dx);
   }
   void ema_state_init(EmaRangeState* state) override { ref::ema_state_init(state); }
   void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
                       const EmaConfig& config, std::uint32_t* mask,
                       ClipCount* clip_count) override {
-    ref::ema_fake_quant(x, y, n, state, config, mask, MaskFormat::pass, clip_count);
+    cpu::ema_fake_quant(x, y, n, state, config, mask, MaskFormat::pass, clip_count);
   }
   void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
                     float* max, Workspace workspace) override {
@@ -207,7 +209,7 @@ class CpuBackend final : public Backend {
   }
   void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::int64_t* step,
                             std::int64_t quant_delay, std::uint32_t* mask) override {
-    ref::quant_delay_identity(x, y, n, step, quant_delay, mask);
+    cpu::quant_delay_identity(x, y, n, step, quant_delay, mask);
   }
   void affine_params_from_range(const float* min, const float* max, std::int64_t channels,
                                 AffineQuant quant, bool symmetric, float* scale,
@@ -216,7 +218,7 @@ class CpuBackend final : public Backend {
   }
   void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
                    LsqQuant quant, ClipCount* clip_count) override {
-    ref::lsq_forward(x, y, layout, scale, quant, clip_count);
+    cpu::lsq_forward(x, y, layout, scale, quant, clip_count);
   }
   void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
                     const float* scale, LsqQuant quant, float* dx, float* d_scale,
