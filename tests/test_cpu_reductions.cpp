@@ -237,23 +237,37 @@ TEST(CpuReductions, WeightRangeOfZerosAndNonFiniteChannels) {
     });
 }
 
+/// Mask words as floats of the same bits, for same_bits.
+Floats bits_as_floats(const Words& words) {
+  Floats f(words.size());
+  std::memcpy(f.data(), words.data(), words.size() * sizeof(float));
+  return f;
+}
+
+// Per channel (multiply) and per tensor (divide), rows that end inside a
+// mask word, with and without a mask (filled with garbage first), and y = w.
 TEST(CpuReductions, FakeQuantWeightsMatchesRef) {
-  for (const ChannelLayout& layout : {ChannelLayout{1, 6, 25}, ChannelLayout{1, 16, 150},
-                                      ChannelLayout{1, 120, 400}, ChannelLayout{3, 2, 5000}})
+  for (const ChannelLayout& layout :
+       {ChannelLayout{1, 6, 25}, ChannelLayout{1, 16, 150}, ChannelLayout{1, 120, 400},
+        ChannelLayout{3, 2, 5000}, ChannelLayout{7, 3, 33}, ChannelLayout{1, 1, 40000}})
     for (const bool symmetric : {false, true})
-      for (const int bits : {2, 4, 8}) {
-        SCOPED_TRACE(describe(layout) + " bits " + std::to_string(bits));
-        const Floats w = awkward_values(layout.size(), 12, true);
-        expect_cpu_matches_ref([&](bool cpu) {
-          Floats y(w.size()), min(channels_of(layout)), max(channels_of(layout));
-          Words mask(static_cast<std::size_t>(mask_words(layout.size())));
-          Scratch scratch;
-          (cpu ? cpu::fake_quant_weights : ref::fake_quant_weights)(
-              w.data(), y.data(), layout, {bits, symmetric}, symmetric, min.data(), max.data(),
-              mask.data(), scratch.get(layout));
-          return Outputs{{y, min, max, Floats(mask.begin(), mask.end())}, {}};
-        });
-      }
+      for (const int bits : {2, 4, 8})
+        for (const bool masked : {false, true}) {
+          SCOPED_TRACE(describe(layout) + " bits " + std::to_string(bits) +
+                       (symmetric ? " symmetric" : "") + (masked ? " mask" : ""));
+          const Floats w = awkward_values(layout.size(), 12 + bits, true);
+          const bool in_place = bits == 4;
+          expect_cpu_matches_ref([&](bool cpu) {
+            Floats y = in_place ? w : Floats(w.size(), -1.0f);
+            Floats min(channels_of(layout)), max(channels_of(layout));
+            Words mask(static_cast<std::size_t>(mask_words(layout.size())), 0xdeadbeefu);
+            Scratch scratch;
+            (cpu ? cpu::fake_quant_weights : ref::fake_quant_weights)(
+                in_place ? y.data() : w.data(), y.data(), layout, {bits, symmetric}, symmetric,
+                min.data(), max.data(), masked ? mask.data() : nullptr, scratch.get(layout));
+            return Outputs{{y, min, max, bits_as_floats(mask)}, {}};
+          });
+        }
 }
 
 TEST(CpuReductions, SteBackwardRangeMatchesRef) {
