@@ -29,11 +29,15 @@ using detail::partial_index;
 constexpr int kLanes = detail::kReduceThreads;
 constexpr int kWarp = 32;
 constexpr int kWarps = kLanes / kWarp;
+/// Elements the kernels take at a time: a mask word's worth, in loops of a
+/// count known at compile time, which GCC vectorises with no remainder loop.
+/// (At 16 it unrolls them completely instead, into a branch per element.)
+constexpr int kChunk = 32;
 /// Channels reduced side by side when inner == 1 (a Linear output): a row
 /// then holds one element of each, so their lanes are stored column by
-/// column, [lane][channel], and every row updates a contiguous slice. (At 16
-/// GCC unrolls the kernels' loops completely before it vectorises them.)
-constexpr int kColumns = 32;
+/// column, [lane][channel], and every row updates a contiguous slice, one
+/// chunk.
+constexpr int kColumns = kChunk;
 
 // ---------------------------------------------------------------------------
 // block_reduce_ref, vectorised: the same operations on the same operands.
@@ -157,14 +161,14 @@ LOWBIT_INLINE void block_reduce_columns(float* a, Width width, std::int64_t acti
 
 // ---------------------------------------------------------------------------
 // Element kernels: each folds a run of elements into its lanes (see
-// reduce_tasks below) with the element math of its lowbit::ref op, and writes dx
-// where the op has one.
+// reduce_tasks below) with the element math of its lowbit::ref op, and
+// writes dx where the op has one.
 
 /// kBit[k] = bit k: a table, so that picking bit k of a word vectorises
-/// without per-lane shifts.
-constexpr std::array<std::uint32_t, 32> kBit = [] {
-  std::array<std::uint32_t, 32> bits{};
-  for (int k = 0; k < 32; ++k) bits[k] = 1u << k;
+/// without per-lane shifts (which SSE2 lacks).
+constexpr std::array<std::uint32_t, kChunk> kBit = [] {
+  std::array<std::uint32_t, kChunk> bits{};
+  for (int k = 0; k < kChunk; ++k) bits[k] = 1u << k;
   return bits;
 }();
 
@@ -179,24 +183,17 @@ LOWBIT_INLINE std::uint32_t mask_bits(const std::uint32_t* plane, std::int64_t i
 }
 
 /// Calls kernel.chunk(i, k0, count, acc, channel) for elements i+k0 ..
-/// i+k0+count-1, in chunks of at most 32 (a mask word's worth), full chunks
-/// and a block of kColumns with a count known at compile time: those loops
-/// unroll with no remainder loop, which costs more than a chunk's work.
+/// i+k0+count-1 in chunks of kChunk, full ones with a compile-time count.
+/// The kernels that write dx do so in the loop that reads dy: GCC checks at
+/// run time that they do not partly overlap, and lets dx == dy (in place)
+/// through to the vector loop.
 template <class Kernel, class Channel>
 LOWBIT_INLINE void run_kernel(const Kernel& kernel, std::int64_t i, int len, float* const* acc,
                               Channel channel) {
-  if (len == kColumns) {
-    kernel.chunk(i, 0, Fixed<kColumns>{}, acc, channel);
-    return;
-  }
   int k0 = 0;
-  for (; k0 + 32 <= len; k0 += 32) kernel.chunk(i, k0, Fixed<32>{}, acc, channel);
+  for (; k0 + kChunk <= len; k0 += kChunk) kernel.chunk(i, k0, Fixed<kChunk>{}, acc, channel);
   if (k0 < len) kernel.chunk(i, k0, len - k0, acc, channel);
 }
-
-// The kernels that write dx do so in the loop that
-// reads dy: GCC checks at run time that they do not partly overlap, and lets
-// dx == dy (in place) through to the vector loop.
 
 struct WeightRangeKernel {  // q0: max(-w), q1: max(w) over finite weights
   const float* w;

@@ -8,6 +8,12 @@
 // do not depend on the thread count. The elementwise output (dx) is written in
 // the same pass over the data. Partials go to the caller's workspace, sized by
 // reduction_workspace_bytes(layout) as for lowbit::ref.
+//
+// One exception to "the same bits": where two NaNs meet in a sum, x86 keeps
+// the payload of the addition's first operand, and the compiler orders the
+// operands of each addition as it likes, in ref's code as in this one. A sum
+// that is NaN is NaN here too, but may carry another of the NaNs' payloads
+// (the GPU returns its canonical NaN anyway).
 #pragma once
 
 #include <cstdint>
