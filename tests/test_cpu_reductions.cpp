@@ -1,7 +1,8 @@
 // lowbit::cpu per-channel reductions against lowbit::ref, bit for bit (raw
-// bits, NaN payloads and signed zeros included) with 1, 2 and 3 threads, on
-// layouts that take every branch of reduce_items, with special values in the
-// data; and the same errors as ref.
+// bits, signed zeros and NaN payloads included, but for the payload of a NaN
+// sum: see Outputs) with 1, 2 and 3 threads, on layouts that take every
+// branch of reduce_items, with special values in the data; and the same
+// errors as ref.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -93,15 +94,17 @@ Words random_words(std::int64_t count, std::uint32_t seed) {
 }
 
 /// Every branch of reduce_items: inner == 1 (items of 2048 rows, the last
-/// short; channel blocks of 16 and a partial one), small inner with many rows
-/// per item, rows of one item, rows cut into pieces (the last short, or one
-/// element), a channel with more than 256 items, and a per-tensor big n.
+/// short; one or more blocks of 32 channels, the last partial or not), small
+/// inner with many rows per item, rows of one item, rows cut into pieces (the
+/// last short, or one element), a channel with more than 256 items, and a
+/// per-tensor big n.
 const std::vector<ChannelLayout>& fixed_layouts() {
   static const std::vector<ChannelLayout> layouts = {
-      {1, 1, 1},    {1, 1, 31},     {1, 1, 33},     {5, 7, 1},     {300, 17, 1}, {4100, 17, 1},
-      {2049, 3, 1}, {1000, 2, 3},   {50, 5, 7},     {300, 3, 100}, {9, 6, 784},  {3, 2, 1023},
-      {3, 2, 2047}, {3, 2, 2048},   {2, 3, 2049},   {3, 2, 5000},  {1, 16, 150}, {1, 1, 4096},
-      {1, 6, 25},   {150, 1, 2049}, {1, 1, 300000}, {64, 16, 100}};
+      {1, 1, 1},      {1, 1, 31},    {1, 1, 33},    {5, 7, 1},    {300, 17, 1},
+      {4100, 17, 1},  {2049, 3, 1},  {1000, 2, 3},  {50, 5, 7},   {300, 3, 100},
+      {9, 6, 784},    {3, 2, 1023},  {3, 2, 2047},  {3, 2, 2048}, {2, 3, 2049},
+      {3, 2, 5000},   {1, 16, 150},  {1, 1, 4096},  {1, 6, 25},   {150, 1, 2049},
+      {1, 1, 300000}, {64, 16, 100}, {256, 120, 1}, {300, 64, 1}, {4100, 33, 1}};
   return layouts;
 }
 
