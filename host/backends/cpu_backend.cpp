@@ -1,7 +1,7 @@
 // The CPU backend: host memory, the lowbit::cpu layer math (cpu_ops.hpp) and
-// quantizer ops (cpu_quant.hpp), and lowbit::ref for the rest, all run at once
-// on the calling thread (with OpenMP inside), so synchronize() has nothing to
-// wait for.
+// quantizer ops (cpu_quant.hpp, cpu_reductions.hpp), and lowbit::ref for the
+// rest, all run at once on the calling thread (with OpenMP inside), so
+// synchronize() has nothing to wait for.
 #include <omp.h>
 
 #include <chrono>
@@ -13,6 +13,7 @@
 
 #include "backends/cpu_ops.hpp"
 #include "backends/cpu_quant.hpp"
+#include "backends/cpu_reductions.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
@@ -150,7 +151,7 @@ class CpuBackend final : public Backend {
   void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
                                 bool relu, const std::uint32_t* pass_mask, float* dx,
                                 float* d_bias, Workspace workspace) override {
-    ref::bias_activation_backward(dy, y, layout, relu, pass_mask, dx, d_bias, workspace);
+    cpu::bias_activation_backward(dy, y, layout, relu, pass_mask, dx, d_bias, workspace);
   }
   void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                                 float* y, EmaRangeState* state, const EmaConfig& config,
@@ -200,12 +201,12 @@ class CpuBackend final : public Backend {
   }
   void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
                     float* max, Workspace workspace) override {
-    ref::weight_range(w, layout, symmetric, min, max, workspace);
+    cpu::weight_range(w, layout, symmetric, min, max, workspace);
   }
   void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, RangeQuant quant,
                           bool symmetric, float* min, float* max, std::uint32_t* mask,
                           Workspace workspace) override {
-    ref::fake_quant_weights(w, y, layout, quant, symmetric, min, max, mask, workspace);
+    cpu::fake_quant_weights(w, y, layout, quant, symmetric, min, max, mask, workspace);
   }
   void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::int64_t* step,
                             std::int64_t quant_delay, std::uint32_t* mask) override {
@@ -223,11 +224,11 @@ class CpuBackend final : public Backend {
   void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
                     const float* scale, LsqQuant quant, float* dx, float* d_scale,
                     Workspace workspace) override {
-    ref::lsq_backward(dy, x, layout, scale, quant, dx, d_scale, workspace);
+    cpu::lsq_backward(dy, x, layout, scale, quant, dx, d_scale, workspace);
   }
   void lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant, float* scale,
                       Workspace workspace) override {
-    ref::lsq_init_scale(x, layout, quant, scale, workspace);
+    cpu::lsq_init_scale(x, layout, quant, scale, workspace);
   }
 
  private:

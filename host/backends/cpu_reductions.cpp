@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backends/cpu_parallel.hpp"
+#include "backends/cpu_quant.hpp"
 #include "checks.hpp"
 #include "lowbit/element.hpp"
 #include "lowbit/nn_element.hpp"
@@ -519,31 +520,6 @@ LOWBIT_CLONES void fold_maxima(const Plan& plan, const float* partials, int q, s
   fold_items<MaxOp>(plan, partials, q, c0, width, out);
 }
 
-/// fake_quant_range's elements [begin, end) with a MaskFormat::pass mask (may
-/// be null) whose words there are this call's alone; params per channel.
-LOWBIT_CLONES void fake_quant_elements(const float* x, float* y, const ChannelLayout& layout,
-                                       const RangeParams* params, RangeScaling scaling,
-                                       std::uint32_t* mask, std::int64_t begin, std::int64_t end) {
-  if (mask != nullptr) std::fill(mask + begin / 32, mask + (end + 31) / 32, 0u);
-  for (std::int64_t i = begin; i < end;) {
-    const std::int64_t row = i / layout.inner;  // one channel's elements
-    const RangeParams p = params[row % layout.channels];
-    const std::int64_t row_end = std::min(end, (row + 1) * layout.inner);
-    while (i < row_end) {
-      // Elements i .. stop-1 share mask word i / 32.
-      const std::int64_t stop = std::min(row_end, (i | 31) + 1);
-      std::uint32_t bits = 0;
-      for (std::int64_t j = i; j < stop; ++j) {
-        const float xj = x[j];  // y may alias x
-        y[j] = fake_quant(xj, p, scaling);
-        bits |= static_cast<std::uint32_t>(ste_pass(xj, p)) << (j & 31);
-      }
-      if (mask != nullptr) mask[i >> 5] |= bits;
-      i = stop;
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------
 // The two passes.
 
@@ -583,22 +559,6 @@ void reduce_channels(const Plan& plan, float* partials, const Tasks& tasks, Fold
   });
 }
 
-/// ref::fake_quant_range with a MaskFormat::pass mask, shared out in whole
-/// mask words: the second half of fake_quant_weights.
-void fake_quant_range_pass(const float* x, float* y, const ChannelLayout& layout, const float* min,
-                           const float* max, RangeQuant quant, std::uint32_t* mask) {
-  detail::check_fake_quant_range(x, y, layout, min, max, quant);
-  const std::int64_t n = layout.size();
-  if (n == 0) return;
-  detail::check_ranges(min, max, layout.channels);
-  std::vector<RangeParams> params(static_cast<std::size_t>(layout.channels));
-  for (std::size_t c = 0; c < params.size(); ++c)
-    params[c] = nudge_range(min[c], max[c], quant.qmin(), quant.qmax());
-  parallel_words(n, [&](std::int64_t begin, std::int64_t end) {
-    fake_quant_elements(x, y, layout, params.data(), range_scaling(layout), mask, begin, end);
-  });
-}
-
 }  // namespace
 
 void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
@@ -622,7 +582,7 @@ void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, R
                         Workspace workspace) {
   detail::check_fake_quant_range(w, y, layout, min, max, quant);
   weight_range(w, layout, symmetric, min, max, workspace);
-  fake_quant_range_pass(w, y, layout, min, max, quant, mask);
+  fake_quant_range(w, y, layout, min, max, quant, mask, MaskFormat::pass);
 }
 
 void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
