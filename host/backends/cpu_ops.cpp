@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "backends/cpu_gemm.hpp"
 #include "backends/cpu_parallel.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/integer_element.hpp"
@@ -21,37 +22,11 @@ namespace {
 
 using std::int64_t;
 
-// Columns of C one pass of gemm_nn keeps in L1 while it runs over k.
-constexpr int64_t kColumnBlock = 256;
-// Lanes of the dot products in gemm_nt (two SSE registers); each lane sums
-// every kLanes-th term, so the order does not depend on how outputs are blocked.
-constexpr int kLanes = 8;
-// Outputs of gemm_nt that share one pass over a row of A.
-constexpr int kDotColumns = 4;
-// Batch sums of weight gradients go through at most this many partials. The
-// count depends only on the batch, so the order of the sum does not depend
-// on the thread count.
+// Batch sums of weight gradients go through this many partials at most, of
+// kImagesPerPartial images or more each. The count depends only on the batch,
+// so the order of the sum does not depend on the thread count.
 constexpr int64_t kMaxPartials = 64;
-
-// Lanes summed pairwise: (l, l+4), then (l, l+2), then (0, 1).
-inline float fold_lanes(float (&acc)[kLanes]) {
-  for (int width = kLanes / 2; width > 0; width /= 2)
-    for (int l = 0; l < width; ++l) acc[l] += acc[l + width];
-  return acc[0];
-}
-
-// out[j] = Σ_p a[p]·b[j·ldb + p] for j < Columns, in lanes.
-template <int Columns>
-void dots(const float* a, const float* b, int64_t ldb, int64_t k, float* out) {
-  float acc[Columns][kLanes] = {};
-  int64_t p = 0;
-  for (; p + kLanes <= k; p += kLanes)
-    for (int j = 0; j < Columns; ++j)
-      for (int l = 0; l < kLanes; ++l) acc[j][l] += a[p + l] * b[j * ldb + p + l];
-  for (int l = 0; p + l < k; ++l)
-    for (int j = 0; j < Columns; ++j) acc[j][l] += a[p + l] * b[j * ldb + p + l];
-  for (int j = 0; j < Columns; ++j) out[j] = fold_lanes(acc[j]);
-}
+constexpr int64_t kImagesPerPartial = 4;
 
 std::string describe(const Conv2dShape& s) {
   return "conv2d [N=" + std::to_string(s.batch) + " C=" + std::to_string(s.in_channels) +
@@ -105,13 +80,13 @@ ValidColumns valid_columns(const Conv2dShape& s, int64_t q) {
 }
 
 // col[(c·R + r)·S + q, oy·OW + ox] = x[c, oy·stride + r - pad, ox·stride + q - pad]
-// for one image, 0 in the padding.
-void im2col(const Conv2dShape& s, const float* x, float* col) {
+// for one image, 0 in the padding; rows `ld` apart.
+void im2col(const Conv2dShape& s, const float* x, float* col, int64_t ld) {
   const int64_t oh = s.out_height(), ow = s.out_width(), k = s.kernel;
   for (int64_t c = 0; c < s.in_channels; ++c)
     for (int64_t r = 0; r < k; ++r)
       for (int64_t q = 0; q < k; ++q) {
-        float* row = col + ((c * k + r) * k + q) * oh * ow;
+        float* row = col + ((c * k + r) * k + q) * ld;
         const ValidColumns v = valid_columns(s, q);
         const int64_t shift = q - s.padding;
         for (int64_t oy = 0; oy < oh; ++oy) {
@@ -184,42 +159,6 @@ float* Scratch::reserve(Slot slot, std::size_t floats) {
   return buffer.data();
 }
 
-void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_stride_m,
-             int64_t a_stride_k, const float* b, int64_t ldb, float* c, int64_t ldc,
-             bool accumulate) {
-  for (int64_t j0 = 0; j0 < n; j0 += kColumnBlock) {
-    const int64_t width = std::min(kColumnBlock, n - j0);
-    for (int64_t i = 0; i < m; ++i) {
-      float* __restrict__ c_row = c + i * ldc + j0;
-      if (!accumulate) std::fill(c_row, c_row + width, 0.0f);
-      for (int64_t p = 0; p < k; ++p) {
-        const float a_ip = a[i * a_stride_m + p * a_stride_k];
-        const float* __restrict__ b_row = b + p * ldb + j0;
-        for (int64_t j = 0; j < width; ++j) c_row[j] += a_ip * b_row[j];
-      }
-    }
-  }
-}
-
-void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-             int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  for (int64_t i = 0; i < m; ++i) {
-    const float* a_row = a + i * lda;
-    float* c_row = c + i * ldc;
-    float out[kDotColumns];
-    int64_t j = 0;
-    for (; j + kDotColumns <= n; j += kDotColumns) {
-      dots<kDotColumns>(a_row, b + j * ldb, ldb, k, out);
-      for (int jj = 0; jj < kDotColumns; ++jj)
-        c_row[j + jj] = accumulate ? c_row[j + jj] + out[jj] : out[jj];
-    }
-    for (; j < n; ++j) {
-      dots<1>(a_row, b + j * ldb, ldb, k, out);
-      c_row[j] = accumulate ? c_row[j] + out[0] : out[0];
-    }
-  }
-}
-
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, float* y,
                     Scratch& scratch) {
   check_shape(s);
@@ -228,22 +167,27 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, float*
   const int64_t crs = s.in_channels * s.kernel * s.kernel;
   const int64_t pixels = s.out_height() * s.out_width();
   const int64_t image = s.in_channels * s.height * s.width;
+  const int64_t k_out = s.out_channels;
   const bool direct = columns_are_input(s);
   float* columns =
       direct ? nullptr
              : scratch.reserve(Scratch::columns, static_cast<std::size_t>(omp_get_max_threads()) *
                                                      static_cast<std::size_t>(crs * pixels));
+  // wt [CRS, K]: gemm_nn reads a transposed A in place (any other A it packs
+  // per call, so per image).
+  float* wt = scratch.reserve(Scratch::weights, static_cast<std::size_t>(crs * k_out));
+  for (int64_t o = 0; o < k_out; ++o)
+    for (int64_t t = 0; t < crs; ++t) wt[t * k_out + o] = w[o * crs + t];
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < s.batch; ++n) {
     const float* col = x + n * image;
     if (!direct) {
       float* own = columns + omp_get_thread_num() * crs * pixels;
-      im2col(s, col, own);
+      im2col(s, col, own, pixels);
       col = own;
     }
     // y_n [K, P] = w [K, CRS] · col [CRS, P]
-    gemm_nn(s.out_channels, pixels, crs, w, crs, 1, col, pixels, y + n * s.out_channels * pixels,
-            pixels, false);
+    gemm_nn(k_out, pixels, crs, wt, 1, k_out, col, pixels, y + n * k_out * pixels, pixels, false);
   }
 }
 
@@ -260,38 +204,45 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
   check_pointers("conv2d_backward", {x, w, dy});
   const int64_t pixels = s.out_height() * s.out_width();
   const int64_t image = s.in_channels * s.height * s.width;
+  const int64_t k_out = s.out_channels;
   const bool direct = columns_are_input(s);
-  const auto per_thread = [&](Scratch::Slot slot) {
-    return scratch.reserve(slot, static_cast<std::size_t>(omp_get_max_threads()) *
-                                     static_cast<std::size_t>(crs * pixels));
+  const int64_t groups =
+      std::min(kMaxPartials, (s.batch + kImagesPerPartial - 1) / kImagesPerPartial);
+  // A group's images side by side: columns [CRS, images·P] and dy [K, images·P].
+  const int64_t span = (s.batch + groups - 1) / groups * pixels;
+  const auto per_thread = [&](Scratch::Slot slot, int64_t floats) {
+    return scratch.reserve(
+        slot, static_cast<std::size_t>(omp_get_max_threads()) * static_cast<std::size_t>(floats));
   };
-  float* columns = direct ? nullptr : per_thread(Scratch::columns);
-  float* column_grads = dx != nullptr && !direct ? per_thread(Scratch::column_grads) : nullptr;
-  const int64_t groups = std::min(s.batch, kMaxPartials);
+  float* columns = per_thread(Scratch::columns, crs * span);
+  float* grads = per_thread(Scratch::output_grads, k_out * span);
+  float* column_grads =
+      dx != nullptr && !direct ? per_thread(Scratch::column_grads, crs * pixels) : nullptr;
   float* partials = scratch.reserve(Scratch::partials, static_cast<std::size_t>(groups * weights));
 
 #pragma omp parallel for schedule(static)
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t first = s.batch * g / groups, last = s.batch * (g + 1) / groups;
-    float* dw_group = partials + g * weights;
     const int64_t thread = omp_get_thread_num();
+    const int64_t width = (last - first) * pixels;
+    float* col = columns + thread * crs * span;
+    float* dy_group = grads + thread * k_out * span;
     for (int64_t n = first; n < last; ++n) {
-      const float* dy_n = dy + n * s.out_channels * pixels;
-      const float* col = x + n * image;
-      if (!direct) {
-        float* own = columns + thread * crs * pixels;
-        im2col(s, col, own);
-        col = own;
-      }
-      // dw_group [K, CRS] (+)= dy_n [K, P] · col [CRS, P]ᵀ
-      gemm_nt(s.out_channels, crs, pixels, dy_n, pixels, col, pixels, dw_group, crs, n != first);
+      const float* dy_n = dy + n * k_out * pixels;
+      im2col(s, x + n * image, col + (n - first) * pixels, width);
+      for (int64_t o = 0; o < k_out; ++o)
+        std::copy(dy_n + o * pixels, dy_n + (o + 1) * pixels,
+                  dy_group + o * width + (n - first) * pixels);
       if (dx == nullptr) continue;
       float* dx_n = dx + n * image;
       // dcol [CRS, P] = w [K, CRS]ᵀ · dy_n [K, P], then summed back onto dx_n.
       float* dcol = direct ? dx_n : column_grads + thread * crs * pixels;
-      gemm_nn(crs, pixels, s.out_channels, w, 1, crs, dy_n, pixels, dcol, pixels, false);
+      gemm_nn(crs, pixels, k_out, w, 1, crs, dy_n, pixels, dcol, pixels, false);
       if (!direct) col2im(s, dcol, dx_n);
     }
+    // partial g [K, CRS] = dy_group [K, images·P] · col [CRS, images·P]ᵀ: one
+    // dot product per weight over the group's images and pixels.
+    gemm_nt(k_out, crs, width, dy_group, width, col, width, partials + g * weights, crs, false);
   }
   // dw = Σ_g partials[g], in group order.
   parallel_rows(weights, [&](int64_t begin, int64_t end) {
