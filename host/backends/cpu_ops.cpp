@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstring>
 #include <initializer_list>
 #include <new>
 #include <string>
@@ -62,70 +63,86 @@ void check_pointers(const char* op, std::initializer_list<const void*> pointers)
   for (const void* p : pointers) LOWBIT_EXPECTS(p != nullptr, std::string(op) + ": null pointer");
 }
 
-// Output columns [begin, end) of kernel column q whose input column
-// ox·stride + q - padding lies inside [0, width).
-struct ValidColumns {
-  int64_t begin, end;
-};
-
-ValidColumns valid_columns(const Conv2dShape& s, int64_t q) {
-  const int64_t ow = s.out_width();
-  const int64_t first = s.padding - q;  // ox·stride must reach it
-  int64_t begin = first <= 0 ? 0 : (first + s.stride - 1) / s.stride;
-  const int64_t last = s.width - 1 + s.padding - q;  // ox·stride must not pass it
-  int64_t end = last < 0 ? 0 : last / s.stride + 1;
-  begin = std::min(begin, ow);
-  end = std::clamp(end, begin, ow);
-  return {begin, end};
+// dst[0, n) = src[0, n) for the short rows of im2col in fixed-size moves (a
+// loop of single floats would become a library call).
+void copy_short(const float* __restrict__ src, float* __restrict__ dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) std::memcpy(dst + i, src + i, 8 * sizeof(float));
+  for (const int64_t part : {4, 2, 1})
+    if (n - i >= part) {
+      std::memcpy(dst + i, src + i, static_cast<std::size_t>(part) * sizeof(float));
+      i += part;
+    }
 }
 
-// col[(c·R + r)·S + q, oy·OW + ox] = x[c, oy·stride + r - pad, ox·stride + q - pad]
-// for one image, 0 in the padding; rows `ld` apart.
-void im2col(const Conv2dShape& s, const float* x, float* col, int64_t ld) {
+// Planes of one image with `padding` zeros around them, [C, H + 2p, W + 2p]:
+// im2col and col2im then need no bounds.
+int64_t padded_size(const Conv2dShape& s) {
+  return s.in_channels * (s.height + 2 * s.padding) * (s.width + 2 * s.padding);
+}
+
+// x (one image) as padded planes: x itself without padding, else a copy into
+// `padded`.
+const float* pad_image(const Conv2dShape& s, const float* x, float* padded) {
+  if (s.padding == 0) return x;
+  const int64_t wp = s.width + 2 * s.padding;
+  std::fill(padded, padded + padded_size(s), 0.0f);
+  for (int64_t c = 0; c < s.in_channels; ++c)
+    for (int64_t iy = 0; iy < s.height; ++iy)
+      copy_short(x + (c * s.height + iy) * s.width,
+                 padded + (c * (s.height + 2 * s.padding) + iy + s.padding) * wp + s.padding,
+                 s.width);
+  return padded;
+}
+
+// col[(c·R + r)·S + q, oy·OW + ox] = xp[c, oy·stride + r, ox·stride + q] for
+// one image's padded planes xp; rows `ld` apart.
+void im2col(const Conv2dShape& s, const float* xp, float* col, int64_t ld) {
   const int64_t oh = s.out_height(), ow = s.out_width(), k = s.kernel;
+  const int64_t hp = s.height + 2 * s.padding, wp = s.width + 2 * s.padding;
   for (int64_t c = 0; c < s.in_channels; ++c)
     for (int64_t r = 0; r < k; ++r)
       for (int64_t q = 0; q < k; ++q) {
         float* row = col + ((c * k + r) * k + q) * ld;
-        const ValidColumns v = valid_columns(s, q);
-        const int64_t shift = q - s.padding;
+        const float* in = xp + (c * hp + r) * wp + q;
         for (int64_t oy = 0; oy < oh; ++oy) {
+          const float* src = in + oy * s.stride * wp;
           float* dst = row + oy * ow;
-          const int64_t iy = oy * s.stride + r - s.padding;
-          if (iy < 0 || iy >= s.height) {
-            std::fill(dst, dst + ow, 0.0f);
-            continue;
-          }
-          const float* src = x + (c * s.height + iy) * s.width;
-          std::fill(dst, dst + v.begin, 0.0f);
           if (s.stride == 1)
-            std::copy(src + v.begin + shift, src + v.end + shift, dst + v.begin);
+            copy_short(src, dst, ow);
           else
-            for (int64_t ox = v.begin; ox < v.end; ++ox) dst[ox] = src[ox * s.stride + shift];
-          std::fill(dst + v.end, dst + ow, 0.0f);
+            for (int64_t ox = 0; ox < ow; ++ox) dst[ox] = src[ox * s.stride];
         }
       }
 }
 
 // The adjoint of im2col for one image: dx = Σ of the columns over the input
-// elements they read (summed over (r, q) in row-major order).
-void col2im(const Conv2dShape& s, const float* col, float* dx) {
+// elements they read, summed over (r, q) in row-major order. With padding the
+// sums go to padded planes (`padded`) and their inside is copied to dx.
+void col2im(const Conv2dShape& s, const float* col, float* padded, float* dx) {
   const int64_t oh = s.out_height(), ow = s.out_width(), k = s.kernel;
-  std::fill(dx, dx + s.in_channels * s.height * s.width, 0.0f);
+  const int64_t hp = s.height + 2 * s.padding, wp = s.width + 2 * s.padding;
+  float* sums = s.padding == 0 ? dx : padded;
+  std::fill(sums, sums + padded_size(s), 0.0f);
   for (int64_t c = 0; c < s.in_channels; ++c)
     for (int64_t r = 0; r < k; ++r)
       for (int64_t q = 0; q < k; ++q) {
         const float* row = col + ((c * k + r) * k + q) * oh * ow;
-        const ValidColumns v = valid_columns(s, q);
-        const int64_t shift = q - s.padding;
+        float* out = sums + (c * hp + r) * wp + q;
         for (int64_t oy = 0; oy < oh; ++oy) {
-          const int64_t iy = oy * s.stride + r - s.padding;
-          if (iy < 0 || iy >= s.height) continue;
-          float* dst = dx + (c * s.height + iy) * s.width;
-          const float* src = row + oy * ow;
-          for (int64_t ox = v.begin; ox < v.end; ++ox) dst[ox * s.stride + shift] += src[ox];
+          float* __restrict__ dst = out + oy * s.stride * wp;
+          const float* __restrict__ src = row + oy * ow;
+          if (s.stride == 1)  // vectorised
+            for (int64_t ox = 0; ox < ow; ++ox) dst[ox] += src[ox];
+          else
+            for (int64_t ox = 0; ox < ow; ++ox) dst[ox * s.stride] += src[ox];
         }
       }
+  if (s.padding == 0) return;
+  for (int64_t c = 0; c < s.in_channels; ++c)
+    for (int64_t iy = 0; iy < s.height; ++iy)
+      copy_short(padded + (c * hp + iy + s.padding) * wp + s.padding,
+                 dx + (c * s.height + iy) * s.width, s.width);
 }
 
 // A 1×1 kernel with stride 1 and no padding reads each image as its own
@@ -169,10 +186,12 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, float*
   const int64_t image = s.in_channels * s.height * s.width;
   const int64_t k_out = s.out_channels;
   const bool direct = columns_are_input(s);
-  float* columns =
-      direct ? nullptr
-             : scratch.reserve(Scratch::columns, static_cast<std::size_t>(omp_get_max_threads()) *
-                                                     static_cast<std::size_t>(crs * pixels));
+  const auto per_thread = [&](Scratch::Slot slot, int64_t floats) {
+    return scratch.reserve(
+        slot, static_cast<std::size_t>(omp_get_max_threads()) * static_cast<std::size_t>(floats));
+  };
+  float* columns = direct ? nullptr : per_thread(Scratch::columns, crs * pixels);
+  float* padded = direct ? nullptr : per_thread(Scratch::padded, padded_size(s));
   // wt [CRS, K]: gemm_nn reads a transposed A in place (any other A it packs
   // per call, so per image).
   float* wt = scratch.reserve(Scratch::weights, static_cast<std::size_t>(crs * k_out));
@@ -182,8 +201,9 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, float*
   for (int64_t n = 0; n < s.batch; ++n) {
     const float* col = x + n * image;
     if (!direct) {
-      float* own = columns + omp_get_thread_num() * crs * pixels;
-      im2col(s, col, own, pixels);
+      const int64_t thread = omp_get_thread_num();
+      float* own = columns + thread * crs * pixels;
+      im2col(s, pad_image(s, col, padded + thread * padded_size(s)), own, pixels);
       col = own;
     }
     // y_n [K, P] = w [K, CRS] · col [CRS, P]
@@ -215,6 +235,7 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
         slot, static_cast<std::size_t>(omp_get_max_threads()) * static_cast<std::size_t>(floats));
   };
   float* columns = per_thread(Scratch::columns, crs * span);
+  float* padded = per_thread(Scratch::padded, padded_size(s));
   float* grads = per_thread(Scratch::output_grads, k_out * span);
   float* column_grads =
       dx != nullptr && !direct ? per_thread(Scratch::column_grads, crs * pixels) : nullptr;
@@ -229,7 +250,8 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
     float* dy_group = grads + thread * k_out * span;
     for (int64_t n = first; n < last; ++n) {
       const float* dy_n = dy + n * k_out * pixels;
-      im2col(s, x + n * image, col + (n - first) * pixels, width);
+      float* own_padded = padded + thread * padded_size(s);
+      im2col(s, pad_image(s, x + n * image, own_padded), col + (n - first) * pixels, width);
       for (int64_t o = 0; o < k_out; ++o)
         std::copy(dy_n + o * pixels, dy_n + (o + 1) * pixels,
                   dy_group + o * width + (n - first) * pixels);
@@ -238,7 +260,7 @@ void conv2d_backward(const Conv2dShape& s, const float* x, const float* w, const
       // dcol [CRS, P] = w [K, CRS]ᵀ · dy_n [K, P], then summed back onto dx_n.
       float* dcol = direct ? dx_n : column_grads + thread * crs * pixels;
       gemm_nn(crs, pixels, k_out, w, 1, crs, dy_n, pixels, dcol, pixels, false);
-      if (!direct) col2im(s, dcol, dx_n);
+      if (!direct) col2im(s, dcol, own_padded, dx_n);
     }
     // partial g [K, CRS] = dy_group [K, images·P] · col [CRS, images·P]ᵀ: one
     // dot product per weight over the group's images and pixels.

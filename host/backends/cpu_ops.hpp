@@ -29,12 +29,12 @@
 
 namespace lowbit::cpu {
 
-/// Grow-only scratch memory of the ops below (per-thread im2col columns and
-/// gradients, transposed weights, partial weight gradients): it allocates when an op needs more
-/// than it holds, so a network of fixed shapes allocates only on its first step.
+/// Grow-only scratch memory of the ops below (per-thread im2col columns,
+/// padded images and gradients, transposed weights, partial weight gradients): it allocates when an
+/// op needs more than it holds, so a network of fixed shapes allocates only on its first step.
 class Scratch {
  public:
-  enum Slot { columns, column_grads, output_grads, weights, partials, kSlots };
+  enum Slot { columns, column_grads, output_grads, padded, weights, partials, kSlots };
   /// At least `floats` floats of `slot`, contents unspecified.
   float* reserve(Slot slot, std::size_t floats);
 
