@@ -495,6 +495,32 @@ TEST(CpuOpsMaxPool, TiesOverlapsAndNaN) {
   }
 }
 
+// The 2x2/2 fast path against the reference on few distinct values (ties,
+// -0 and +0, infinities, NaN) and a dy with -0, for rows of fewer than four
+// windows, a multiple of four and more (the last four again), and odd sizes.
+TEST(CpuOpsMaxPool, TwoByTwoEqualsTheReferenceBitForBit) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const std::array<float, 8> values = {-1.0f, -0.0f, 0.0f, 1.0f, 2.0f, kNaN, -kInf, kInf};
+  std::mt19937 rng(5);
+  for (const Pool2dShape& s :
+       {Pool2dShape{3, 2, 28, 28, 2, 2}, Pool2dShape{2, 3, 10, 10, 2, 2},
+        Pool2dShape{2, 2, 7, 9, 2, 2}, Pool2dShape{1, 1, 2, 2, 2, 2}, Pool2dShape{1, 2, 5, 3, 2, 2},
+        Pool2dShape{1, 2, 6, 9, 2, 2}, Pool2dShape{1, 1, 4, 19, 2, 2}}) {
+    SCOPED_TRACE(::testing::PrintToString(s));
+    Floats x(size_of(s)), dy(out_size(s));
+    for (float& v : x) v = values[rng() % values.size()];
+    for (float& v : dy)
+      v = rng() % 4 == 0 ? -0.0f : std::uniform_real_distribution<float>(-1, 1)(rng);
+    Floats want_y(out_size(s)), want_dx(size_of(s)), y(out_size(s), 7.0f), dx(size_of(s), 7.0f);
+    ref::max_pool_forward(s, x.data(), want_y.data());
+    ref::max_pool_backward(s, x.data(), dy.data(), want_dx.data());
+    cpu::max_pool_forward(s, x.data(), y.data());
+    cpu::max_pool_backward(s, x.data(), dy.data(), dx.data());
+    EXPECT_TRUE(same_bits(want_y, y));
+    EXPECT_TRUE(same_bits(want_dx, dx));
+  }
+}
+
 TEST(CpuOpsMaxPool, RejectsBadShapesAndNullPointers) {
   Floats buffer(64);
   float* p = buffer.data();

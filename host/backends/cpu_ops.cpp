@@ -1,6 +1,7 @@
 // Convolution as im2col + GEMM (col2im for dx), fully connected layers as
-// GEMMs, and max pooling (lowbit::ref's, a share of the planes per thread), on
-// host pointers with OpenMP.
+// GEMMs (cpu_gemm.hpp), and max pooling (2x2/2 here, other windows
+// lowbit::ref's; a share of the planes per thread), on host pointers with
+// OpenMP.
 #include "backends/cpu_ops.hpp"
 
 #include <omp.h>
@@ -16,6 +17,7 @@
 #include "backends/cpu_parallel.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/integer_element.hpp"
+#include "lowbit/nn_element.hpp"
 #include "lowbit/ref.hpp"
 
 namespace lowbit::cpu {
@@ -158,6 +160,117 @@ Pool2dShape planes(const Pool2dShape& s, int64_t count) {
   share.batch = count;
   share.channels = 1;
   return share;
+}
+
+// LeNet's 2×2 windows 2 apart by ref::max_pool_*'s rule (replaces_max),
+// with the same bits, four windows at a time in SSE vectors (the baseline
+// instruction set). The windows do not overlap, so the backward writes each
+// dx once: dy at the window's first maximum (as +0 + dy, the reference's
+// sum), +0 elsewhere and in an odd last row or column, which no window reads.
+typedef float v4f __attribute__((vector_size(16)));
+typedef std::int32_t v4i __attribute__((vector_size(16)));
+
+// The first maxima of four windows side by side (top[0, 8) over bottom[0, 8))
+// and their positions in the window (0..3, row-major).
+void first_max4(const float* top, const float* bottom, v4f& best, v4i& at) {
+  v4f t0, t1, b0, b1;  // named, not arrays: arrays went through the stack
+  std::memcpy(&t0, top, sizeof t0);
+  std::memcpy(&t1, top + 4, sizeof t1);
+  std::memcpy(&b0, bottom, sizeof b0);
+  std::memcpy(&b1, bottom + 4, sizeof b1);
+  const v4i even = {0, 2, 4, 6}, odd = {1, 3, 5, 7};
+  const v4f window[4] = {__builtin_shuffle(t0, t1, even), __builtin_shuffle(t0, t1, odd),
+                         __builtin_shuffle(b0, b1, even), __builtin_shuffle(b0, b1, odd)};
+  best = window[0];
+  at = v4i{};
+  for (int i = 1; i < 4; ++i) {
+    const v4i take = ~(window[i] <= best) & (best == best);  // replaces_max
+    best = take ? window[i] : best;
+    at = take ? v4i{i, i, i, i} : at;
+  }
+}
+
+// The same for one window.
+float first_max(const float* top, const float* bottom, int& at) {
+  const float window[4] = {top[0], top[1], bottom[0], bottom[1]};
+  float best = window[0];
+  at = 0;
+  for (int i = 1; i < 4; ++i) {
+    const bool take = replaces_max(window[i], best);  // selects: random data mispredicts
+    best = take ? window[i] : best;
+    at = take ? i : at;
+  }
+  return best;
+}
+
+void max_pool_2x2_forward(const Pool2dShape& s, int64_t planes, const float* x, float* y) {
+  const int64_t oh = s.out_height(), ow = s.out_width(), width = s.width;
+  for (int64_t plane = 0; plane < planes; ++plane)
+    for (int64_t oy = 0; oy < oh; ++oy) {
+      const float* top = x + (plane * s.height + 2 * oy) * width;
+      const float* bottom = top + width;
+      float* out = y + (plane * oh + oy) * ow;
+      if (ow < 4) {
+        int at;
+        for (int64_t ox = 0; ox < ow; ++ox) out[ox] = first_max(top + 2 * ox, bottom + 2 * ox, at);
+        continue;
+      }
+      for (int64_t next = 0; next < ow; next += 4) {
+        const int64_t ox = std::min(next, ow - 4);  // the last four again, not a scalar tail
+        v4f best;
+        v4i at;
+        first_max4(top + 2 * ox, bottom + 2 * ox, best, at);
+        std::memcpy(out + ox, &best, sizeof best);
+      }
+    }
+}
+
+void max_pool_2x2_backward(const Pool2dShape& s, int64_t planes, const float* x, const float* dy,
+                           float* dx) {
+  const int64_t oh = s.out_height(), ow = s.out_width(), width = s.width;
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    for (int64_t oy = 0; oy < oh; ++oy) {
+      const int64_t row = (plane * s.height + 2 * oy) * width;
+      const float* top = x + row;
+      const float* bottom = top + width;
+      const float* grad = dy + (plane * oh + oy) * ow;
+      float* dx_top = dx + row;
+      float* dx_bottom = dx_top + width;
+      if (ow < 4)
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          int at;
+          first_max(top + 2 * ox, bottom + 2 * ox, at);
+          float* window[4] = {dx_top + 2 * ox, dx_top + 2 * ox + 1, dx_bottom + 2 * ox,
+                              dx_bottom + 2 * ox + 1};
+          for (int i = 0; i < 4; ++i) *window[i] = i == at ? 0.0f + grad[ox] : 0.0f;
+        }
+      else
+        for (int64_t next = 0; next < ow; next += 4) {
+          const int64_t ox = std::min(next, ow - 4);  // the last four again, not a scalar tail
+          v4f best, g;
+          v4i at;
+          first_max4(top + 2 * ox, bottom + 2 * ox, best, at);
+          std::memcpy(&g, grad + ox, sizeof g);
+          g = 0.0f + g;
+          // Each window's four gradients, then interleaved back into rows.
+          v4f to[4];
+          for (int i = 0; i < 4; ++i) to[i] = at == v4i{i, i, i, i} ? g : v4f{};
+          const v4i lo = {0, 4, 1, 5}, hi = {2, 6, 3, 7};
+          const v4f out[4] = {
+              __builtin_shuffle(to[0], to[1], lo), __builtin_shuffle(to[0], to[1], hi),
+              __builtin_shuffle(to[2], to[3], lo), __builtin_shuffle(to[2], to[3], hi)};
+          std::memcpy(dx_top + 2 * ox, &out[0], sizeof(v4f));
+          std::memcpy(dx_top + 2 * ox + 4, &out[1], sizeof(v4f));
+          std::memcpy(dx_bottom + 2 * ox, &out[2], sizeof(v4f));
+          std::memcpy(dx_bottom + 2 * ox + 4, &out[3], sizeof(v4f));
+        }
+      if (width % 2 != 0) dx_top[width - 1] = dx_bottom[width - 1] = 0.0f;
+    }
+    if (s.height % 2 != 0) {
+      float* last = dx + (plane * s.height + s.height - 1) * width;
+      std::fill(last, last + width, 0.0f);
+    }
+  }
 }
 
 }  // namespace
@@ -314,7 +427,10 @@ void max_pool_forward(const Pool2dShape& s, const float* x, float* y) {
   check_pointers("max_pool_forward", {x, y});
   const int64_t in_plane = s.height * s.width, out_plane = s.out_height() * s.out_width();
   parallel_rows(s.batch * s.channels, [&](int64_t begin, int64_t end) {
-    ref::max_pool_forward(planes(s, end - begin), x + begin * in_plane, y + begin * out_plane);
+    if (s.kernel == 2 && s.stride == 2)
+      max_pool_2x2_forward(s, end - begin, x + begin * in_plane, y + begin * out_plane);
+    else
+      ref::max_pool_forward(planes(s, end - begin), x + begin * in_plane, y + begin * out_plane);
   });
 }
 
@@ -324,8 +440,12 @@ void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, fl
   check_pointers("max_pool_backward", {x, dy, dx});
   const int64_t in_plane = s.height * s.width, out_plane = s.out_height() * s.out_width();
   parallel_rows(s.batch * s.channels, [&](int64_t begin, int64_t end) {
-    ref::max_pool_backward(planes(s, end - begin), x + begin * in_plane, dy + begin * out_plane,
-                           dx + begin * in_plane);
+    if (s.kernel == 2 && s.stride == 2)
+      max_pool_2x2_backward(s, end - begin, x + begin * in_plane, dy + begin * out_plane,
+                            dx + begin * in_plane);
+    else
+      ref::max_pool_backward(planes(s, end - begin), x + begin * in_plane, dy + begin * out_plane,
+                             dx + begin * in_plane);
   });
 }
 

@@ -60,10 +60,12 @@ void linear_backward(const LinearShape& s, const float* x, const float* w, const
                      float* dx, float* dw);
 
 /// ref::max_pool_forward (the first maximum of each window; ref.hpp has the
-/// rule) with the planes (images × channels) shared out among the threads.
+/// rule) with the planes (images × channels) shared out among the threads;
+/// 2x2 windows 2 apart run a vectorised copy of it (the same bits).
 void max_pool_forward(const Pool2dShape& s, const float* x, float* y);
 
-/// ref::max_pool_backward with the planes shared out among the threads.
+/// ref::max_pool_backward with the planes shared out among the threads (2x2/2
+/// vectorised, the same bits).
 void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx);
 
 /// ref::integer_conv2d with the examples shared out among the threads (exact
