@@ -27,8 +27,18 @@ constexpr int kLanes = sizeof(V) / sizeof(float);
 // Unaligned vector access (by reference: a vector passed by value would
 // warn of the ABI of the levels without it).
 template <class V>
-LOWBIT_INLINE void load(V& v, const float* p) {
+LOWBIT_INLINE V& load(V& v, const float* p) {
   std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Keeps a loaded vector in a register: GCC would otherwise fold the load into
+// every multiply that uses it, loading it again for each.
+template <class V>
+LOWBIT_INLINE void in_register(V& v) {
+#if defined(__x86_64__)
+  asm("" : "+v"(v));
+#endif
 }
 
 template <class V>
@@ -58,7 +68,7 @@ LOWBIT_INLINE void nn_tile(int64_t kc, const float* a, int64_t lda, const float*
   for (int64_t p = 0; p < kc; ++p) {
     V bv[NS];
 #pragma GCC unroll 4
-    for (int s = 0; s < NS; ++s) load(bv[s], b + p * ldb + s * L);
+    for (int s = 0; s < NS; ++s) in_register(load(bv[s], b + p * ldb + s * L));
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const float ai = a[p * lda + i];
@@ -155,9 +165,9 @@ LOWBIT_INLINE void dot_step(V (&acc)[R][S][kDotLanes / kLanes<V>], const float* 
   for (int g = 0; g < kDotLanes / L; ++g) {
     V av[R], bv[S];
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) load(av[i], a[i] + p + g * L);
+    for (int i = 0; i < R; ++i) in_register(load(av[i], a[i] + p + g * L));
 #pragma GCC unroll 8
-    for (int j = 0; j < S; ++j) load(bv[j], b[j] + p + g * L);
+    for (int j = 0; j < S; ++j) in_register(load(bv[j], b[j] + p + g * L));
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i)
 #pragma GCC unroll 8
@@ -259,7 +269,13 @@ __attribute__((target("arch=x86-64-v3"))) void nt_v3(LOWBIT_NT_PARAMS) {
 __attribute__((target("arch=x86-64-v4"))) void nn_v4(LOWBIT_NN_PARAMS) {
   nn<v16f, 8, 2>(LOWBIT_NN_ARGS);
 }
+// 4x4 dot products, or 6x3 where that wastes less at the edges (LeNet's
+// conv1 weight gradient, 6x25).
 __attribute__((target("arch=x86-64-v4"))) void nt_v4(LOWBIT_NT_PARAMS) {
+  const auto padded = [&](int64_t r, int64_t s) {
+    return (m + r - 1) / r * r * ((n + s - 1) / s * s);
+  };
+  if (padded(6, 3) < padded(4, 4)) return nt<v16f, 6, 3>(LOWBIT_NT_ARGS);
   nt<v16f, 4, 4>(LOWBIT_NT_ARGS);
 }
 #endif
