@@ -221,6 +221,41 @@ TEST(CpuOpsConv2d, ForwardMatchesDirectLoopsOnRandomShapes) {
   }
 }
 
+// The forward's stated order in scalar float arithmetic: +0, then the terms
+// over (c, r, q) in row-major order, padding as 0·w. Bit for bit, in place
+// (stride 1) and through im2col (other strides).
+TEST(CpuOpsConv2d, ForwardSumsInTheStatedOrder) {
+  std::mt19937 rng(99);
+  cpu::Scratch scratch;
+  for (int trial = 0; trial < 40; ++trial) {
+    const Conv2dShape s = random_conv_shape(rng);
+    SCOPED_TRACE(::testing::PrintToString(s));
+    const Floats x = random_values(size_of(s), 500 + trial);
+    const Floats w = random_values(weight_size(s), 600 + trial);
+    Floats y(out_size(s)), want(out_size(s));
+    cpu::conv2d_forward(s, x.data(), w.data(), y.data(), scratch);
+    const std::int64_t oh = s.out_height(), ow = s.out_width(), k = s.kernel;
+    for (std::int64_t n = 0; n < s.batch; ++n)
+      for (std::int64_t o = 0; o < s.out_channels; ++o)
+        for (std::int64_t oy = 0; oy < oh; ++oy)
+          for (std::int64_t ox = 0; ox < ow; ++ox) {
+            float sum = 0.0f;
+            for (std::int64_t c = 0; c < s.in_channels; ++c)
+              for (std::int64_t r = 0; r < k; ++r)
+                for (std::int64_t q = 0; q < k; ++q) {
+                  const std::int64_t iy = oy * s.stride + r - s.padding;
+                  const std::int64_t ix = ox * s.stride + q - s.padding;
+                  const bool inside = iy >= 0 && iy < s.height && ix >= 0 && ix < s.width;
+                  const float v =
+                      inside ? x[((n * s.in_channels + c) * s.height + iy) * s.width + ix] : 0.0f;
+                  sum += v * w[((o * s.in_channels + c) * k + r) * k + q];
+                }
+            want[((n * s.out_channels + o) * oh + oy) * ow + ox] = sum;
+          }
+    EXPECT_TRUE(same_bits(want, y));
+  }
+}
+
 TEST(CpuOpsConv2d, ForwardLeNetShapes) {
   cpu::Scratch scratch;
   for (const Conv2dShape& s :
@@ -632,9 +667,10 @@ Floats lane_nt(std::int64_t m, std::int64_t n, std::int64_t k, const Floats& a, 
 }
 
 // Sizes around every level's tiles (4, 6 and 8 rows; 4, 8 and 16 columns per
-// vector, two vectors a tile; 4x4 dot products) and gemm_nn's 256-step
-// passes, with padded leading dimensions: the exact bits of the stated order
-// on every instruction set, and nothing written outside C.
+// vector, two vectors a tile; 4x4 and 6x3 dot products) and gemm_nn's
+// 256-step passes, with padded leading dimensions and B's rows strided or at
+// offsets: the exact bits of the stated order on every instruction set, and
+// nothing written outside C.
 TEST(CpuOpsGemm, EveryInstructionSetGivesTheStatedOrderBitForBit) {
   const std::vector<std::int64_t> rows = {1, 3, 5, 7, 8, 9, 13, 17};
   const std::vector<std::int64_t> columns = {1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 50, 100};
@@ -663,10 +699,23 @@ TEST(CpuOpsGemm, EveryInstructionSetGivesTheStatedOrderBitForBit) {
                 sequential_nn(m, n, k, a, a_stride_m, a_stride_k, b, ldb, c0, ldc, accumulate), c))
                 << "A strides " << a_stride_m << ", " << a_stride_k;
           }
+          // B's rows at offsets: b's rows in reverse, each shifted by one.
+          std::vector<std::int64_t> offsets(static_cast<std::size_t>(k));
+          Floats b_rows(std::max<std::int64_t>(k, 1) * ldb);
+          for (std::int64_t p = 0; p < k; ++p) {
+            offsets[p] = (k - 1 - p) * ldb + 1;
+            std::copy_n(b.begin() + offsets[p], n, b_rows.begin() + p * ldb);
+          }
+          Floats c = c0;
+          cpu::gemm_nn_offsets(m, n, k, a.data(), k + 1, 1, b.data(), offsets.data(), c.data(), ldc,
+                               accumulate);
+          EXPECT_TRUE(
+              same_bits(sequential_nn(m, n, k, a, k + 1, 1, b_rows, ldb, c0, ldc, accumulate), c))
+              << "B rows at offsets";
           if (m > 9 || n > 17 || k > 257) continue;
           const std::int64_t lda = k + 1, ldbt = k + 5;
           const Floats bt = random_values(n * ldbt, seed + 3);
-          Floats c = c0;
+          c = c0;
           cpu::gemm_nt(m, n, k, a.data(), lda, bt.data(), ldbt, c.data(), ldc, accumulate);
           EXPECT_TRUE(same_bits(lane_nt(m, n, k, a, lda, bt, ldbt, c0, ldc, accumulate), c));
         }

@@ -51,10 +51,25 @@ LOWBIT_INLINE void store(float* p, const V& v) {
 // k-steps per pass: bounds the packed A panel and B tail on the stack.
 constexpr int64_t kDepth = 256;
 
-// C[0:R, 0:NS·L] = (C or 0) + Σ_p A(i,p)·B[p, :] over p = 0..kc-1 in order,
-// A(i,p) = a[p·lda + i].
-template <class V, int R, int NS>
-LOWBIT_INLINE void nn_tile(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb,
+// Where B's rows are: `ld` apart, or at offsets from b.
+struct StridedRows {
+  const float* b;
+  int64_t ld;
+  LOWBIT_INLINE const float* operator[](int64_t p) const { return b + p * ld; }
+  LOWBIT_INLINE StridedRows from(int64_t p) const { return {b + p * ld, ld}; }
+};
+
+struct OffsetRows {
+  const float* b;
+  const int64_t* offsets;
+  LOWBIT_INLINE const float* operator[](int64_t p) const { return b + offsets[p]; }
+  LOWBIT_INLINE OffsetRows from(int64_t p) const { return {b, offsets + p}; }
+};
+
+// C[0:R, 0:NS·L] = (C or 0) + Σ_p A(i,p)·B[p, j + :] over p = 0..kc-1 in
+// order, A(i,p) = a[p·lda + i].
+template <class V, int R, int NS, class Rows>
+LOWBIT_INLINE void nn_tile(int64_t kc, const float* a, int64_t lda, const Rows& b, int64_t j,
                            float* c, int64_t ldc, bool load_c) {
   constexpr int L = kLanes<V>;
   V acc[R][NS];
@@ -66,9 +81,10 @@ LOWBIT_INLINE void nn_tile(int64_t kc, const float* a, int64_t lda, const float*
       if (load_c) load(acc[i][s], c + i * ldc + s * L);
     }
   for (int64_t p = 0; p < kc; ++p) {
+    const float* row = b[p] + j;
     V bv[NS];
 #pragma GCC unroll 4
-    for (int s = 0; s < NS; ++s) in_register(load(bv[s], b + p * ldb + s * L));
+    for (int s = 0; s < NS; ++s) in_register(load(bv[s], row + s * L));
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
       const float ai = a[p * lda + i];
@@ -85,43 +101,40 @@ LOWBIT_INLINE void nn_tile(int64_t kc, const float* a, int64_t lda, const float*
 // R rows of C over all n columns: NS vectors at a time, then single ones,
 // then the last n mod L columns through zero-padded copies (b_tail holds
 // B's [kc, L]).
-template <class V, int R, int NS>
-LOWBIT_INLINE void nn_panel(int64_t n, int64_t kc, const float* a, int64_t lda, const float* b,
-                            int64_t ldb, const float* b_tail, float* c, int64_t ldc, bool load_c) {
+template <class V, int R, int NS, class Rows>
+LOWBIT_INLINE void nn_panel(int64_t n, int64_t kc, const float* a, int64_t lda, const Rows& b,
+                            const float* b_tail, float* c, int64_t ldc, bool load_c) {
   constexpr int L = kLanes<V>;
   const int64_t full = n / L * L;
   int64_t j = 0;
-  for (; j + NS * L <= full; j += NS * L)
-    nn_tile<V, R, NS>(kc, a, lda, b + j, ldb, c + j, ldc, load_c);
-  for (; j < full; j += L) nn_tile<V, R, 1>(kc, a, lda, b + j, ldb, c + j, ldc, load_c);
+  for (; j + NS * L <= full; j += NS * L) nn_tile<V, R, NS>(kc, a, lda, b, j, c + j, ldc, load_c);
+  for (; j < full; j += L) nn_tile<V, R, 1>(kc, a, lda, b, j, c + j, ldc, load_c);
   if (full == n) return;
   const int64_t width = n - full;
   float tile[R * L];
   for (int i = 0; i < R; ++i)
     for (int l = 0; l < L; ++l)
       tile[i * L + l] = load_c && l < width ? c[i * ldc + full + l] : 0.0f;
-  nn_tile<V, R, 1>(kc, a, lda, b_tail, L, tile, L, true);
+  nn_tile<V, R, 1>(kc, a, lda, StridedRows{b_tail, L}, 0, tile, L, true);
   for (int i = 0; i < R; ++i)
     for (int64_t l = 0; l < width; ++l) c[i * ldc + full + l] = tile[i * L + l];
 }
 
 // nn_panel for the rows left (1..R), known at compile time.
-template <class V, int R, int NS>
+template <class V, int R, int NS, class Rows>
 LOWBIT_INLINE void nn_rows(int rows, int64_t n, int64_t kc, const float* a, int64_t lda,
-                           const float* b, int64_t ldb, const float* b_tail, float* c, int64_t ldc,
-                           bool load_c) {
+                           const Rows& b, const float* b_tail, float* c, int64_t ldc, bool load_c) {
   if constexpr (R > 0) {
-    if (rows == R) return nn_panel<V, R, NS>(n, kc, a, lda, b, ldb, b_tail, c, ldc, load_c);
-    nn_rows<V, R - 1, NS>(rows, n, kc, a, lda, b, ldb, b_tail, c, ldc, load_c);
+    if (rows == R) return nn_panel<V, R, NS>(n, kc, a, lda, b, b_tail, c, ldc, load_c);
+    nn_rows<V, R - 1, NS>(rows, n, kc, a, lda, b, b_tail, c, ldc, load_c);
   }
 }
 
 // Passes of kDepth k-steps (C carries the sums between them, so the order
 // stays k = 0..K-1), panels of MR rows, tiles of MR × NS vectors.
-template <class V, int MR, int NS>
+template <class V, int MR, int NS, class Rows>
 LOWBIT_INLINE void nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_stride_m,
-                      int64_t a_stride_k, const float* b, int64_t ldb, float* c, int64_t ldc,
-                      bool accumulate) {
+                      int64_t a_stride_k, const Rows& b, float* c, int64_t ldc, bool accumulate) {
   constexpr int L = kLanes<V>;
   float packed[MR * kDepth];
   float b_tail[kDepth * L];
@@ -130,11 +143,11 @@ LOWBIT_INLINE void nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t a
   do {
     const int64_t kc = std::min(kDepth, k - k0);
     const bool load_c = accumulate || k0 > 0;
-    const float* b_pass = b + k0 * ldb;
+    const Rows b_pass = b.from(k0);
     if (full < n)
       for (int64_t p = 0; p < kc; ++p)
         for (int64_t l = 0; l < L; ++l)
-          b_tail[p * L + l] = full + l < n ? b_pass[p * ldb + full + l] : 0.0f;
+          b_tail[p * L + l] = full + l < n ? b_pass[p][full + l] : 0.0f;
     for (int64_t i0 = 0; i0 < m; i0 += MR) {
       const int rows = static_cast<int>(std::min<int64_t>(MR, m - i0));
       const float* panel = a + i0 * a_stride_m + k0 * a_stride_k;
@@ -146,7 +159,7 @@ LOWBIT_INLINE void nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t a
         panel = packed;
         lda = rows;
       }
-      nn_rows<V, MR, NS>(rows, n, kc, panel, lda, b_pass, ldb, b_tail, c + i0 * ldc, ldc, load_c);
+      nn_rows<V, MR, NS>(rows, n, kc, panel, lda, b_pass, b_tail, c + i0 * ldc, ldc, load_c);
     }
     k0 += kc;
   } while (k0 < k);
@@ -246,28 +259,35 @@ LOWBIT_INLINE void nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
 
 #define LOWBIT_NN_PARAMS                                                                   \
   int64_t m, int64_t n, int64_t k, const float *a, int64_t a_stride_m, int64_t a_stride_k, \
-      const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate
-#define LOWBIT_NN_ARGS m, n, k, a, a_stride_m, a_stride_k, b, ldb, c, ldc, accumulate
+      const float *b, int64_t ldb, const int64_t *b_offsets, float *c, int64_t ldc,        \
+      bool accumulate
 #define LOWBIT_NT_PARAMS                                                                     \
   int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, \
       float *c, int64_t ldc, bool accumulate
 #define LOWBIT_NT_ARGS m, n, k, a, lda, b, ldb, c, ldc, accumulate
 
+// gemm_nn at one level: B's rows `ldb` apart, or at b + b_offsets[p].
+#define LOWBIT_NN_LEVEL(V, MR, NS)                                                             \
+  if (b_offsets != nullptr)                                                                    \
+    return nn<V, MR, NS>(m, n, k, a, a_stride_m, a_stride_k, OffsetRows{b, b_offsets}, c, ldc, \
+                         accumulate);                                                          \
+  nn<V, MR, NS>(m, n, k, a, a_stride_m, a_stride_k, StridedRows{b, ldb}, c, ldc, accumulate)
+
 // Baseline: 16 SSE registers.
-void nn_baseline(LOWBIT_NN_PARAMS) { nn<v4f, 4, 2>(LOWBIT_NN_ARGS); }
+void nn_baseline(LOWBIT_NN_PARAMS) { LOWBIT_NN_LEVEL(v4f, 4, 2); }
 void nt_baseline(LOWBIT_NT_PARAMS) { nt<v4f, 1, 2>(LOWBIT_NT_ARGS); }
 
 #if defined(__x86_64__)
 // 16 AVX registers.
 __attribute__((target("arch=x86-64-v3"))) void nn_v3(LOWBIT_NN_PARAMS) {
-  nn<v8f, 6, 2>(LOWBIT_NN_ARGS);
+  LOWBIT_NN_LEVEL(v8f, 6, 2);
 }
 __attribute__((target("arch=x86-64-v3"))) void nt_v3(LOWBIT_NT_PARAMS) {
   nt<v8f, 2, 2>(LOWBIT_NT_ARGS);
 }
 // 32 AVX-512 registers.
 __attribute__((target("arch=x86-64-v4"))) void nn_v4(LOWBIT_NN_PARAMS) {
-  nn<v16f, 8, 2>(LOWBIT_NN_ARGS);
+  LOWBIT_NN_LEVEL(v16f, 8, 2);
 }
 // 4x4 dot products, or 6x3 where that wastes less at the edges (LeNet's
 // conv1 weight gradient, 6x25).
@@ -279,6 +299,22 @@ __attribute__((target("arch=x86-64-v4"))) void nt_v4(LOWBIT_NT_PARAMS) {
   nt<v16f, 4, 4>(LOWBIT_NT_ARGS);
 }
 #endif
+
+// The kernels of the active level.
+void nn_active(LOWBIT_NN_PARAMS) {
+#define LOWBIT_NN_ARGS m, n, k, a, a_stride_m, a_stride_k, b, ldb, b_offsets, c, ldc, accumulate
+  switch (active_isa()) {
+#if defined(__x86_64__)
+    case Isa::x86_64_v4:
+      return nn_v4(LOWBIT_NN_ARGS);
+    case Isa::x86_64_v3:
+      return nn_v3(LOWBIT_NN_ARGS);
+#endif
+    default:
+      return nn_baseline(LOWBIT_NN_ARGS);
+  }
+#undef LOWBIT_NN_ARGS
+}
 
 Isa detect() {
 #if defined(__x86_64__)
@@ -308,17 +344,16 @@ void use_isa(Isa isa) {
   active().store(isa, std::memory_order_relaxed);
 }
 
-void gemm_nn(LOWBIT_NN_PARAMS) {
-  switch (active_isa()) {
-#if defined(__x86_64__)
-    case Isa::x86_64_v4:
-      return nn_v4(LOWBIT_NN_ARGS);
-    case Isa::x86_64_v3:
-      return nn_v3(LOWBIT_NN_ARGS);
-#endif
-    default:
-      return nn_baseline(LOWBIT_NN_ARGS);
-  }
+void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_stride_m,
+             int64_t a_stride_k, const float* b, int64_t ldb, float* c, int64_t ldc,
+             bool accumulate) {
+  nn_active(m, n, k, a, a_stride_m, a_stride_k, b, ldb, nullptr, c, ldc, accumulate);
+}
+
+void gemm_nn_offsets(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_stride_m,
+                     int64_t a_stride_k, const float* b, const int64_t* b_offsets, float* c,
+                     int64_t ldc, bool accumulate) {
+  nn_active(m, n, k, a, a_stride_m, a_stride_k, b, 0, b_offsets, c, ldc, accumulate);
 }
 
 void gemm_nt(LOWBIT_NT_PARAMS) {

@@ -36,6 +36,12 @@ void gemm_nn(std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
              std::int64_t a_stride_m, std::int64_t a_stride_k, const float* b, std::int64_t ldb,
              float* c, std::int64_t ldc, bool accumulate);
 
+/// gemm_nn with B's row p at b + b_offsets[p] (n floats each, anywhere: an
+/// im2col read in place from an image, for one).
+void gemm_nn_offsets(std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
+                     std::int64_t a_stride_m, std::int64_t a_stride_k, const float* b,
+                     const std::int64_t* b_offsets, float* c, std::int64_t ldc, bool accumulate);
+
 /// C[m,n] = Σ_k A[m,k]·B[n,k] (+ C[m,n] when `accumulate`), serial: row-major
 /// A [M,K] (lda), B [N,K] (ldb), C [M,N] (ldc). Each element is a dot product
 /// in 16 lanes: lane l sums the terms k ≡ l (mod 16) in order of k, then the

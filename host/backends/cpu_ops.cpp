@@ -289,22 +289,49 @@ float* Scratch::reserve(Slot slot, std::size_t floats) {
   return buffer.data();
 }
 
+std::int64_t* Scratch::reserve_offsets(std::size_t count) {
+  if (offsets_.size() < count) {
+    try {
+      offsets_.clear();
+      offsets_.resize(count);
+    } catch (const std::bad_alloc&) {
+      LOWBIT_EXPECTS(false, "cpu scratch: cannot allocate " +
+                                std::to_string(count * sizeof(std::int64_t)) + " bytes");
+    }
+  }
+  return offsets_.data();
+}
+
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, float* y,
                     Scratch& scratch) {
   check_shape(s);
   if (s.batch == 0) return;
   check_pointers("conv2d_forward", {x, w, y});
   const int64_t crs = s.in_channels * s.kernel * s.kernel;
-  const int64_t pixels = s.out_height() * s.out_width();
+  const int64_t oh = s.out_height(), ow = s.out_width(), pixels = oh * ow;
   const int64_t image = s.in_channels * s.height * s.width;
   const int64_t k_out = s.out_channels;
-  const bool direct = columns_are_input(s);
+  const int64_t hp = s.height + 2 * s.padding, wp = s.width + 2 * s.padding;
+  const bool direct = columns_are_input(s), in_place = !direct && s.stride == 1;
+  // In place (stride 1), each output row spans the padded width wp, its last
+  // wp - ow columns discarded: im2col row (c, r, q) is then the padded planes
+  // from (c, r, q) on, read where they are. The last row stops at ow, so no
+  // read passes the planes.
+  const int64_t wide = (oh - 1) * wp + ow;
   const auto per_thread = [&](Scratch::Slot slot, int64_t floats) {
     return scratch.reserve(
         slot, static_cast<std::size_t>(omp_get_max_threads()) * static_cast<std::size_t>(floats));
   };
-  float* columns = direct ? nullptr : per_thread(Scratch::columns, crs * pixels);
+  const int64_t columns_size = in_place ? k_out * wide : crs * pixels;
+  float* columns = direct ? nullptr : per_thread(Scratch::columns, columns_size);
   float* padded = direct ? nullptr : per_thread(Scratch::padded, padded_size(s));
+  std::int64_t* offsets =
+      in_place ? scratch.reserve_offsets(static_cast<std::size_t>(crs)) : nullptr;
+  if (in_place)
+    for (int64_t c = 0; c < s.in_channels; ++c)
+      for (int64_t r = 0; r < s.kernel; ++r)
+        for (int64_t q = 0; q < s.kernel; ++q)
+          offsets[(c * s.kernel + r) * s.kernel + q] = (c * hp + r) * wp + q;
   // wt [CRS, K]: gemm_nn reads a transposed A in place (any other A it packs
   // per call, so per image).
   float* wt = scratch.reserve(Scratch::weights, static_cast<std::size_t>(crs * k_out));
@@ -312,15 +339,26 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, float*
     for (int64_t t = 0; t < crs; ++t) wt[t * k_out + o] = w[o * crs + t];
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < s.batch; ++n) {
-    const float* col = x + n * image;
-    if (!direct) {
-      const int64_t thread = omp_get_thread_num();
-      float* own = columns + thread * crs * pixels;
-      im2col(s, pad_image(s, col, padded + thread * padded_size(s)), own, pixels);
-      col = own;
+    const float* x_n = x + n * image;
+    float* y_n = y + n * k_out * pixels;
+    const int64_t thread = omp_get_thread_num();
+    if (direct) {
+      // y_n [K, P] = w [K, C] · x_n [C, P]
+      gemm_nn(k_out, pixels, crs, wt, 1, k_out, x_n, pixels, y_n, pixels, false);
+      continue;
     }
+    const float* xp = pad_image(s, x_n, padded + thread * padded_size(s));
+    float* own = columns + thread * columns_size;
+    if (in_place) {
+      gemm_nn_offsets(k_out, wide, crs, wt, 1, k_out, xp, offsets, own, wide, false);
+      for (int64_t o = 0; o < k_out; ++o)
+        for (int64_t oy = 0; oy < oh; ++oy)
+          copy_short(own + o * wide + oy * wp, y_n + (o * oh + oy) * ow, ow);
+      continue;
+    }
+    im2col(s, xp, own, pixels);
     // y_n [K, P] = w [K, CRS] · col [CRS, P]
-    gemm_nn(k_out, pixels, crs, wt, 1, k_out, col, pixels, y + n * k_out * pixels, pixels, false);
+    gemm_nn(k_out, pixels, crs, wt, 1, k_out, own, pixels, y_n, pixels, false);
   }
 }
 

@@ -37,9 +37,12 @@ class Scratch {
   enum Slot { columns, column_grads, output_grads, padded, weights, partials, kSlots };
   /// At least `floats` floats of `slot`, contents unspecified.
   float* reserve(Slot slot, std::size_t floats);
+  /// At least `count` offsets (im2col rows in an image), contents unspecified.
+  std::int64_t* reserve_offsets(std::size_t count);
 
  private:
   std::array<std::vector<float>, kSlots> buffers_;
+  std::vector<std::int64_t> offsets_;
 };
 
 /// y[n,k,oy,ox] = Σ_{c,r,s} x[n,c,oy·stride+r-pad, ox·stride+s-pad]·w[k,c,r,s]
