@@ -188,6 +188,17 @@ LOWBIT_INLINE void dot_step(V (&acc)[R][S][kDotLanes / kLanes<V>], const float* 
   }
 }
 
+// dst[0, n) = src[0, n) for n < 16 in fixed-size moves (a loop would become
+// a library call).
+LOWBIT_INLINE void copy_tail(const float* src, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (const int64_t part : {8, 4, 2, 1})
+    if (n - i >= part) {
+      std::memcpy(dst + i, src + i, static_cast<std::size_t>(part) * sizeof(float));
+      i += part;
+    }
+}
+
 // The 16 lanes folded pairwise: (l, l+8), (l, l+4), (l, l+2), (0, 1).
 template <class V>
 LOWBIT_INLINE float fold(const V (&acc)[kDotLanes / kLanes<V>]) {
@@ -220,11 +231,11 @@ LOWBIT_INLINE void dot_tile(int64_t k, const float* const (&a)[R], const float* 
     const float* at[R];
     const float* bt[S];
     for (int i = 0; i < R; ++i) {
-      std::copy(a[i] + p, a[i] + k, a_tail[i]);
+      copy_tail(a[i] + p, k - p, a_tail[i]);
       at[i] = a_tail[i];
     }
     for (int j = 0; j < S; ++j) {
-      std::copy(b[j] + p, b[j] + k, b_tail[j]);
+      copy_tail(b[j] + p, k - p, b_tail[j]);
       bt[j] = b_tail[j];
     }
     dot_step<V, R, S>(acc, at, bt, 0);
