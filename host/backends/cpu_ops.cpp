@@ -25,9 +25,10 @@ namespace {
 
 using std::int64_t;
 
-// Batch sums of weight gradients go through this many partials at most, of
-// kImagesPerPartial images or more each. The count depends only on the batch,
-// so the order of the sum does not depend on the thread count.
+// Batch sums of weight gradients go through min(kMaxPartials, ⌈N /
+// kImagesPerPartial⌉) partials, each over consecutive images (several, so
+// that one dot product runs over many pixels). The count depends only on the
+// batch, so the order of the sum does not depend on the thread count.
 constexpr int64_t kMaxPartials = 64;
 constexpr int64_t kImagesPerPartial = 4;
 

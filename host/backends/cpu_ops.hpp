@@ -8,7 +8,8 @@
 // The orders (cpu_gemm.hpp has the two products' rules; the same bits on
 // every instruction set it dispatches to):
 //  - conv2d_forward: gemm_nn of w [K, CRS] and each image's im2col columns
-//    [CRS, P]: y summed over (c, r, q) in row-major order.
+//    [CRS, P] (for stride 1 read in place from the padded image): y summed
+//    over (c, r, q) in row-major order, padding as 0·w terms.
 //  - conv2d_backward dw: min(64, ⌈N/4⌉) groups of consecutive images; each
 //    group's weight gradient is one gemm_nt dot product over its images'
 //    pixels side by side (index (n - first)·P + p), and dw sums the groups in
@@ -30,8 +31,9 @@
 namespace lowbit::cpu {
 
 /// Grow-only scratch memory of the ops below (per-thread im2col columns,
-/// padded images and gradients, transposed weights, partial weight gradients): it allocates when an
-/// op needs more than it holds, so a network of fixed shapes allocates only on its first step.
+/// padded images and gradients, transposed weights, partial weight
+/// gradients): it allocates when an op needs more than it holds, so a network
+/// of fixed shapes allocates only on its first step.
 class Scratch {
  public:
   enum Slot { columns, column_grads, output_grads, padded, weights, partials, kSlots };
