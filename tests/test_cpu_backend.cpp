@@ -19,9 +19,10 @@
 #include <utility>
 #include <vector>
 
+#include "backends/cpu_gemm.hpp"
 #include "backends/cpu_ops.hpp"
-#include "lowbit/backend.hpp"
 #include "integer_cases.hpp"
+#include "lowbit/backend.hpp"
 #include "lowbit/ref.hpp"
 #include "test_util.hpp"
 
@@ -217,6 +218,41 @@ TEST(CpuOpsConv2d, ForwardMatchesDirectLoopsOnRandomShapes) {
     cpu::conv2d_forward(s, x.data(), w.data(), y.data(), scratch);
     EXPECT_TRUE(
         near_reference(direct_conv(s, widen(x), widen(w)), y, s.in_channels * s.kernel * s.kernel));
+  }
+}
+
+// The forward's stated order in scalar float arithmetic: +0, then the terms
+// over (c, r, q) in row-major order, padding as 0·w. Bit for bit, in place
+// (stride 1) and through im2col (other strides).
+TEST(CpuOpsConv2d, ForwardSumsInTheStatedOrder) {
+  std::mt19937 rng(99);
+  cpu::Scratch scratch;
+  for (int trial = 0; trial < 40; ++trial) {
+    const Conv2dShape s = random_conv_shape(rng);
+    SCOPED_TRACE(::testing::PrintToString(s));
+    const Floats x = random_values(size_of(s), 500 + trial);
+    const Floats w = random_values(weight_size(s), 600 + trial);
+    Floats y(out_size(s)), want(out_size(s));
+    cpu::conv2d_forward(s, x.data(), w.data(), y.data(), scratch);
+    const std::int64_t oh = s.out_height(), ow = s.out_width(), k = s.kernel;
+    for (std::int64_t n = 0; n < s.batch; ++n)
+      for (std::int64_t o = 0; o < s.out_channels; ++o)
+        for (std::int64_t oy = 0; oy < oh; ++oy)
+          for (std::int64_t ox = 0; ox < ow; ++ox) {
+            float sum = 0.0f;
+            for (std::int64_t c = 0; c < s.in_channels; ++c)
+              for (std::int64_t r = 0; r < k; ++r)
+                for (std::int64_t q = 0; q < k; ++q) {
+                  const std::int64_t iy = oy * s.stride + r - s.padding;
+                  const std::int64_t ix = ox * s.stride + q - s.padding;
+                  const bool inside = iy >= 0 && iy < s.height && ix >= 0 && ix < s.width;
+                  const float v =
+                      inside ? x[((n * s.in_channels + c) * s.height + iy) * s.width + ix] : 0.0f;
+                  sum += v * w[((o * s.in_channels + c) * k + r) * k + q];
+                }
+            want[((n * s.out_channels + o) * oh + oy) * ow + ox] = sum;
+          }
+    EXPECT_TRUE(same_bits(want, y));
   }
 }
 
@@ -494,6 +530,32 @@ TEST(CpuOpsMaxPool, TiesOverlapsAndNaN) {
   }
 }
 
+// The 2x2/2 fast path against the reference on few distinct values (ties,
+// -0 and +0, infinities, NaN) and a dy with -0, for rows of fewer than four
+// windows, a multiple of four and more (the last four again), and odd sizes.
+TEST(CpuOpsMaxPool, TwoByTwoEqualsTheReferenceBitForBit) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const std::array<float, 8> values = {-1.0f, -0.0f, 0.0f, 1.0f, 2.0f, kNaN, -kInf, kInf};
+  std::mt19937 rng(5);
+  for (const Pool2dShape& s :
+       {Pool2dShape{3, 2, 28, 28, 2, 2}, Pool2dShape{2, 3, 10, 10, 2, 2},
+        Pool2dShape{2, 2, 7, 9, 2, 2}, Pool2dShape{1, 1, 2, 2, 2, 2}, Pool2dShape{1, 2, 5, 3, 2, 2},
+        Pool2dShape{1, 2, 6, 9, 2, 2}, Pool2dShape{1, 1, 4, 19, 2, 2}}) {
+    SCOPED_TRACE(::testing::PrintToString(s));
+    Floats x(size_of(s)), dy(out_size(s));
+    for (float& v : x) v = values[rng() % values.size()];
+    for (float& v : dy)
+      v = rng() % 4 == 0 ? -0.0f : std::uniform_real_distribution<float>(-1, 1)(rng);
+    Floats want_y(out_size(s)), want_dx(size_of(s)), y(out_size(s), 7.0f), dx(size_of(s), 7.0f);
+    ref::max_pool_forward(s, x.data(), want_y.data());
+    ref::max_pool_backward(s, x.data(), dy.data(), want_dx.data());
+    cpu::max_pool_forward(s, x.data(), y.data());
+    cpu::max_pool_backward(s, x.data(), dy.data(), dx.data());
+    EXPECT_TRUE(same_bits(want_y, y));
+    EXPECT_TRUE(same_bits(want_dx, dx));
+  }
+}
+
 TEST(CpuOpsMaxPool, RejectsBadShapesAndNullPointers) {
   Floats buffer(64);
   float* p = buffer.data();
@@ -548,6 +610,143 @@ TEST(CpuOpsGemm, MatchesDirectLoops) {
   }
 }
 
+// The instruction sets this CPU runs (cpu_gemm.hpp), lowest first.
+std::vector<cpu::Isa> runnable_isas() {
+  std::vector<cpu::Isa> isas;
+  for (const cpu::Isa isa : {cpu::Isa::baseline, cpu::Isa::x86_64_v3, cpu::Isa::x86_64_v4})
+    if (isa <= cpu::supported_isa()) isas.push_back(isa);
+  return isas;
+}
+
+// Makes the kernels use one instruction set for one scope.
+class IsaScope {
+ public:
+  explicit IsaScope(cpu::Isa isa) : saved_(cpu::active_isa()) { cpu::use_isa(isa); }
+  ~IsaScope() { cpu::use_isa(saved_); }
+  IsaScope(const IsaScope&) = delete;
+  IsaScope& operator=(const IsaScope&) = delete;
+
+ private:
+  cpu::Isa saved_;
+};
+
+std::string isa_name(cpu::Isa isa) {
+  return isa == cpu::Isa::baseline    ? "baseline"
+         : isa == cpu::Isa::x86_64_v3 ? "x86-64-v3"
+                                      : "x86-64-v4";
+}
+
+// gemm_nn's stated order in scalar float arithmetic: C, or +0, plus the
+// terms k = 0..K-1 one at a time.
+Floats sequential_nn(std::int64_t m, std::int64_t n, std::int64_t k, const Floats& a,
+                     std::int64_t a_stride_m, std::int64_t a_stride_k, const Floats& b,
+                     std::int64_t ldb, Floats c, std::int64_t ldc, bool accumulate) {
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      float sum = accumulate ? c[i * ldc + j] : 0.0f;
+      for (std::int64_t p = 0; p < k; ++p)
+        sum += a[i * a_stride_m + p * a_stride_k] * b[p * ldb + j];
+      c[i * ldc + j] = sum;
+    }
+  return c;
+}
+
+// gemm_nt's: 16 lanes, lane l summing the terms p ≡ l (mod 16), folded
+// pairwise.
+Floats lane_nt(std::int64_t m, std::int64_t n, std::int64_t k, const Floats& a, std::int64_t lda,
+               const Floats& b, std::int64_t ldb, Floats c, std::int64_t ldc, bool accumulate) {
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) {
+      std::array<float, 16> lanes{};
+      for (std::int64_t p = 0; p < k; ++p) lanes[p % 16] += a[i * lda + p] * b[j * ldb + p];
+      for (int width = 8; width > 0; width /= 2)
+        for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + lanes[0] : lanes[0];
+    }
+  return c;
+}
+
+// Sizes around every level's tiles (4, 6 and 8 rows; 4, 8 and 16 columns per
+// vector, two vectors a tile; 4x4 and 6x3 dot products) and gemm_nn's
+// 256-step passes, with padded leading dimensions and B's rows strided or at
+// offsets: the exact bits of the stated order on every instruction set, and
+// nothing written outside C.
+TEST(CpuOpsGemm, EveryInstructionSetGivesTheStatedOrderBitForBit) {
+  const std::vector<std::int64_t> rows = {1, 3, 5, 7, 8, 9, 13, 17};
+  const std::vector<std::int64_t> columns = {1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 50, 100};
+  const std::vector<std::int64_t> depths = {0, 1, 2, 15, 16, 17, 100, 256, 257, 600};
+  for (const cpu::Isa isa : runnable_isas()) {
+    const IsaScope scope(isa);
+    std::uint32_t seed = 0;
+    for (const std::int64_t m : rows)
+      for (const std::int64_t n : columns)
+        for (const std::int64_t k : depths) {
+          SCOPED_TRACE(::testing::Message() << isa_name(isa) << " " << m << "x" << n << "x" << k);
+          ++seed;
+          const bool accumulate = seed % 2 == 0;
+          const std::int64_t ldb = n + 2, ldc = n + 3;
+          const Floats b = random_values(std::max<std::int64_t>(k, 1) * ldb, seed);
+          const Floats c0 = random_values(m * ldc, seed + 1);
+          // A row-major with a padded row (packed), transposed (read in place)
+          // and interleaved (packed).
+          const Floats a = random_values(m * (k + 1) + 2 * m * k + 1, seed + 2);
+          for (const auto& [a_stride_m, a_stride_k] :
+               {std::pair<std::int64_t, std::int64_t>{k + 1, 1}, {1, m}, {2, 2 * m}}) {
+            Floats c = c0;
+            cpu::gemm_nn(m, n, k, a.data(), a_stride_m, a_stride_k, b.data(), ldb, c.data(), ldc,
+                         accumulate);
+            EXPECT_TRUE(same_bits(
+                sequential_nn(m, n, k, a, a_stride_m, a_stride_k, b, ldb, c0, ldc, accumulate), c))
+                << "A strides " << a_stride_m << ", " << a_stride_k;
+          }
+          // B's rows at offsets: b's rows in reverse, each shifted by one.
+          std::vector<std::int64_t> offsets(static_cast<std::size_t>(k));
+          Floats b_rows(std::max<std::int64_t>(k, 1) * ldb);
+          for (std::int64_t p = 0; p < k; ++p) {
+            offsets[p] = (k - 1 - p) * ldb + 1;
+            std::copy_n(b.begin() + offsets[p], n, b_rows.begin() + p * ldb);
+          }
+          Floats c = c0;
+          cpu::gemm_nn_offsets(m, n, k, a.data(), k + 1, 1, b.data(), offsets.data(), c.data(), ldc,
+                               accumulate);
+          EXPECT_TRUE(
+              same_bits(sequential_nn(m, n, k, a, k + 1, 1, b_rows, ldb, c0, ldc, accumulate), c))
+              << "B rows at offsets";
+          if (m > 9 || n > 17 || k > 257) continue;
+          const std::int64_t lda = k + 1, ldbt = k + 5;
+          const Floats bt = random_values(n * ldbt, seed + 3);
+          c = c0;
+          cpu::gemm_nt(m, n, k, a.data(), lda, bt.data(), ldbt, c.data(), ldc, accumulate);
+          EXPECT_TRUE(same_bits(lane_nt(m, n, k, a, lda, bt, ldbt, c0, ldc, accumulate), c));
+        }
+  }
+}
+
+// Infinities and NaN in A or B reach only the elements they belong to, also
+// in the tails that go through zero-padded copies.
+TEST(CpuOpsGemm, NonFiniteValuesStayInTheirElements) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  for (const cpu::Isa isa : runnable_isas()) {
+    SCOPED_TRACE(isa_name(isa));
+    const IsaScope scope(isa);
+    const std::int64_t m = 5, n = 19, k = 21;
+    Floats a = random_values(m * k, 1), b = random_values(k * n, 2);
+    a[2 * k + 20] = kInf;   // row 2, last step
+    b[20 * n + 18] = kNaN;  // last step, last column
+    Floats c(m * n, kNaN);
+    cpu::gemm_nn(m, n, k, a.data(), k, 1, b.data(), n, c.data(), n, false);
+    EXPECT_TRUE(same_bits(sequential_nn(m, n, k, a, k, 1, b, n, Floats(m * n), n, false), c));
+    Floats bt = random_values(n * k, 3);
+    bt[18 * k + 20] = kNaN;
+    Floats d(m * n, kNaN);
+    cpu::gemm_nt(m, n, k, a.data(), k, bt.data(), k, d.data(), n, false);
+    EXPECT_TRUE(same_bits(lane_nt(m, n, k, a, k, bt, k, Floats(m * n), n, false), d));
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < n; ++j)
+        EXPECT_EQ(std::isfinite(d[i * n + j]), i != 2 && j != 18) << i << ", " << j;
+  }
+}
+
 TEST(CpuOpsScratch, GrowsOnlyWhenAskedForMore) {
   cpu::Scratch scratch;
   float* first = scratch.reserve(cpu::Scratch::columns, 1000);
@@ -596,6 +795,45 @@ TEST(CpuOpsDeterminism, ResultsDoNotDependOnTheThreadCount) {
     ASSERT_EQ(one.size(), many.size());
     for (std::size_t i = 0; i < one.size(); ++i)
       EXPECT_TRUE(same_bits(one[i], many[i])) << "output " << i << ", " << threads << " threads";
+  }
+}
+
+// The layer ops give the same bits on every instruction set the kernels are
+// built for (no FMA contraction, one order whatever the tiles).
+TEST(CpuOpsDeterminism, ResultsDoNotDependOnTheInstructionSet) {
+  const Conv2dShape conv1{9, 1, 28, 28, 6, 5, 1, 2}, conv2{9, 6, 14, 14, 16, 5, 1, 0};
+  const LinearShape fc{9, 400, 120};
+  auto run_all = [&] {
+    cpu::Scratch scratch;
+    std::vector<Floats> out;
+    for (const Conv2dShape& s : {conv1, conv2}) {
+      const Floats x = random_values(size_of(s), 1), w = random_values(weight_size(s), 2);
+      const Floats dy = random_values(out_size(s), 3);
+      Floats y(out_size(s)), dx(size_of(s)), dw(weight_size(s));
+      cpu::conv2d_forward(s, x.data(), w.data(), y.data(), scratch);
+      cpu::conv2d_backward(s, x.data(), w.data(), dy.data(), dx.data(), dw.data(), scratch);
+      out.insert(out.end(), {y, dx, dw});
+    }
+    const Floats x = random_values(fc.batch * fc.in_features, 4);
+    const Floats w = random_values(fc.out_features * fc.in_features, 5);
+    const Floats dy = random_values(fc.batch * fc.out_features, 6);
+    Floats y(dy.size()), dx(x.size()), dw(w.size());
+    cpu::linear_forward(fc, x.data(), w.data(), y.data());
+    cpu::linear_backward(fc, x.data(), w.data(), dy.data(), dx.data(), dw.data());
+    out.insert(out.end(), {y, dx, dw});
+    return out;
+  };
+  const std::vector<cpu::Isa> isas = runnable_isas();
+  std::vector<Floats> lowest;
+  {
+    const IsaScope scope(isas.front());
+    lowest = run_all();
+  }
+  for (const cpu::Isa isa : isas) {
+    const IsaScope scope(isa);
+    const std::vector<Floats> got = run_all();
+    for (std::size_t i = 0; i < got.size(); ++i)
+      EXPECT_TRUE(same_bits(lowest[i], got[i])) << "output " << i << ", " << isa_name(isa);
   }
 }
 

@@ -5,6 +5,20 @@
 // outputs (images, pooling planes, rows), every output element is summed in
 // one fixed order, and sums over the batch (weight gradients) go through a
 // fixed number of partials that depend on the shape alone, added in order.
+// The orders (cpu_gemm.hpp has the two products' rules; the same bits on
+// every instruction set it dispatches to):
+//  - conv2d_forward: gemm_nn of w [K, CRS] and each image's im2col columns
+//    [CRS, P] (for stride 1 read in place from the padded image): y summed
+//    over (c, r, q) in row-major order, padding as 0·w terms.
+//  - conv2d_backward dw: min(64, ⌈N/4⌉) groups of consecutive images; each
+//    group's weight gradient is one gemm_nt dot product over its images'
+//    pixels side by side (index (n - first)·P + p), and dw sums the groups in
+//    order. dx: gemm_nn of wᵀ and dy (each column gradient summed over k in
+//    order), then the column gradients added onto dx over (r, q) in
+//    row-major order.
+//  - linear_forward: gemm_nt (each output a 16-lane dot product over the
+//    inputs); linear_backward: gemm_nn, dx summed over the outputs in order and
+//    dw over the batch in order.
 #pragma once
 
 #include <array>
@@ -17,32 +31,21 @@
 namespace lowbit::cpu {
 
 /// Grow-only scratch memory of the ops below (per-thread im2col columns,
-/// partial weight gradients): it allocates when an op needs more than it
-/// holds, so a network of fixed shapes allocates only on its first step.
+/// padded images and gradients, transposed weights, partial weight
+/// gradients): it allocates when an op needs more than it holds, so a network
+/// of fixed shapes allocates only on its first step.
 class Scratch {
  public:
-  enum Slot { columns, column_grads, partials, kSlots };
+  enum Slot { columns, column_grads, output_grads, padded, weights, partials, kSlots };
   /// At least `floats` floats of `slot`, contents unspecified.
   float* reserve(Slot slot, std::size_t floats);
+  /// At least `count` offsets (im2col rows in an image), contents unspecified.
+  std::int64_t* reserve_offsets(std::size_t count);
 
  private:
   std::array<std::vector<float>, kSlots> buffers_;
+  std::vector<std::int64_t> offsets_;
 };
-
-/// C[m,n] = Σ_k A(m,k)·B[k,n] (+ C[m,n] when `accumulate`), serial, each
-/// element summed over k = 0..K-1 in order. A(m,k) = a[m·a_stride_m +
-/// k·a_stride_k], so a row-major A [M,K] is (lda, 1) and a transposed one
-/// stored as [K,M] is (1, lda). B [K,N] and C [M,N] are row-major with leading
-/// dimensions ldb and ldc; the inner loop runs along their rows.
-void gemm_nn(std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
-             std::int64_t a_stride_m, std::int64_t a_stride_k, const float* b, std::int64_t ldb,
-             float* c, std::int64_t ldc, bool accumulate);
-
-/// C[m,n] = Σ_k A[m,k]·B[n,k] (+ C[m,n] when `accumulate`), serial: row-major
-/// A [M,K] (lda), B [N,K] (ldb), C [M,N] (ldc). Each element is a dot product
-/// in a fixed lane order (k mod 8 lanes, then a fixed pairwise fold).
-void gemm_nt(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda,
-             const float* b, std::int64_t ldb, float* c, std::int64_t ldc, bool accumulate);
 
 /// y[n,k,oy,ox] = Σ_{c,r,s} x[n,c,oy·stride+r-pad, ox·stride+s-pad]·w[k,c,r,s]
 /// (cross-correlation, zero padding, no bias).
@@ -62,16 +65,18 @@ void linear_backward(const LinearShape& s, const float* x, const float* w, const
                      float* dx, float* dw);
 
 /// ref::max_pool_forward (the first maximum of each window; ref.hpp has the
-/// rule) with the planes (images × channels) shared out among the threads.
+/// rule) with the planes (images × channels) shared out among the threads;
+/// 2x2 windows 2 apart run a vectorised copy of it (the same bits).
 void max_pool_forward(const Pool2dShape& s, const float* x, float* y);
 
-/// ref::max_pool_backward with the planes shared out among the threads.
+/// ref::max_pool_backward with the planes shared out among the threads (2x2/2
+/// vectorised, the same bits).
 void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, float* dx);
 
 /// ref::integer_conv2d with the examples shared out among the threads (exact
 /// integers: the same codes for any thread count).
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
-                    const std::uint8_t* w, const std::int32_t* w_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                    int x_fraction_bits, const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y);
 
