@@ -3,7 +3,6 @@
 // determinism and argument checks. CpuBackend*: memory, capture/replay and
 // dispatch through make_cpu_backend().
 #include <gtest/gtest.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <array>
@@ -175,20 +174,6 @@ double dot(const Doubles& a, const Floats& b) {
   for (std::size_t i = 0; i < a.size(); ++i) sum += a[i] * b[i];
   return sum;
 }
-
-// Sets the OpenMP thread count for one scope.
-class ThreadCount {
- public:
-  explicit ThreadCount(int threads) : saved_(omp_get_max_threads()) {
-    omp_set_num_threads(threads);
-  }
-  ~ThreadCount() { omp_set_num_threads(saved_); }
-  ThreadCount(const ThreadCount&) = delete;
-  ThreadCount& operator=(const ThreadCount&) = delete;
-
- private:
-  int saved_;
-};
 
 Conv2dShape random_conv_shape(std::mt19937& rng) {
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
@@ -757,6 +742,37 @@ TEST(CpuOpsScratch, GrowsOnlyWhenAskedForMore) {
 
 // ---- Determinism ----
 
+/// Every output of the layer ops on seeded inputs: conv forward and backward
+/// for each shape, then linear forward and backward, then pooling if given.
+std::vector<Floats> layer_outputs(const std::vector<Conv2dShape>& convs, const LinearShape& fc,
+                                  const Pool2dShape* pool = nullptr) {
+  cpu::Scratch scratch;
+  std::vector<Floats> out;
+  for (const Conv2dShape& s : convs) {
+    const Floats x = random_values(size_of(s), 1), w = random_values(weight_size(s), 2);
+    const Floats dy = random_values(out_size(s), 3);
+    Floats y(out_size(s)), dx(size_of(s)), dw(weight_size(s));
+    cpu::conv2d_forward(s, x.data(), w.data(), y.data(), scratch);
+    cpu::conv2d_backward(s, x.data(), w.data(), dy.data(), dx.data(), dw.data(), scratch);
+    out.insert(out.end(), {y, dx, dw});
+  }
+  const Floats x = random_values(fc.batch * fc.in_features, 4);
+  const Floats w = random_values(fc.out_features * fc.in_features, 5);
+  const Floats dy = random_values(fc.batch * fc.out_features, 6);
+  Floats y(dy.size()), dx(x.size()), dw(w.size());
+  cpu::linear_forward(fc, x.data(), w.data(), y.data());
+  cpu::linear_backward(fc, x.data(), w.data(), dy.data(), dx.data(), dw.data());
+  out.insert(out.end(), {y, dx, dw});
+  if (pool != nullptr) {
+    const Floats px = random_values(size_of(*pool), 7), pdy = random_values(out_size(*pool), 8);
+    Floats py(out_size(*pool)), pdx(size_of(*pool));
+    cpu::max_pool_forward(*pool, px.data(), py.data());
+    cpu::max_pool_backward(*pool, px.data(), pdy.data(), pdx.data());
+    out.insert(out.end(), {py, pdx});
+  }
+  return out;
+}
+
 // Every op gives the same bits with 1, 2 and 3 threads (different splits of
 // images, rows and weight-gradient partials).
 TEST(CpuOpsDeterminism, ResultsDoNotDependOnTheThreadCount) {
@@ -764,30 +780,8 @@ TEST(CpuOpsDeterminism, ResultsDoNotDependOnTheThreadCount) {
   const LinearShape fc{70, 150, 37};
   const Pool2dShape pool{70, 6, 12, 12, 2, 2};
   auto run_all = [&](int threads) {
-    const ThreadCount scope(threads);
-    cpu::Scratch scratch;
-    std::vector<Floats> out;
-    for (const Conv2dShape& s : {conv1, conv2}) {
-      const Floats x = random_values(size_of(s), 1), w = random_values(weight_size(s), 2);
-      const Floats dy = random_values(out_size(s), 3);
-      Floats y(out_size(s)), dx(size_of(s)), dw(weight_size(s));
-      cpu::conv2d_forward(s, x.data(), w.data(), y.data(), scratch);
-      cpu::conv2d_backward(s, x.data(), w.data(), dy.data(), dx.data(), dw.data(), scratch);
-      out.insert(out.end(), {y, dx, dw});
-    }
-    const Floats x = random_values(fc.batch * fc.in_features, 4);
-    const Floats w = random_values(fc.out_features * fc.in_features, 5);
-    const Floats dy = random_values(fc.batch * fc.out_features, 6);
-    Floats y(dy.size()), dx(x.size()), dw(w.size());
-    cpu::linear_forward(fc, x.data(), w.data(), y.data());
-    cpu::linear_backward(fc, x.data(), w.data(), dy.data(), dx.data(), dw.data());
-    out.insert(out.end(), {y, dx, dw});
-    const Floats px = random_values(size_of(pool), 7), pdy = random_values(out_size(pool), 8);
-    Floats py(out_size(pool)), pdx(size_of(pool));
-    cpu::max_pool_forward(pool, px.data(), py.data());
-    cpu::max_pool_backward(pool, px.data(), pdy.data(), pdx.data());
-    out.insert(out.end(), {py, pdx});
-    return out;
+    const test::ThreadCount scope(threads);
+    return layer_outputs({conv1, conv2}, fc, &pool);
   };
   const std::vector<Floats> one = run_all(1);
   for (const int threads : {2, 3}) {
@@ -803,26 +797,7 @@ TEST(CpuOpsDeterminism, ResultsDoNotDependOnTheThreadCount) {
 TEST(CpuOpsDeterminism, ResultsDoNotDependOnTheInstructionSet) {
   const Conv2dShape conv1{9, 1, 28, 28, 6, 5, 1, 2}, conv2{9, 6, 14, 14, 16, 5, 1, 0};
   const LinearShape fc{9, 400, 120};
-  auto run_all = [&] {
-    cpu::Scratch scratch;
-    std::vector<Floats> out;
-    for (const Conv2dShape& s : {conv1, conv2}) {
-      const Floats x = random_values(size_of(s), 1), w = random_values(weight_size(s), 2);
-      const Floats dy = random_values(out_size(s), 3);
-      Floats y(out_size(s)), dx(size_of(s)), dw(weight_size(s));
-      cpu::conv2d_forward(s, x.data(), w.data(), y.data(), scratch);
-      cpu::conv2d_backward(s, x.data(), w.data(), dy.data(), dx.data(), dw.data(), scratch);
-      out.insert(out.end(), {y, dx, dw});
-    }
-    const Floats x = random_values(fc.batch * fc.in_features, 4);
-    const Floats w = random_values(fc.out_features * fc.in_features, 5);
-    const Floats dy = random_values(fc.batch * fc.out_features, 6);
-    Floats y(dy.size()), dx(x.size()), dw(w.size());
-    cpu::linear_forward(fc, x.data(), w.data(), y.data());
-    cpu::linear_backward(fc, x.data(), w.data(), dy.data(), dx.data(), dw.data());
-    out.insert(out.end(), {y, dx, dw});
-    return out;
-  };
+  auto run_all = [&] { return layer_outputs({conv1, conv2}, fc); };
   const std::vector<cpu::Isa> isas = runnable_isas();
   std::vector<Floats> lowest;
   {

@@ -4,7 +4,6 @@
 // range ends, rounding ties), in place, with 1, 2 and 3 threads; and the same
 // errors as the reference.
 #include <gtest/gtest.h>
-#include <omp.h>
 
 #include <cfloat>
 #include <cmath>
@@ -33,19 +32,6 @@ using std::int64_t;
 constexpr int kThreadCounts[] = {1, 2, 3};
 // Fills outputs before a call, so a word or element an op forgets shows.
 constexpr std::uint32_t kGarbageWord = 0xdeadbeefu;
-
-class ThreadCount {
- public:
-  explicit ThreadCount(int threads) : saved_(omp_get_max_threads()) {
-    omp_set_num_threads(threads);
-  }
-  ~ThreadCount() { omp_set_num_threads(saved_); }
-  ThreadCount(const ThreadCount&) = delete;
-  ThreadCount& operator=(const ThreadCount&) = delete;
-
- private:
-  int saved_;
-};
 
 float from_bits(std::uint32_t u) {
   float f;
@@ -244,7 +230,7 @@ void expect_range_matches(const RangeCase& c, const std::string& what) {
   ref::fake_quant_range(c.x.data(), want_y.data(), c.layout, c.min.data(), c.max.data(), c.quant,
                         c.with_mask ? want_mask.data() : nullptr, c.format);
   for (int threads : kThreadCounts) {
-    ThreadCount scope(threads);
+    test::ThreadCount scope(threads);
     Floats y = c.in_place ? c.x : Floats(c.x.size(), from_bits(kGarbageWord));
     Words mask(want_mask.size(), kGarbageWord);
     if (!c.with_mask) mask = want_mask;
@@ -329,7 +315,7 @@ TEST(CpuQuantAffine, RandomLayoutsWidthsAndClipCountsMatchTheReference) {
                            with_mask ? want_mask.data() : nullptr,
                            with_count ? &want_count : nullptr);
     for (int threads : kThreadCounts) {
-      ThreadCount scope(threads);
+      test::ThreadCount scope(threads);
       Floats y = in_place ? x : Floats(x.size(), from_bits(kGarbageWord));
       Words mask(want_mask.size(), kGarbageWord);
       if (!with_mask) mask = want_mask;
@@ -375,7 +361,7 @@ TEST(CpuQuantLsq, ForwardAndClipCountsMatchTheReference) {
     ref::lsq_forward(x.data(), want_y.data(), layout, scale.data(), quant,
                      with_count ? &want_count : nullptr);
     for (int threads : kThreadCounts) {
-      ThreadCount scope(threads);
+      test::ThreadCount scope(threads);
       Floats y = in_place ? x : Floats(x.size(), from_bits(kGarbageWord));
       ClipCount count{};
       cpu::lsq_forward(in_place ? y.data() : x.data(), y.data(), layout, scale.data(), quant,
@@ -452,7 +438,7 @@ EmaCase random_ema_case(std::mt19937& rng) {
 // Runs a sequence of batches through both namespaces from the same initial
 // state, comparing y, mask, clip counts and the state after every step.
 void expect_ema_sequence_matches(const EmaCase& c, std::mt19937& rng, int threads) {
-  ThreadCount scope(threads);
+  test::ThreadCount scope(threads);
   EmaRangeState want_state, state;
   ref::ema_state_init(&want_state);
   ref::ema_state_init(&state);
@@ -520,7 +506,7 @@ TEST(CpuQuantEma, SkippedFrozenAndDelayedStepsMatchTheReference) {
   for (EmaMode mode : {EmaMode::exact, EmaMode::lagged})
     for (int64_t delay : {0, 3})
       for (int threads : kThreadCounts) {
-        ThreadCount scope(threads);
+        test::ThreadCount scope(threads);
         EmaConfig config;
         config.mode = mode;
         config.quant_delay = delay;
@@ -588,7 +574,7 @@ TEST(CpuQuantBiasReluEma, SequencesMatchTheReference) {
     Floats bias = make_values(layout.channels, rng, {0.0f, -0.0f, 1.0f}, /*finite=*/true);
     if (trial % 8 == 1) bias[0] = NAN;  // a bias can poison a channel too
     for (int threads : kThreadCounts) {
-      ThreadCount scope(threads);
+      test::ThreadCount scope(threads);
       std::mt19937 batches(500 + trial);
       EmaRangeState want_state{}, state{};
       ClipCount want_count{}, count{};
@@ -631,7 +617,7 @@ TEST(CpuQuantBiasActivation, MatchesTheReference) {
     Floats want(x.size());
     ref::bias_activation(x.data(), with_bias ? bias.data() : nullptr, layout, relu, want.data());
     for (int threads : kThreadCounts) {
-      ThreadCount scope(threads);
+      test::ThreadCount scope(threads);
       Floats y = in_place ? x : Floats(x.size(), from_bits(kGarbageWord));
       cpu::bias_activation(in_place ? y.data() : x.data(), with_bias ? bias.data() : nullptr,
                            layout, relu, y.data());
@@ -653,7 +639,7 @@ TEST(CpuQuantAdd, MatchesTheReferenceInPlaceToo) {
     Floats want(a.size());
     ref::add(a.data(), b.data(), n, want.data());
     for (int threads : kThreadCounts) {
-      ThreadCount scope(threads);
+      test::ThreadCount scope(threads);
       Floats y(a.size(), from_bits(kGarbageWord)), in_a = a, in_b = b;
       cpu::add(a.data(), b.data(), n, y.data());
       cpu::add(in_a.data(), b.data(), n, in_a.data());
@@ -677,7 +663,7 @@ TEST(CpuQuantSte, BackwardMatchesTheReferenceInBothFormats) {
       Floats want(dy.size());
       ref::ste_backward(dy.data(), mask.data(), format, n, want.data());
       for (int threads : kThreadCounts) {
-        ThreadCount scope(threads);
+        test::ThreadCount scope(threads);
         Floats dx(dy.size(), from_bits(kGarbageWord)), in_place = dy;
         cpu::ste_backward(dy.data(), mask.data(), format, n, dx.data());
         cpu::ste_backward(in_place.data(), mask.data(), format, n, in_place.data());
@@ -699,7 +685,7 @@ TEST(CpuQuantQuantDelayIdentity, CopiesBeforeTheDelayAndLeavesAllAfter) {
         ref::quant_delay_identity(x.data(), want.data(), n, &step, 3,
                                   with_mask ? want_mask.data() : nullptr);
         for (int threads : kThreadCounts) {
-          ThreadCount scope(threads);
+          test::ThreadCount scope(threads);
           Floats y = before;
           Words mask(want_mask.size(), 0x5555aaaau);
           if (step < 3 && with_mask) mask.assign(mask.size(), kGarbageWord);

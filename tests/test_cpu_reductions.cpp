@@ -4,7 +4,6 @@
 // branch of reduce_items, with special values in the data; and the same
 // errors as ref.
 #include <gtest/gtest.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cfloat>
@@ -39,19 +38,6 @@ using Floats = std::vector<float>;
 using Words = std::vector<std::uint32_t>;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-class ThreadCount {
- public:
-  explicit ThreadCount(int threads) : saved_(omp_get_max_threads()) {
-    omp_set_num_threads(threads);
-  }
-  ~ThreadCount() { omp_set_num_threads(saved_); }
-  ThreadCount(const ThreadCount&) = delete;
-  ThreadCount& operator=(const ThreadCount&) = delete;
-
- private:
-  int saved_;
-};
 
 constexpr int kThreadCounts[] = {1, 2, 3};
 
@@ -190,7 +176,7 @@ void expect_cpu_matches_ref(const std::function<Outputs(bool cpu)>& run) {
   const Outputs want = run(false);
   Outputs one_thread;
   for (const int threads : kThreadCounts) {
-    const ThreadCount scope(threads);
+    const test::ThreadCount scope(threads);
     const Outputs got = run(true);
     EXPECT_TRUE(same_outputs(want, got, true)) << threads << " threads";
     if (threads == 1)
@@ -333,7 +319,7 @@ TEST(CpuReductions, BiasActivationBackwardInPlace) {
       };
       const Outputs want = run(false, false);
       for (const int threads : kThreadCounts) {
-        const ThreadCount scope(threads);
+        const test::ThreadCount scope(threads);
         EXPECT_TRUE(same_outputs(want, run(true, true), true)) << threads << " threads";
       }
     }

@@ -1,7 +1,6 @@
 // The trainer end to end on the CPU with real Fashion-MNIST (CI installs it),
 // and on the GPU where there is one.
 #include <gtest/gtest.h>
-#include <omp.h>
 
 #include <cmath>
 #include <filesystem>
@@ -218,7 +217,6 @@ TEST(Trainer, SameSeedGivesIdenticalWeights) {
 // at which it goes parallel, and leaves uneven shares.
 TEST(Trainer, CheckpointBytesDoNotDependOnTheCpuThreadCount) {
   LOWBIT_REQUIRE_FASHION_MNIST();
-  const int saved_threads = omp_get_max_threads();
   struct Config {
     int bits;
     RangeMode range;
@@ -229,7 +227,8 @@ TEST(Trainer, CheckpointBytesDoNotDependOnTheCpuThreadCount) {
     const std::string what = std::to_string(config.bits) + " bits, " + to_string(config.range);
     std::vector<std::string> files;
     for (const int threads : {1, 2, 3}) {
-      const auto cpu = make_cpu_backend(threads);
+      const test::ThreadCount scope(threads);
+      const auto cpu = make_cpu_backend();
       TrainOptions o = small_run(config.bits, 600);
       o.batch = 200;
       o.limit_test = 200;
@@ -243,7 +242,6 @@ TEST(Trainer, CheckpointBytesDoNotDependOnTheCpuThreadCount) {
     EXPECT_TRUE(files[0] == files[1]) << what << ": 1 and 2 threads";
     EXPECT_TRUE(files[0] == files[2]) << what << ": 1 and 3 threads";
   }
-  omp_set_num_threads(saved_threads);
 }
 
 TEST(Trainer, EachEpochTrainsAtItsScheduledRate) {

@@ -4,6 +4,7 @@
 
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -55,8 +56,8 @@ template <class T>
     }
   }
   if (mismatches == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << mismatches << " of " << expected.size()
-                                       << " elements differ:" << out.str();
+  return ::testing::AssertionFailure()
+         << mismatches << " of " << expected.size() << " elements differ:" << out.str();
 }
 
 /// Seeded normal values, scaled, with a sprinkle of exact grid points and
@@ -128,6 +129,20 @@ inline std::string temp_path(const std::string& name) {
           ("lowbit_" + std::to_string(::getpid()) + "_" + test + "_" + name))
       .string();
 }
+
+/// The OpenMP thread count (the CPU backend's) for one scope.
+class ThreadCount {
+ public:
+  explicit ThreadCount(int threads) : saved_(omp_get_max_threads()) {
+    omp_set_num_threads(threads);
+  }
+  ~ThreadCount() { omp_set_num_threads(saved_); }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+
+ private:
+  int saved_;
+};
 
 /// The whole of a file, as bytes (empty if it cannot be read).
 inline std::string read_file(const std::string& path) {
@@ -208,8 +223,8 @@ template <class F>
   } catch (const Error& e) {
     if (std::string(e.what()).find(needle) != std::string::npos)
       return ::testing::AssertionSuccess();
-    return ::testing::AssertionFailure() << "\"" << e.what() << "\" does not mention \"" << needle
-                                         << "\"";
+    return ::testing::AssertionFailure()
+           << "\"" << e.what() << "\" does not mention \"" << needle << "\"";
   }
   return ::testing::AssertionFailure() << "no lowbit::Error was thrown";
 }

@@ -464,6 +464,35 @@ void add_clips(ClipCount* clip_count, int64_t n, const Totals& totals) {
   clip_count->clipped += totals.clipped;
 }
 
+/// The passes an EMA op makes over its tensor.
+enum class EmaPass { observe, quantize, observe_and_quantize };
+
+/// The EMA ops' schedule. Lagged: one pass quantizes with the range from
+/// before this batch and observes the batch. Exact: one pass observes, the
+/// state steps, and a second pass quantizes with the new range. run(pass,
+/// quantizes, range) makes one pass (quantizes false: the identity phase) and
+/// returns its totals.
+template <class Run>
+void ema_schedule(EmaRangeState* state, const EmaConfig& config, int64_t n, ClipCount* clip_count,
+                  const Run& run) {
+  const EmaRangeState before = *state;
+  const int qmin = config.quant.qmin(), qmax = config.quant.qmax();
+  bool quantizes = false;
+  Totals totals;
+  if (config.mode == EmaMode::lagged) {
+    quantizes = ema_quantizes(before, before.steps, config);
+    totals = run(EmaPass::observe_and_quantize, quantizes,
+                 nudge_range(before.min, before.max, qmin, qmax));
+    ema_range_step(*state, totals.batch_min(), totals.batch_max(), config);
+  } else {
+    const Totals seen = run(EmaPass::observe, false, RangeParams{});
+    ema_range_step(*state, seen.batch_min(), seen.batch_max(), config);
+    quantizes = ema_quantizes(*state, before.steps, config);
+    totals = run(EmaPass::quantize, quantizes, nudge_range(state->min, state->max, qmin, qmax));
+  }
+  if (quantizes) add_clips(clip_count, n, totals);
+}
+
 // How the ops with a bias walk a layout: one span when every element has the
 // same bias (none, or one channel); runs of one channel with its bias as a
 // scalar when rows are long; otherwise spans over a row that repeats the
@@ -576,37 +605,24 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
                     ClipCount* clip_count) {
   detail::check_ema_fake_quant(x, y, n, state, config);
   if (n == 0) return;
-  const EmaRangeState before = *state;
-  const auto pass = [&](SpanFn worker, const RangeParams& range) {
-    return parallel_totals(n, [&](int64_t begin, int64_t end, Totals& mine) {
-      Span s;
-      s.x = x;
-      s.y = y;
-      s.begin = begin;
-      s.end = end;
-      s.totals = &mine;
-      s.range = range;
-      set_planes(s, mask, mask_format, n);
-      worker(s);
-    });
-  };
-  const int qmin = config.quant.qmin(), qmax = config.quant.qmax();
-  bool quantizes = false;
-  Totals totals;
-  if (config.mode == EmaMode::lagged) {
-    // The range from before this batch: quantize and observe in one pass.
-    quantizes = ema_quantizes(before, before.steps, config);
-    totals = pass(quantizes ? range_divide_minmax : identity_minmax,
-                  nudge_range(before.min, before.max, qmin, qmax));
-    ema_range_step(*state, totals.batch_min(), totals.batch_max(), config);
-  } else {
-    const Totals seen = pass(minmax, RangeParams{});
-    ema_range_step(*state, seen.batch_min(), seen.batch_max(), config);
-    quantizes = ema_quantizes(*state, before.steps, config);
-    totals =
-        pass(quantizes ? range_divide : identity, nudge_range(state->min, state->max, qmin, qmax));
-  }
-  if (quantizes) add_clips(clip_count, n, totals);
+  ema_schedule(state, config, n, clip_count,
+               [&](EmaPass pass, bool quantizes, const RangeParams& range) {
+                 const SpanFn worker = pass == EmaPass::observe ? minmax
+                                       : pass == EmaPass::quantize
+                                           ? (quantizes ? range_divide : identity)
+                                           : (quantizes ? range_divide_minmax : identity_minmax);
+                 return parallel_totals(n, [&](int64_t begin, int64_t end, Totals& mine) {
+                   Span s;
+                   s.x = x;
+                   s.y = y;
+                   s.begin = begin;
+                   s.end = end;
+                   s.totals = &mine;
+                   s.range = range;
+                   set_planes(s, mask, mask_format, n);
+                   worker(s);
+                 });
+               });
 }
 
 void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
@@ -616,35 +632,23 @@ void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLa
   const int64_t n = layout.size();
   if (n == 0) return;
   const BiasWalk walk(bias, layout);
-  const EmaRangeState before = *state;
-  const auto pass = [&](const BiasWorkers& workers, const RangeParams& range) {
-    return parallel_totals(n, [&](int64_t begin, int64_t end, Totals& mine) {
-      Span s;
-      s.x = x;
-      s.y = y;
-      s.totals = &mine;
-      s.range = range;
-      s.plane0 = mask;
-      walk.run(begin, end, s, workers);
-    });
-  };
-  const int qmin = config.quant.qmin(), qmax = config.quant.qmax();
-  bool quantizes = false;
-  Totals totals;
-  if (config.mode == EmaMode::lagged) {
-    quantizes = ema_quantizes(before, before.steps, config);
-    totals = pass(quantizes ? kReluRangeMinMax : kReluIdentityMinMax,
-                  nudge_range(before.min, before.max, qmin, qmax));
-    ema_range_step(*state, totals.batch_min(), totals.batch_max(), config);
-  } else {
-    // v is recomputed by the second pass rather than stored by the first.
-    const Totals seen = pass(kReluMinMax, RangeParams{});
-    ema_range_step(*state, seen.batch_min(), seen.batch_max(), config);
-    quantizes = ema_quantizes(*state, before.steps, config);
-    totals = pass(quantizes ? kReluRange : kReluIdentity,
-                  nudge_range(state->min, state->max, qmin, qmax));
-  }
-  if (quantizes) add_clips(clip_count, n, totals);
+  // In exact mode v is recomputed by the second pass rather than stored.
+  ema_schedule(
+      state, config, n, clip_count, [&](EmaPass pass, bool quantizes, const RangeParams& range) {
+        const BiasWorkers& workers = pass == EmaPass::observe ? kReluMinMax
+                                     : pass == EmaPass::quantize
+                                         ? (quantizes ? kReluRange : kReluIdentity)
+                                         : (quantizes ? kReluRangeMinMax : kReluIdentityMinMax);
+        return parallel_totals(n, [&](int64_t begin, int64_t end, Totals& mine) {
+          Span s;
+          s.x = x;
+          s.y = y;
+          s.totals = &mine;
+          s.range = range;
+          s.plane0 = mask;
+          walk.run(begin, end, s, workers);
+        });
+      });
 }
 
 void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const float* scale,
