@@ -19,7 +19,9 @@
 #include <vector>
 
 #include "backends/cpu_gemm.hpp"
+#include "backends/cpu_isa.hpp"
 #include "backends/cpu_ops.hpp"
+#include "cpu_isa_scope.hpp"
 #include "integer_cases.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/ref.hpp"
@@ -41,7 +43,10 @@ static void PrintTo(const Pool2dShape& s, std::ostream* os) {
 
 namespace {
 
+using test::isa_name;
+using test::IsaScope;
 using test::random_values;
+using test::runnable_isas;
 using test::same_bits;
 using Floats = std::vector<float>;
 using Doubles = std::vector<double>;
@@ -593,32 +598,6 @@ TEST(CpuOpsGemm, MatchesDirectLoops) {
     cpu::gemm_nt(m, n, k, a.data(), k, bt.data(), k, c.data(), n, true);
     EXPECT_TRUE(near_reference(nt, c, k + 1));
   }
-}
-
-// The instruction sets this CPU runs (cpu_gemm.hpp), lowest first.
-std::vector<cpu::Isa> runnable_isas() {
-  std::vector<cpu::Isa> isas;
-  for (const cpu::Isa isa : {cpu::Isa::baseline, cpu::Isa::x86_64_v3, cpu::Isa::x86_64_v4})
-    if (isa <= cpu::supported_isa()) isas.push_back(isa);
-  return isas;
-}
-
-// Makes the kernels use one instruction set for one scope.
-class IsaScope {
- public:
-  explicit IsaScope(cpu::Isa isa) : saved_(cpu::active_isa()) { cpu::use_isa(isa); }
-  ~IsaScope() { cpu::use_isa(saved_); }
-  IsaScope(const IsaScope&) = delete;
-  IsaScope& operator=(const IsaScope&) = delete;
-
- private:
-  cpu::Isa saved_;
-};
-
-std::string isa_name(cpu::Isa isa) {
-  return isa == cpu::Isa::baseline    ? "baseline"
-         : isa == cpu::Isa::x86_64_v3 ? "x86-64-v3"
-                                      : "x86-64-v4";
 }
 
 // gemm_nn's stated order in scalar float arithmetic: C, or +0, plus the

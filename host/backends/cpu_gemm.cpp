@@ -1,14 +1,13 @@
-// GEMM kernels written once with GCC vector extensions and compiled three
-// times (target attributes on the entry points, into which every template
-// below inlines): V is the level's widest vector, 4, 8 or 16 floats. The
-// tiles differ per level; the order of each element's sum does not.
+// GEMM kernels written once with GCC vector extensions and compiled for
+// each level (at_active_isa, into whose level functions every template below
+// inlines): V is the level's widest vector, 4, 8 or 16 floats. The tiles
+// differ per level; the order of each element's sum does not.
 #include "backends/cpu_gemm.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 
-#include "lowbit/error.hpp"
+#include "backends/cpu_isa.hpp"
 
 namespace lowbit::cpu {
 namespace {
@@ -272,88 +271,36 @@ LOWBIT_INLINE void nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   int64_t m, int64_t n, int64_t k, const float *a, int64_t a_stride_m, int64_t a_stride_k, \
       const float *b, int64_t ldb, const int64_t *b_offsets, float *c, int64_t ldc,        \
       bool accumulate
+#define LOWBIT_NN_ARGS m, n, k, a, a_stride_m, a_stride_k, b, ldb, b_offsets, c, ldc, accumulate
 #define LOWBIT_NT_PARAMS                                                                     \
   int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb, \
       float *c, int64_t ldc, bool accumulate
 #define LOWBIT_NT_ARGS m, n, k, a, lda, b, ldb, c, ldc, accumulate
 
-// gemm_nn at one level: B's rows `ldb` apart, or at b + b_offsets[p].
-#define LOWBIT_NN_LEVEL(V, MR, NS)                                                             \
-  if (b_offsets != nullptr)                                                                    \
-    return nn<V, MR, NS>(m, n, k, a, a_stride_m, a_stride_k, OffsetRows{b, b_offsets}, c, ldc, \
-                         accumulate);                                                          \
-  nn<V, MR, NS>(m, n, k, a, a_stride_m, a_stride_k, StridedRows{b, ldb}, c, ldc, accumulate)
+// gemm_nn with V and MR × NS tiles: B's rows `ldb` apart, or at
+// b + b_offsets[p].
+template <class V, int MR, int NS>
+LOWBIT_INLINE void nn_rows_of(LOWBIT_NN_PARAMS) {
+  if (b_offsets != nullptr)
+    return nn<V, MR, NS>(m, n, k, a, a_stride_m, a_stride_k, OffsetRows{b, b_offsets}, c, ldc,
+                         accumulate);
+  nn<V, MR, NS>(m, n, k, a, a_stride_m, a_stride_k, StridedRows{b, ldb}, c, ldc, accumulate);
+}
 
-// Baseline: 16 SSE registers.
-void nn_baseline(LOWBIT_NN_PARAMS) { LOWBIT_NN_LEVEL(v4f, 4, 2); }
-void nt_baseline(LOWBIT_NT_PARAMS) { nt<v4f, 1, 2>(LOWBIT_NT_ARGS); }
-
-#if defined(__x86_64__)
-// 16 AVX registers.
-__attribute__((target("arch=x86-64-v3"))) void nn_v3(LOWBIT_NN_PARAMS) {
-  LOWBIT_NN_LEVEL(v8f, 6, 2);
-}
-__attribute__((target("arch=x86-64-v3"))) void nt_v3(LOWBIT_NT_PARAMS) {
-  nt<v8f, 2, 2>(LOWBIT_NT_ARGS);
-}
-// 32 AVX-512 registers.
-__attribute__((target("arch=x86-64-v4"))) void nn_v4(LOWBIT_NN_PARAMS) {
-  LOWBIT_NN_LEVEL(v16f, 8, 2);
-}
-// 4x4 dot products, or 6x3 where that wastes less at the edges (LeNet's
-// conv1 weight gradient, 6x25).
-__attribute__((target("arch=x86-64-v4"))) void nt_v4(LOWBIT_NT_PARAMS) {
-  const auto padded = [&](int64_t r, int64_t s) {
-    return (m + r - 1) / r * r * ((n + s - 1) / s * s);
-  };
-  if (padded(6, 3) < padded(4, 4)) return nt<v16f, 6, 3>(LOWBIT_NT_ARGS);
-  nt<v16f, 4, 4>(LOWBIT_NT_ARGS);
-}
-#endif
-
-// The kernels of the active level.
+// The tiles of each level: baseline, 16 SSE registers; x86-64-v3, 16 AVX
+// registers; x86-64-v4, 32 AVX-512 registers.
 void nn_active(LOWBIT_NN_PARAMS) {
-#define LOWBIT_NN_ARGS m, n, k, a, a_stride_m, a_stride_k, b, ldb, b_offsets, c, ldc, accumulate
-  switch (active_isa()) {
-#if defined(__x86_64__)
-    case Isa::x86_64_v4:
-      return nn_v4(LOWBIT_NN_ARGS);
-    case Isa::x86_64_v3:
-      return nn_v3(LOWBIT_NN_ARGS);
-#endif
-    default:
-      return nn_baseline(LOWBIT_NN_ARGS);
-  }
-#undef LOWBIT_NN_ARGS
-}
-
-Isa detect() {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return Isa::x86_64_v4;
-  if (__builtin_cpu_supports("x86-64-v3")) return Isa::x86_64_v3;
-#endif
-  return Isa::baseline;
-}
-
-std::atomic<Isa>& active() {
-  static std::atomic<Isa> isa{supported_isa()};
-  return isa;
+  at_active_isa([&](auto level) {
+    if constexpr (level == Isa::x86_64_v4)
+      nn_rows_of<v16f, 8, 2>(LOWBIT_NN_ARGS);
+    else if constexpr (level == Isa::x86_64_v3)
+      nn_rows_of<v8f, 6, 2>(LOWBIT_NN_ARGS);
+    else
+      nn_rows_of<v4f, 4, 2>(LOWBIT_NN_ARGS);
+  });
 }
 
 }  // namespace
-
-Isa supported_isa() {
-  static const Isa isa = detect();
-  return isa;
-}
-
-Isa active_isa() { return active().load(std::memory_order_relaxed); }
-
-void use_isa(Isa isa) {
-  LOWBIT_EXPECTS(isa <= supported_isa(), "use_isa: this CPU does not run that instruction set");
-  active().store(isa, std::memory_order_relaxed);
-}
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_stride_m,
              int64_t a_stride_k, const float* b, int64_t ldb, float* c, int64_t ldc,
@@ -368,16 +315,21 @@ void gemm_nn_offsets(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_
 }
 
 void gemm_nt(LOWBIT_NT_PARAMS) {
-  switch (active_isa()) {
-#if defined(__x86_64__)
-    case Isa::x86_64_v4:
-      return nt_v4(LOWBIT_NT_ARGS);
-    case Isa::x86_64_v3:
-      return nt_v3(LOWBIT_NT_ARGS);
-#endif
-    default:
-      return nt_baseline(LOWBIT_NT_ARGS);
-  }
+  at_active_isa([&](auto level) {
+    if constexpr (level == Isa::x86_64_v4) {
+      // 4x4 dot products, or 6x3 where that wastes less at the edges
+      // (LeNet's conv1 weight gradient, 6x25).
+      const auto padded = [&](int64_t r, int64_t s) {
+        return (m + r - 1) / r * r * ((n + s - 1) / s * s);
+      };
+      if (padded(6, 3) < padded(4, 4)) return nt<v16f, 6, 3>(LOWBIT_NT_ARGS);
+      nt<v16f, 4, 4>(LOWBIT_NT_ARGS);
+    } else if constexpr (level == Isa::x86_64_v3) {
+      nt<v8f, 2, 2>(LOWBIT_NT_ARGS);
+    } else {
+      nt<v4f, 1, 2>(LOWBIT_NT_ARGS);
+    }
+  });
 }
 
 }  // namespace lowbit::cpu

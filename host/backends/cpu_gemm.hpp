@@ -1,7 +1,7 @@
 // lowbit::cpu — the fp32 matrix products of the CPU backend's convolution and
-// fully connected layers: register-blocked kernels compiled for three x86-64
-// levels (baseline SSE2, x86-64-v3 with AVX2, x86-64-v4 with AVX-512) and
-// picked at run time, so the library needs no -march flag.
+// fully connected layers: register-blocked kernels compiled for each level of
+// cpu_isa.hpp (baseline SSE2, x86-64-v3 with AVX2, x86-64-v4 with AVX-512),
+// with tiles of their own, and picked at run time by at_active_isa.
 //
 // Every result is the same bits for every level and every blocking: each
 // element is summed in an order fixed by the sizes alone (stated below), with
@@ -11,20 +11,6 @@
 #include <cstdint>
 
 namespace lowbit::cpu {
-
-/// The instruction sets the kernels are compiled for, lowest first.
-enum class Isa { baseline, x86_64_v3, x86_64_v4 };
-
-/// The best level this CPU runs.
-Isa supported_isa();
-
-/// The level the kernels use: supported_isa() unless use_isa chose a lower
-/// one.
-Isa active_isa();
-
-/// Makes the kernels use `isa` (at most supported_isa(); tests compare the
-/// levels). Not meant to race with running kernels.
-void use_isa(Isa isa);
 
 /// C[m,n] = Σ_k A(m,k)·B[k,n] (+ C[m,n] when `accumulate`), serial, each
 /// element summed over k = 0..K-1 in order (from C[m,n] or from +0).
