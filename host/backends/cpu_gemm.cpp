@@ -34,7 +34,7 @@ LOWBIT_INLINE V& load(V& v, const float* p) {
 // Keeps a loaded vector in a register: GCC would otherwise fold the load into
 // every multiply that uses it, loading it again for each.
 template <class V>
-LOWBIT_INLINE void in_register(V& v) {
+LOWBIT_INLINE void in_register([[maybe_unused]] V& v) {
 #if defined(__x86_64__)
   asm("" : "+v"(v));
 #endif
