@@ -2,7 +2,7 @@
 // mask words (parallel_words) and walks its share in spans of one set of
 // parameters (a channel run, or the whole share); a span goes to a worker
 // that handles one mask word at a time in `omp simd` loops the compiler
-// vectorises, built twice and picked once at load time (AVX2 or SSE2).
+// vectorises, built for each level of cpu_isa.hpp and run at the active one.
 #include "backends/cpu_quant.hpp"
 
 #include <algorithm>
@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "backends/cpu_isa.hpp"
 #include "backends/cpu_parallel.hpp"
 #include "checks.hpp"
 #include "lowbit/element.hpp"
@@ -24,11 +25,19 @@ using std::uint32_t;
 // Elements per mask word.
 constexpr int kWord = 32;
 
-// The workers, built for x86-64-v3 (AVX2) and for the baseline (SSE2) and
-// dispatched by the CPU at load time. Neither build contracts to FMA
-// (-ffp-contract=off), and every operation is the IEEE one, so both give the
-// reference's bits.
-#define LOWBIT_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+// Runs a worker's f at the active level (at_active_isa), but at most kTop.
+// x86-64-v4 (AVX-512) beats v3 only for the affine, LSQ and per-channel
+// range quantizers (by 24%, 31% and 7% on an AMD EPYC at 4M elements; see
+// top_level). The other workers run their v3 code on a v4 CPU: there v4 was
+// no faster (per-tensor range, EMA, bias + activation, STE, quant_delay
+// identity: within ±3%) or slower (bias + ReLU + EMA fake quant by 5-14%,
+// add by 20-25%). No level contracts to FMA (-ffp-contract=off), and every
+// operation is the IEEE one, so all give the reference's bits.
+template <Isa kTop = Isa::x86_64_v3, class F>
+void at_level(const F& f) {
+  at_active_isa<kTop>(f);
+}
+
 #define LOWBIT_ALWAYS_INLINE inline __attribute__((always_inline))
 
 // What one thread's share adds up: clipped elements, and for the EMA ops
@@ -324,12 +333,24 @@ LOWBIT_ALWAYS_INLINE void run(const Span& s) {
 
 using SpanFn = void (*)(const Span&);
 
-// flatten: the element functions must inline into the loops (the inliner's
-// growth limits would otherwise keep some of them as calls).
-#define LOWBIT_SPAN_WORKER(name, in, bias, out, minmax)                  \
-  LOWBIT_SIMD_CLONES __attribute__((flatten)) void name(const Span& s) { \
-    run<Input::in, Bias::bias, Output::out, minmax>(s);                  \
-  }
+// The highest level a quantizer runs at (see at_level).
+template <Output kOut>
+constexpr Isa top_level() {
+  return kOut == Output::affine || kOut == Output::lsq || kOut == Output::range_multiply
+             ? Isa::x86_64_v4
+             : Isa::x86_64_v3;
+}
+
+// The level functions are `flatten`: the element functions must inline into
+// the loops (the inliner's growth limits would otherwise keep some of them as
+// calls).
+template <Input kIn, Bias kBias, Output kOut, bool kMinMax>
+void span_worker(const Span& s) {
+  at_level<top_level<kOut>()>([&](auto) { run<kIn, kBias, kOut, kMinMax>(s); });
+}
+
+#define LOWBIT_SPAN_WORKER(name, in, bias, out, minmax) \
+  constexpr SpanFn name = span_worker<Input::in, Bias::bias, Output::out, minmax>;
 
 LOWBIT_SPAN_WORKER(range_divide, plain, none, range_divide, false)
 LOWBIT_SPAN_WORKER(range_multiply, plain, none, range_multiply, false)
@@ -373,8 +394,8 @@ constexpr BiasWorkers kReluMinMax{relu_minmax, relu_minmax_scalar, relu_minmax_r
 
 // dx = ste_gradient(dy, bit) over [begin, end), begin on a word. (`omp
 // simd`: each lane reads dy[i] before writing dx[i], so dx may be dy.)
-LOWBIT_SIMD_CLONES void ste_span(const float* dy, const uint32_t* plane0, const uint32_t* plane1,
-                                 float* dx, int64_t begin, int64_t end) {
+LOWBIT_ALWAYS_INLINE void ste_words(const float* dy, const uint32_t* plane0, const uint32_t* plane1,
+                                    float* dx, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; i += kWord) {
     const int64_t word = i / kWord;
     const uint32_t bits = plane1 != nullptr ? plane0[word] & plane1[word] : plane0[word];
@@ -388,11 +409,20 @@ LOWBIT_SIMD_CLONES void ste_span(const float* dy, const uint32_t* plane0, const 
   }
 }
 
+void ste_span(const float* dy, const uint32_t* plane0, const uint32_t* plane1, float* dx,
+              int64_t begin, int64_t end) {
+  at_level([&](auto) { ste_words(dy, plane0, plane1, dx, begin, end); });
+}
+
 // y = a + b over [begin, end); y may be a or b.
-LOWBIT_SIMD_CLONES void add_span(const float* a, const float* b, float* y, int64_t begin,
-                                 int64_t end) {
+LOWBIT_ALWAYS_INLINE void add_elements(const float* a, const float* b, float* y, int64_t begin,
+                                       int64_t end) {
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) y[i] = sum(a[i], b[i]);
+}
+
+void add_span(const float* a, const float* b, float* y, int64_t begin, int64_t end) {
+  at_level([&](auto) { add_elements(a, b, y, begin, end); });
 }
 
 // y = activation_forward(x + bias, relu) over a span: no mask, so no words.
@@ -411,17 +441,13 @@ LOWBIT_ALWAYS_INLINE void activate(const Span& s) {
   }
 }
 
-LOWBIT_SIMD_CLONES __attribute__((flatten)) void activation(const Span& s) {
-  activate<Bias::none>(s);
-}
-LOWBIT_SIMD_CLONES __attribute__((flatten)) void activation_scalar(const Span& s) {
-  activate<Bias::scalar>(s);
-}
-LOWBIT_SIMD_CLONES __attribute__((flatten)) void activation_row(const Span& s) {
-  activate<Bias::row>(s);
+template <Bias kBias>
+void activation(const Span& s) {
+  at_level([&](auto) { activate<kBias>(s); });
 }
 
-constexpr BiasWorkers kActivation{activation, activation_scalar, activation_row};
+constexpr BiasWorkers kActivation{activation<Bias::none>, activation<Bias::scalar>,
+                                  activation<Bias::row>};
 
 // Runs f(begin, end, totals) on each thread's share of [0, n) (whole mask
 // words) and sums the shares' totals.

@@ -1,9 +1,10 @@
 // lowbit::cpu — the elementwise quantizer ops of the CPU backend: the same
 // arguments, checks and bits as their lowbit::ref specification, shared out
-// among OpenMP threads in whole 32-element mask words and vectorised.
+// among OpenMP threads in whole 32-element mask words and vectorised, for
+// each instruction set level of cpu_isa.hpp (picked at run time).
 //
 // Determinism: every output element, mask word and EMA state is bit for bit
-// the reference's whatever the thread count. Each mask word is written by one
+// the reference's whatever the thread count and level. Each mask word is written by one
 // thread; the only cross-thread results are integer clip counts (summed) and
 // the batch min/max of the EMA ops, whose bits only reach the state through
 // ema_range_step, which sees the same values in any order.

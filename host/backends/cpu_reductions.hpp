@@ -1,19 +1,21 @@
 // lowbit::cpu — the quantizer ops of the CPU backend that sum or take the
 // maximum per channel: the same arguments, checks and bits as their lowbit::ref
 // specification, with the items of reduction_order.hpp shared out among
-// OpenMP threads and each item folded in its fixed order.
+// OpenMP threads and each item folded in its fixed order, in vector code for
+// each instruction set level of cpu_isa.hpp (picked at run time).
 //
 // Every item's partial depends only on its own elements, and each channel's
 // partials are folded in the order reduction_order.hpp fixes, so the results
-// do not depend on the thread count. The elementwise output (dx) is written in
-// the same pass over the data. Partials go to the caller's workspace, sized by
-// reduction_workspace_bytes(layout) as for lowbit::ref.
+// do not depend on the thread count or the level. The elementwise output (dx)
+// is written in the same pass over the data. Partials go to the caller's
+// workspace, sized by reduction_workspace_bytes(layout) as for lowbit::ref.
 //
 // One exception to "the same bits": where two NaNs meet in a sum, x86 keeps
 // the payload of the addition's first operand, and the compiler orders the
 // operands of each addition as it likes, in ref's code as in this one. A sum
-// that is NaN is NaN here too, but may carry another of the NaNs' payloads
-// (the GPU returns its canonical NaN anyway).
+// that is NaN is NaN here too, but may carry another of the NaNs' payloads,
+// and another at another level (never with another thread count; the GPU
+// returns its canonical NaN anyway).
 #pragma once
 
 #include <cstdint>
