@@ -2,10 +2,12 @@
 // tests that run their checks at every level this CPU runs.
 #pragma once
 
+#include <ostream>
 #include <string>
 #include <vector>
 
 #include "backends/cpu_isa.hpp"
+#include "test_util.hpp"
 
 namespace lowbit::test {
 
@@ -34,5 +36,34 @@ inline std::string isa_name(cpu::Isa isa) {
          : isa == cpu::Isa::x86_64_v3 ? "x86-64-v3"
                                       : "x86-64-v4";
 }
+
+/// One way to run the CPU ops: a level and a thread count.
+struct CpuRun {
+  cpu::Isa isa;
+  int threads;
+
+  std::string name() const { return isa_name(isa) + ", " + std::to_string(threads) + " threads"; }
+};
+
+inline std::ostream& operator<<(std::ostream& os, const CpuRun& run) { return os << run.name(); }
+
+/// Every runnable level with 1, 2 and 3 threads (different shares of the
+/// work), lowest level and fewest threads first.
+inline std::vector<CpuRun> cpu_runs() {
+  std::vector<CpuRun> runs;
+  for (const cpu::Isa isa : runnable_isas())
+    for (const int threads : {1, 2, 3}) runs.push_back({isa, threads});
+  return runs;
+}
+
+/// Makes the CPU ops run one CpuRun's way for one scope.
+class CpuRunScope {
+ public:
+  explicit CpuRunScope(const CpuRun& run) : isa_(run.isa), threads_(run.threads) {}
+
+ private:
+  IsaScope isa_;
+  ThreadCount threads_;
+};
 
 }  // namespace lowbit::test

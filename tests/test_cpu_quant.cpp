@@ -1,7 +1,8 @@
 // lowbit::cpu elementwise quantizer ops against lowbit::ref, bit for bit:
 // outputs, masks (every word written), clip counts and EMA states, over seeded
 // layouts and values full of edge cases (NaN payloads, ±Inf, ±0, subnormals,
-// range ends, rounding ties), in place, with 1, 2 and 3 threads; and the same
+// range ends, rounding ties), in place, with 1, 2 and 3 threads at every
+// instruction set level this CPU runs (cpu_isa.hpp); and the same
 // errors as the reference.
 #include <gtest/gtest.h>
 
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "backends/cpu_quant.hpp"
+#include "cpu_isa_scope.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
 #include "test_util.hpp"
@@ -29,7 +31,6 @@ using Floats = std::vector<float>;
 using Words = std::vector<std::uint32_t>;
 using std::int64_t;
 
-constexpr int kThreadCounts[] = {1, 2, 3};
 // Fills outputs before a call, so a word or element an op forgets shows.
 constexpr std::uint32_t kGarbageWord = 0xdeadbeefu;
 
@@ -229,15 +230,15 @@ void expect_range_matches(const RangeCase& c, const std::string& what) {
   Words want_mask(mask_words(n, c.format), 0x12345678u);
   ref::fake_quant_range(c.x.data(), want_y.data(), c.layout, c.min.data(), c.max.data(), c.quant,
                         c.with_mask ? want_mask.data() : nullptr, c.format);
-  for (int threads : kThreadCounts) {
-    test::ThreadCount scope(threads);
+  for (const test::CpuRun& run : test::cpu_runs()) {
+    const test::CpuRunScope scope(run);
     Floats y = c.in_place ? c.x : Floats(c.x.size(), from_bits(kGarbageWord));
     Words mask(want_mask.size(), kGarbageWord);
     if (!c.with_mask) mask = want_mask;
     cpu::fake_quant_range(c.in_place ? y.data() : c.x.data(), y.data(), c.layout, c.min.data(),
                           c.max.data(), c.quant, c.with_mask ? mask.data() : nullptr, c.format);
-    EXPECT_TRUE(same_bits(want_y, y)) << what << ", " << threads << " threads";
-    EXPECT_TRUE(same_bits(want_mask, mask)) << what << ", " << threads << " threads";
+    EXPECT_TRUE(same_bits(want_y, y)) << what << ", " << run;
+    EXPECT_TRUE(same_bits(want_mask, mask)) << what << ", " << run;
   }
 }
 
@@ -314,8 +315,8 @@ TEST(CpuQuantAffine, RandomLayoutsWidthsAndClipCountsMatchTheReference) {
     ref::fake_quant_affine(x.data(), want_y.data(), layout, scale.data(), zero_point.data(), quant,
                            with_mask ? want_mask.data() : nullptr,
                            with_count ? &want_count : nullptr);
-    for (int threads : kThreadCounts) {
-      test::ThreadCount scope(threads);
+    for (const test::CpuRun& run : test::cpu_runs()) {
+      const test::CpuRunScope scope(run);
       Floats y = in_place ? x : Floats(x.size(), from_bits(kGarbageWord));
       Words mask(want_mask.size(), kGarbageWord);
       if (!with_mask) mask = want_mask;
@@ -323,9 +324,9 @@ TEST(CpuQuantAffine, RandomLayoutsWidthsAndClipCountsMatchTheReference) {
       cpu::fake_quant_affine(in_place ? y.data() : x.data(), y.data(), layout, scale.data(),
                              zero_point.data(), quant, with_mask ? mask.data() : nullptr,
                              with_count ? &count : nullptr);
-      EXPECT_TRUE(same_bits(want_y, y)) << what << ", " << threads << " threads";
-      EXPECT_TRUE(same_bits(want_mask, mask)) << what << ", " << threads << " threads";
-      EXPECT_TRUE(same_counts(want_count, count)) << what << ", " << threads << " threads";
+      EXPECT_TRUE(same_bits(want_y, y)) << what << ", " << run;
+      EXPECT_TRUE(same_bits(want_mask, mask)) << what << ", " << run;
+      EXPECT_TRUE(same_counts(want_count, count)) << what << ", " << run;
     }
     if (with_count) {
       EXPECT_EQ(want_count.quantized, 5u + static_cast<unsigned long long>(x.size()));
@@ -360,14 +361,14 @@ TEST(CpuQuantLsq, ForwardAndClipCountsMatchTheReference) {
     ClipCount want_count{};
     ref::lsq_forward(x.data(), want_y.data(), layout, scale.data(), quant,
                      with_count ? &want_count : nullptr);
-    for (int threads : kThreadCounts) {
-      test::ThreadCount scope(threads);
+    for (const test::CpuRun& run : test::cpu_runs()) {
+      const test::CpuRunScope scope(run);
       Floats y = in_place ? x : Floats(x.size(), from_bits(kGarbageWord));
       ClipCount count{};
       cpu::lsq_forward(in_place ? y.data() : x.data(), y.data(), layout, scale.data(), quant,
                        with_count ? &count : nullptr);
-      EXPECT_TRUE(same_bits(want_y, y)) << describe(layout) << ", " << threads << " threads";
-      EXPECT_TRUE(same_counts(want_count, count)) << describe(layout) << ", " << threads;
+      EXPECT_TRUE(same_bits(want_y, y)) << describe(layout) << ", " << run;
+      EXPECT_TRUE(same_counts(want_count, count)) << describe(layout) << ", " << run;
     }
   }
 }
@@ -437,8 +438,8 @@ EmaCase random_ema_case(std::mt19937& rng) {
 
 // Runs a sequence of batches through both namespaces from the same initial
 // state, comparing y, mask, clip counts and the state after every step.
-void expect_ema_sequence_matches(const EmaCase& c, std::mt19937& rng, int threads) {
-  test::ThreadCount scope(threads);
+void expect_ema_sequence_matches(const EmaCase& c, std::mt19937& rng, const test::CpuRun& run) {
+  const test::CpuRunScope scope(run);
   EmaRangeState want_state, state;
   ref::ema_state_init(&want_state);
   ref::ema_state_init(&state);
@@ -447,7 +448,7 @@ void expect_ema_sequence_matches(const EmaCase& c, std::mt19937& rng, int thread
     const int64_t n = std::vector<int64_t>{1, 31, 1000, 16385, 65536, 100003}[rng() % 6];
     const Floats x = ema_batch(n, rng, static_cast<int>(rng() % 8));
     const std::string what = describe(c) + ", step " + std::to_string(step) + ", n " +
-                             std::to_string(n) + ", " + std::to_string(threads) + " threads";
+                             std::to_string(n) + ", " + run.name();
     Floats want_y(x.size());
     Words want_mask(mask_words(n, c.format));
     ref::ema_fake_quant(x.data(), want_y.data(), n, &want_state, c.config,
@@ -470,9 +471,9 @@ TEST(CpuQuantEma, SequencesMatchTheReferenceInStateAndOutput) {
   std::mt19937 rng(31);
   for (int trial = 0; trial < 24; ++trial) {
     const EmaCase c = random_ema_case(rng);
-    for (int threads : kThreadCounts) {
-      std::mt19937 batches(1000 + trial);  // the same batches for every thread count
-      expect_ema_sequence_matches(c, batches, threads);
+    for (const test::CpuRun& run : test::cpu_runs()) {
+      std::mt19937 batches(1000 + trial);  // the same batches for every run
+      expect_ema_sequence_matches(c, batches, run);
     }
   }
 }
@@ -505,8 +506,8 @@ TEST(CpuQuantEma, SkippedFrozenAndDelayedStepsMatchTheReference) {
   };
   for (EmaMode mode : {EmaMode::exact, EmaMode::lagged})
     for (int64_t delay : {0, 3})
-      for (int threads : kThreadCounts) {
-        test::ThreadCount scope(threads);
+      for (const test::CpuRun& run : test::cpu_runs()) {
+        const test::CpuRunScope scope(run);
         EmaConfig config;
         config.mode = mode;
         config.quant_delay = delay;
@@ -526,8 +527,7 @@ TEST(CpuQuantEma, SkippedFrozenAndDelayedStepsMatchTheReference) {
                               &count);
           const std::string what = std::string(mode == EmaMode::exact ? "exact" : "lagged") +
                                    ", delay " + std::to_string(delay) + ", step " +
-                                   std::to_string(step) + ", " + std::to_string(threads) +
-                                   " threads";
+                                   std::to_string(step) + ", " + run.name();
           ASSERT_TRUE(same_state(want_state, state)) << what;
           EXPECT_TRUE(same_bits(want_y, y)) << what;
           EXPECT_TRUE(same_bits(want_mask, mask)) << what;
@@ -573,8 +573,8 @@ TEST(CpuQuantBiasReluEma, SequencesMatchTheReference) {
     const bool with_bias = trial % 4 != 3;
     Floats bias = make_values(layout.channels, rng, {0.0f, -0.0f, 1.0f}, /*finite=*/true);
     if (trial % 8 == 1) bias[0] = NAN;  // a bias can poison a channel too
-    for (int threads : kThreadCounts) {
-      test::ThreadCount scope(threads);
+    for (const test::CpuRun& run : test::cpu_runs()) {
+      const test::CpuRunScope scope(run);
       std::mt19937 batches(500 + trial);
       EmaRangeState want_state{}, state{};
       ClipCount want_count{}, count{};
@@ -582,7 +582,7 @@ TEST(CpuQuantBiasReluEma, SequencesMatchTheReference) {
         const Floats x = ema_batch(n, batches, static_cast<int>(batches() % 8));
         const std::string what = describe(c) + ", " + describe(layout) +
                                  (with_bias ? "" : ", no bias") + ", step " + std::to_string(step) +
-                                 ", " + std::to_string(threads) + " threads";
+                                 ", " + run.name();
         Floats want_y(x.size());
         Words want_mask(mask_words(n));
         ref::bias_relu_ema_fake_quant(x.data(), with_bias ? bias.data() : nullptr, layout,
@@ -616,13 +616,13 @@ TEST(CpuQuantBiasActivation, MatchesTheReference) {
     const Floats x = make_values(layout.size(), rng, {0.0f, -0.0f});
     Floats want(x.size());
     ref::bias_activation(x.data(), with_bias ? bias.data() : nullptr, layout, relu, want.data());
-    for (int threads : kThreadCounts) {
-      test::ThreadCount scope(threads);
+    for (const test::CpuRun& run : test::cpu_runs()) {
+      const test::CpuRunScope scope(run);
       Floats y = in_place ? x : Floats(x.size(), from_bits(kGarbageWord));
       cpu::bias_activation(in_place ? y.data() : x.data(), with_bias ? bias.data() : nullptr,
                            layout, relu, y.data());
       EXPECT_TRUE(same_bits(want, y)) << describe(layout) << (relu ? ", relu" : "")
-                                      << (with_bias ? "" : ", no bias") << ", " << threads;
+                                      << (with_bias ? "" : ", no bias") << ", " << run;
     }
   }
 }
@@ -638,15 +638,15 @@ TEST(CpuQuantAdd, MatchesTheReferenceInPlaceToo) {
     }
     Floats want(a.size());
     ref::add(a.data(), b.data(), n, want.data());
-    for (int threads : kThreadCounts) {
-      test::ThreadCount scope(threads);
+    for (const test::CpuRun& run : test::cpu_runs()) {
+      const test::CpuRunScope scope(run);
       Floats y(a.size(), from_bits(kGarbageWord)), in_a = a, in_b = b;
       cpu::add(a.data(), b.data(), n, y.data());
       cpu::add(in_a.data(), b.data(), n, in_a.data());
       cpu::add(a.data(), in_b.data(), n, in_b.data());
-      EXPECT_TRUE(same_bits(want, y)) << n << ", " << threads << " threads";
-      EXPECT_TRUE(same_bits(want, in_a)) << n << ", " << threads << " threads, y == a";
-      EXPECT_TRUE(same_bits(want, in_b)) << n << ", " << threads << " threads, y == b";
+      EXPECT_TRUE(same_bits(want, y)) << n << ", " << run;
+      EXPECT_TRUE(same_bits(want, in_a)) << n << ", " << run << ", y == a";
+      EXPECT_TRUE(same_bits(want, in_b)) << n << ", " << run << ", y == b";
     }
   }
 }
@@ -662,13 +662,13 @@ TEST(CpuQuantSte, BackwardMatchesTheReferenceInBothFormats) {
       for (auto& w : mask) w = rng();
       Floats want(dy.size());
       ref::ste_backward(dy.data(), mask.data(), format, n, want.data());
-      for (int threads : kThreadCounts) {
-        test::ThreadCount scope(threads);
+      for (const test::CpuRun& run : test::cpu_runs()) {
+        const test::CpuRunScope scope(run);
         Floats dx(dy.size(), from_bits(kGarbageWord)), in_place = dy;
         cpu::ste_backward(dy.data(), mask.data(), format, n, dx.data());
         cpu::ste_backward(in_place.data(), mask.data(), format, n, in_place.data());
-        EXPECT_TRUE(same_bits(want, dx)) << n << ", " << threads << " threads";
-        EXPECT_TRUE(same_bits(want, in_place)) << n << ", " << threads << " threads, in place";
+        EXPECT_TRUE(same_bits(want, dx)) << n << ", " << run;
+        EXPECT_TRUE(same_bits(want, in_place)) << n << ", " << run << ", in place";
       }
     }
 }
@@ -684,16 +684,16 @@ TEST(CpuQuantQuantDelayIdentity, CopiesBeforeTheDelayAndLeavesAllAfter) {
         Words want_mask(mask_words(n), 0x5555aaaau);
         ref::quant_delay_identity(x.data(), want.data(), n, &step, 3,
                                   with_mask ? want_mask.data() : nullptr);
-        for (int threads : kThreadCounts) {
-          test::ThreadCount scope(threads);
+        for (const test::CpuRun& run : test::cpu_runs()) {
+          const test::CpuRunScope scope(run);
           Floats y = before;
           Words mask(want_mask.size(), 0x5555aaaau);
           if (step < 3 && with_mask) mask.assign(mask.size(), kGarbageWord);
           cpu::quant_delay_identity(x.data(), y.data(), n, &step, 3,
                                     with_mask ? mask.data() : nullptr);
-          EXPECT_TRUE(same_bits(want, y)) << n << ", step " << step << ", " << threads;
+          EXPECT_TRUE(same_bits(want, y)) << n << ", step " << step << ", " << run;
           if (with_mask) {
-            EXPECT_TRUE(same_bits(want_mask, mask)) << n << ", step " << step << ", " << threads;
+            EXPECT_TRUE(same_bits(want_mask, mask)) << n << ", step " << step << ", " << run;
           }
         }
       }

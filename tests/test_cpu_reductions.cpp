@@ -1,8 +1,8 @@
 // lowbit::cpu per-channel reductions against lowbit::ref, bit for bit (raw
 // bits, signed zeros and NaN payloads included, but for the payload of a NaN
-// sum: see Outputs) with 1, 2 and 3 threads, on layouts that take every
-// branch of reduce_items, with special values in the data; and the same
-// errors as ref.
+// sum: see Outputs) with 1, 2 and 3 threads at every instruction set level
+// this CPU runs (cpu_isa.hpp), on layouts that take every branch of
+// reduce_items, with special values in the data; and the same errors as ref.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "backends/cpu_reductions.hpp"
+#include "cpu_isa_scope.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
 #include "reduction_order.hpp"
@@ -38,8 +39,6 @@ using Floats = std::vector<float>;
 using Words = std::vector<std::uint32_t>;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-constexpr int kThreadCounts[] = {1, 2, 3};
 
 float from_bits(std::uint32_t u) {
   float v;
@@ -140,7 +139,8 @@ std::size_t channels_of(const ChannelLayout& l) { return static_cast<std::size_t
 /// `reduced`, except that a NaN may carry another payload: where two NaNs
 /// meet in a + b, x86 keeps the first operand's, and GCC orders the operands
 /// of each addition in ref's compiled tree as it likes (the GPU gives its
-/// canonical NaN). Across thread counts lowbit::cpu must agree to the bit.
+/// canonical NaN), and so may those of another instruction set level. Across
+/// thread counts at one level lowbit::cpu must agree to the bit.
 struct Outputs {
   std::vector<Floats> exact;
   std::vector<Floats> reduced;
@@ -170,19 +170,20 @@ Floats with_nans_of(const Floats& want, Floats got) {
   return ::testing::AssertionSuccess();
 }
 
-/// run(ref) once, run(cpu) with 1, 2 and 3 threads: cpu must equal ref (see
-/// Outputs) and give the same bits for every thread count.
+/// run(ref) once, run(cpu) each of test::cpu_runs()'s ways: cpu must equal
+/// ref (see Outputs) every way, and give the same bits with 1, 2 and 3
+/// threads at each level.
 void expect_cpu_matches_ref(const std::function<Outputs(bool cpu)>& run) {
   const Outputs want = run(false);
   Outputs one_thread;
-  for (const int threads : kThreadCounts) {
-    const test::ThreadCount scope(threads);
+  for (const test::CpuRun& way : test::cpu_runs()) {
+    const test::CpuRunScope scope(way);
     const Outputs got = run(true);
-    EXPECT_TRUE(same_outputs(want, got, true)) << threads << " threads";
-    if (threads == 1)
+    EXPECT_TRUE(same_outputs(want, got, true)) << way;
+    if (way.threads == 1)  // the first at its level
       one_thread = got;
     else
-      EXPECT_TRUE(same_outputs(one_thread, got, false)) << threads << " threads vs 1";
+      EXPECT_TRUE(same_outputs(one_thread, got, false)) << way << " vs 1 thread";
   }
 }
 
@@ -318,9 +319,9 @@ TEST(CpuReductions, BiasActivationBackwardInPlace) {
         return Outputs{{in_place ? g : dx}, {d_bias}};
       };
       const Outputs want = run(false, false);
-      for (const int threads : kThreadCounts) {
-        const test::ThreadCount scope(threads);
-        EXPECT_TRUE(same_outputs(want, run(true, true), true)) << threads << " threads";
+      for (const test::CpuRun& way : test::cpu_runs()) {
+        const test::CpuRunScope scope(way);
+        EXPECT_TRUE(same_outputs(want, run(true, true), true)) << way;
       }
     }
 }
