@@ -6,7 +6,8 @@
 //
 // Every level gives the same bits: the kernels use no FMA contraction
 // (-ffp-contract=off) and only IEEE operations, so a wider vector changes the
-// speed, never the result. Tests switch levels with use_isa to check that.
+// speed, never the result (but for the payload of a NaN sum in
+// cpu_reductions, see there). Tests switch levels with use_isa to check it.
 #pragma once
 
 #include <type_traits>
