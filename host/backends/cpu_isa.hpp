@@ -14,9 +14,9 @@
 
 namespace lowbit::cpu {
 
-/// The instruction sets the kernels are compiled for, lowest first: SSE2
-/// (every x86-64 CPU, and the only level elsewhere), x86-64-v3 (AVX2) and
-/// x86-64-v4 (AVX-512).
+/// The instruction sets the kernels are compiled for, lowest first: the
+/// baseline (SSE2 on x86-64, which every x86-64 CPU runs; the only level on
+/// other architectures), x86-64-v3 (AVX2) and x86-64-v4 (AVX-512).
 enum class Isa { baseline, x86_64_v3, x86_64_v4 };
 
 /// The best level this CPU runs.
