@@ -101,7 +101,7 @@ if grep -q '"name": "gpu/' "$out/kernels.json" 2>/dev/null; then
   sizes=65536,262144,1048576,4194304,16777216,67108864
   steps=50
 else
-  sizes=65536,262144,1048576,4194304
+  sizes=65536,1048576,16777216
   steps=10
 fi
 if [ "$quick" -eq 1 ]; then
