@@ -502,11 +502,18 @@ void add_export_command(CLI::App& app, ExportCommand& command) {
 
 /// OpenMP threads that spin while they wait hold their cores: next to one
 /// busy process on 2 cores, 2 threads trained at half of 1 thread's speed.
-/// libgomp reads OMP_WAIT_POLICY once, before main(), so the CLI sets it to
-/// passive and runs itself again; a policy set by the user stays.
-void wait_passively_in_openmp(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") != nullptr) return;
-  if (::setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+/// Threads that sleep at once pay a wake-up for each of the step's many
+/// short parallel regions (a third of the speed on an idle machine). So the
+/// CLI has them spin briefly, then sleep: OMP_WAIT_POLICY=passive with
+/// GOMP_SPINCOUNT=1000 (a few microseconds). libgomp reads both once, before
+/// main(), so the CLI sets them and runs itself again; a policy or spin
+/// count set by the user stays.
+void wait_briefly_in_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr)
+    return;
+  if (::setenv("OMP_WAIT_POLICY", "passive", 1) != 0 ||
+      ::setenv("GOMP_SPINCOUNT", "1000", 1) != 0)
+    return;
   ::execv("/proc/self/exe", argv);  // returns only on failure: run on, threads spinning
 }
 
@@ -914,7 +921,7 @@ int run(int argc, char** argv) {
 }  // namespace lowbit::cli
 
 int main(int argc, char** argv) {
-  lowbit::cli::wait_passively_in_openmp(argv);
+  lowbit::cli::wait_briefly_in_openmp(argv);
   // Every failure ends here as one "error:" line and exit status 1: no
   // uncaught exception (abort, core dump) escapes.
   try {
