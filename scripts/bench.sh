@@ -14,7 +14,7 @@
 #   results.md                 the tables, and kernels_roofline.png and
 #                              training.png (matplotlib)
 # Meant to finish in under 5 minutes on an H100/H200 (no GPU run has timed
-# it yet); 81 s on this project's 2-core CPU machine, PyTorch included.
+# it yet); about 105 s on this project's 2-core CPU machine, PyTorch included.
 #
 # Usage: scripts/bench.sh [options]
 #   --out DIR        where the results go (default bench-results/)
