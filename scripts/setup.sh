@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 packages=(cmake g++ make googletest libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
           libcli11-dev zlib1g-dev dataset-fashion-mnist
           python3 python3-jsonschema python3-markdown python3-matplotlib libboost-context-dev)
+# The PyTorch operators (-DLOWBIT_TORCH=ON, as scripts/test.sh builds) need
+# libtorch, and their tests Debian's torch.
+case " $* " in
+  *" -DLOWBIT_TORCH=ON "*) packages+=(libtorch-dev python3-torch) ;;
+esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

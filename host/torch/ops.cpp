@@ -1,0 +1,150 @@
+// lowbit's quantizers as PyTorch operators (torch.ops.lowbit.*), with
+// autograd through the 1-bit mask the forward saves. CPU tensors run the CPU
+// backend's kernels (host/backends/cpu_quant.hpp), the same bits as
+// lowbit::ref; each op states which torch op it equals bit for bit.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "backends/cpu_quant.hpp"
+#include "lowbit/error.hpp"
+#include "lowbit/types.hpp"
+
+namespace lowbit::torch_ops {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+/// Runs f, turning a lowbit::Error into torch's error (a RuntimeError in
+/// Python) with the same message.
+template <class F>
+void translating_errors(const char* op, const F& f) {
+  try {
+    f();
+  } catch (const lowbit::Error& e) {
+    TORCH_CHECK(false, "lowbit::", op, ": ", e.what());
+  }
+}
+
+void check_float_cpu(const Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu(), what, " must be a CPU tensor (the CUDA ops are not built yet)");
+  TORCH_CHECK(t.scalar_type() == at::kFloat, what, " must be float32, got ", t.scalar_type());
+}
+
+std::vector<std::int64_t> shape_of(const Tensor& t) {
+  return std::vector<std::int64_t>(t.sizes().begin(), t.sizes().end());
+}
+
+/// The saved straight-through mask: mask_words(n) 32-bit words in an int32
+/// tensor, bit i % 32 of word i / 32 set where element i passed.
+Tensor new_mask(std::int64_t n) {
+  return at::empty({mask_words(n)}, at::TensorOptions().dtype(at::kInt));
+}
+
+std::uint32_t* mask_data(Tensor& mask) {
+  return reinterpret_cast<std::uint32_t*>(mask.data_ptr<std::int32_t>());
+}
+
+/// y = fake quant of x with per-channel (or one) scale and zero point; the
+/// mask for the backward goes to `mask`.
+Tensor affine_forward(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
+                      const ChannelLayout& layout, AffineQuant quant, Tensor& mask) {
+  const Tensor xc = x.contiguous();
+  const Tensor s = scale.to(at::kFloat).contiguous();
+  const Tensor z = zero_point.to(at::kInt).contiguous();
+  Tensor y = at::empty_like(xc);
+  mask = new_mask(layout.size());
+  translating_errors("fake_quant_affine", [&] {
+    cpu::fake_quant_affine(xc.data_ptr<float>(), y.data_ptr<float>(), layout, s.data_ptr<float>(),
+                           z.data_ptr<std::int32_t>(), quant, mask_data(mask));
+  });
+  return y;
+}
+
+Tensor ste(const Tensor& dy, Tensor mask) {
+  const Tensor g = dy.to(at::kFloat).contiguous();
+  Tensor dx = at::empty_like(g);
+  cpu::ste_backward(g.data_ptr<float>(), mask_data(mask), MaskFormat::pass, g.numel(),
+                    dx.data_ptr<float>());
+  return dx;
+}
+
+/// torch.fake_quantize_per_tensor_affine's semantics and bits: y =
+/// (clamp(nearbyint(x·(1/scale)) + zero_point, qmin, qmax) - zero_point)·scale,
+/// dx = dy where the unclamped level lies within [qmin, qmax].
+class PerTensorAffine : public torch::autograd::Function<PerTensorAffine> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, double scale,
+                        std::int64_t zero_point, std::int64_t quant_min, std::int64_t quant_max) {
+    check_float_cpu(x, "x");
+    const Tensor s = at::full({1}, scale, at::TensorOptions().dtype(at::kFloat));
+    const Tensor z = at::full({1}, zero_point, at::TensorOptions().dtype(at::kInt));
+    Tensor mask;
+    Tensor y =
+        affine_forward(x, s, z, ChannelLayout::per_tensor(x.numel()),
+                       AffineQuant{static_cast<int>(quant_min), static_cast<int>(quant_max)}, mask);
+    ctx->save_for_backward({mask});
+    return y;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const Tensor dx = ste(grads[0], ctx->get_saved_variables()[0]);
+    return {dx, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+/// torch.fake_quantize_per_channel_affine's semantics and bits, one scale
+/// and zero point per index of `axis`.
+class PerChannelAffine : public torch::autograd::Function<PerChannelAffine> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& scale,
+                        const Tensor& zero_point, std::int64_t axis, std::int64_t quant_min,
+                        std::int64_t quant_max) {
+    check_float_cpu(x, "x");
+    TORCH_CHECK(axis >= 0 && axis < x.dim(), "axis ", axis, " is outside 0..", x.dim() - 1);
+    TORCH_CHECK(scale.dim() == 1 && scale.numel() == x.size(axis), "scale must hold ", x.size(axis),
+                " values (x.size(axis))");
+    TORCH_CHECK(zero_point.dim() == 1 && zero_point.numel() == x.size(axis),
+                "zero_point must hold ", x.size(axis), " values (x.size(axis))");
+    Tensor mask;
+    Tensor y = affine_forward(
+        x, scale, zero_point, ChannelLayout::per_channel(shape_of(x), static_cast<int>(axis)),
+        AffineQuant{static_cast<int>(quant_min), static_cast<int>(quant_max)}, mask);
+    ctx->save_for_backward({mask});
+    return y;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const Tensor dx = ste(grads[0], ctx->get_saved_variables()[0]);
+    return {dx, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor fake_quant_per_tensor_affine(const Tensor& x, double scale, std::int64_t zero_point,
+                                    std::int64_t quant_min, std::int64_t quant_max) {
+  return PerTensorAffine::apply(x, scale, zero_point, quant_min, quant_max);
+}
+
+Tensor fake_quant_per_channel_affine(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
+                                     std::int64_t axis, std::int64_t quant_min,
+                                     std::int64_t quant_max) {
+  return PerChannelAffine::apply(x, scale, zero_point, axis, quant_min, quant_max);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lowbit, m) {
+  m.def(
+      "fake_quant_per_tensor_affine(Tensor x, float scale, int zero_point, int quant_min, "
+      "int quant_max) -> Tensor",
+      &fake_quant_per_tensor_affine);
+  m.def(
+      "fake_quant_per_channel_affine(Tensor x, Tensor scale, Tensor zero_point, int axis, "
+      "int quant_min, int quant_max) -> Tensor",
+      &fake_quant_per_channel_affine);
+}
+
+}  // namespace lowbit::torch_ops

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""lowbit_torch's operators against PyTorch's own, on seeded random inputs:
+outputs and input gradients bit for bit (float bits compared as integers),
+per tensor and per channel on every axis, signed and unsigned grids of 2..8
+bits, with exact ties and values beyond the grid. Usage: test_ops.py LIBRARY."""
+
+import os
+import sys
+import unittest
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "host",
+                                "torch"))
+import lowbit_torch  # noqa: E402
+
+GRIDS = [(0, (1 << b) - 1) for b in (2, 4, 8)] + [(-(1 << (b - 1)), (1 << (b - 1)) - 1)
+                                                   for b in (3, 4, 8)]
+
+
+def same_bits(a, b):
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32),
+                                              b.contiguous().view(torch.int32))
+
+
+def inputs(shape, scale, generator):
+    """Normal values spread over about twice the grid, and a quarter of them
+    on exact ties (k + 0.5)·scale."""
+    x = torch.randn(shape, generator=generator) * scale * 12
+    ties = torch.rand(shape, generator=generator) < 0.25
+    k = torch.randint(-20, 20, shape, generator=generator).float()
+    return torch.where(ties, (k + 0.5) * scale, x)
+
+
+def forward_backward(op, x, grad, *args):
+    x = x.clone().requires_grad_()
+    y = op(x, *args)
+    y.backward(grad)
+    return y.detach(), x.grad
+
+
+class Affine(unittest.TestCase):
+    def test_per_tensor_equals_torch(self):
+        g = torch.Generator().manual_seed(1)
+        for quant_min, quant_max in GRIDS:
+            for shape in [(1,), (33,), (5, 7, 3), (2, 3, 4, 5)]:
+                scale = float(torch.rand(1, generator=g)) * 0.2 + 1e-3
+                zero_point = int(torch.randint(quant_min, quant_max + 1, (1,), generator=g))
+                x = inputs(shape, scale, g)
+                grad = torch.randn(shape, generator=g)
+                ours = forward_backward(lowbit_torch.fake_quant_per_tensor_affine, x, grad, scale,
+                                        zero_point, quant_min, quant_max)
+                theirs = forward_backward(torch.fake_quantize_per_tensor_affine, x, grad, scale,
+                                          zero_point, quant_min, quant_max)
+                what = f"grid [{quant_min}, {quant_max}], shape {shape}"
+                self.assertTrue(same_bits(ours[0], theirs[0]), "output, " + what)
+                self.assertTrue(same_bits(ours[1], theirs[1]), "gradient, " + what)
+
+    def test_per_channel_equals_torch_on_every_axis(self):
+        g = torch.Generator().manual_seed(2)
+        shape = (3, 5, 4, 6)
+        for quant_min, quant_max in GRIDS:
+            for axis in range(len(shape)):
+                channels = shape[axis]
+                scale = torch.rand(channels, generator=g) * 0.2 + 1e-3
+                zero_point = torch.randint(quant_min, quant_max + 1, (channels,), generator=g,
+                                           dtype=torch.int32)
+                x = inputs(shape, float(scale.mean()), g)
+                grad = torch.randn(shape, generator=g)
+                ours = forward_backward(lowbit_torch.fake_quant_per_channel_affine, x, grad, scale,
+                                        zero_point, axis, quant_min, quant_max)
+                theirs = forward_backward(torch.fake_quantize_per_channel_affine, x, grad, scale,
+                                          zero_point, axis, quant_min, quant_max)
+                what = f"grid [{quant_min}, {quant_max}], axis {axis}"
+                self.assertTrue(same_bits(ours[0], theirs[0]), "output, " + what)
+                self.assertTrue(same_bits(ours[1], theirs[1]), "gradient, " + what)
+
+    def test_non_contiguous_input(self):
+        g = torch.Generator().manual_seed(3)
+        x = inputs((6, 8), 0.05, g).t()  # a transposed view
+        ours = lowbit_torch.fake_quant_per_tensor_affine(x, 0.05, 3, 0, 15)
+        self.assertTrue(same_bits(ours, torch.fake_quantize_per_tensor_affine(x, 0.05, 3, 0, 15)))
+
+    def test_bad_arguments_raise_clear_errors(self):
+        x = torch.zeros(4, 3)
+        with self.assertRaisesRegex(RuntimeError, "scale of channel 0 must be positive"):
+            lowbit_torch.fake_quant_per_tensor_affine(x, -1.0, 0, 0, 15)
+        with self.assertRaisesRegex(RuntimeError, "must be below qmax"):
+            lowbit_torch.fake_quant_per_tensor_affine(x, 0.1, 0, 15, 0)
+        with self.assertRaisesRegex(RuntimeError, "axis 2 is outside 0..1"):
+            lowbit_torch.fake_quant_per_channel_affine(x, torch.ones(3), torch.zeros(3), 2, 0, 15)
+        with self.assertRaisesRegex(RuntimeError, "scale must hold 3 values"):
+            lowbit_torch.fake_quant_per_channel_affine(x, torch.ones(4), torch.zeros(3), 1, 0, 15)
+        with self.assertRaisesRegex(RuntimeError, "must be float32"):
+            lowbit_torch.fake_quant_per_tensor_affine(x.double(), 0.1, 0, 0, 15)
+
+
+if __name__ == "__main__":
+    lowbit_torch.load(sys.argv.pop(1) if len(sys.argv) > 1 else None)
+    unittest.main()
