@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/cpu_quant.hpp"
+#include "backends/cpu_reductions.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/types.hpp"
 
@@ -19,6 +20,9 @@ namespace {
 using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
+
+/// The axis value that marks one range for the whole tensor.
+constexpr std::int64_t kPerTensor = -1;
 
 /// Runs f, turning a lowbit::Error into torch's error (a RuntimeError in
 /// Python) with the same message.
@@ -123,6 +127,77 @@ class PerChannelAffine : public torch::autograd::Function<PerChannelAffine> {
   }
 };
 
+/// TensorFlow's range fake quant with its gradients: FakeQuantWithMinMaxVars
+/// (one range: min and max hold one value) and
+/// FakeQuantWithMinMaxVarsPerChannel (a range per index of `axis`; TensorFlow
+/// takes the last), bit for bit, outputs and dx, d_min, d_max.
+class Range : public torch::autograd::Function<Range> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& min, const Tensor& max,
+                        std::int64_t axis, std::int64_t num_bits, bool narrow_range) {
+    check_float_cpu(x, "x");
+    const bool per_tensor = axis == kPerTensor;
+    TORCH_CHECK(per_tensor || (axis >= 0 && axis < x.dim()), "axis ", axis, " is outside 0..",
+                x.dim() - 1);
+    const std::int64_t channels = per_tensor ? 1 : x.size(axis);
+    TORCH_CHECK(min.numel() == channels && max.numel() == channels, "min and max must hold ",
+                channels, per_tensor ? " value" : " values (x.size(axis))");
+    const ChannelLayout layout = range_layout(shape_of(x), axis);
+    const Tensor xc = x.contiguous();
+    const Tensor lo = min.detach().to(at::kFloat).contiguous();
+    const Tensor hi = max.detach().to(at::kFloat).contiguous();
+    Tensor y = at::empty_like(xc);
+    Tensor mask = at::empty({mask_words(layout.size(), MaskFormat::sides)},
+                            at::TensorOptions().dtype(at::kInt));
+    translating_errors("fake_quant_range", [&] {
+      cpu::fake_quant_range(xc.data_ptr<float>(), y.data_ptr<float>(), layout, lo.data_ptr<float>(),
+                            hi.data_ptr<float>(),
+                            RangeQuant{static_cast<int>(num_bits), narrow_range}, mask_data(mask),
+                            MaskFormat::sides);
+    });
+    ctx->save_for_backward({mask, min, max});
+    ctx->saved_data["axis"] = axis;
+    ctx->saved_data["shape"] = x.sizes();
+    return y;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const tensor_list saved = ctx->get_saved_variables();
+    Tensor mask = saved[0];
+    const ChannelLayout layout =
+        range_layout(ctx->saved_data["shape"].toIntVector(), ctx->saved_data["axis"].toInt());
+    const Tensor dy = grads[0].to(at::kFloat).contiguous();
+    Tensor dx = at::empty_like(dy);
+    Tensor d_min = at::empty({layout.channels}, dy.options());
+    Tensor d_max = at::empty({layout.channels}, dy.options());
+    Tensor workspace = at::empty({static_cast<std::int64_t>(reduction_workspace_bytes(layout))},
+                                 at::TensorOptions().dtype(at::kByte));
+    cpu::ste_backward_range(dy.data_ptr<float>(), mask_data(mask), layout, dx.data_ptr<float>(),
+                            d_min.data_ptr<float>(), d_max.data_ptr<float>(),
+                            {workspace.data_ptr(), static_cast<std::size_t>(workspace.numel())});
+    return {dx,      d_min.view(saved[1].sizes()), d_max.view(saved[2].sizes()), Tensor(), Tensor(),
+            Tensor()};
+  }
+
+ private:
+  static ChannelLayout range_layout(const std::vector<std::int64_t>& shape, std::int64_t axis) {
+    if (axis != kPerTensor) return ChannelLayout::per_channel(shape, static_cast<int>(axis));
+    std::int64_t n = 1;
+    for (const std::int64_t d : shape) n *= d;
+    return ChannelLayout::per_tensor(n);
+  }
+};
+
+Tensor fake_quant_range(const Tensor& x, const Tensor& min, const Tensor& max,
+                        std::int64_t num_bits, bool narrow_range) {
+  return Range::apply(x, min, max, kPerTensor, num_bits, narrow_range);
+}
+
+Tensor fake_quant_range_per_channel(const Tensor& x, const Tensor& min, const Tensor& max,
+                                    std::int64_t axis, std::int64_t num_bits, bool narrow_range) {
+  TORCH_CHECK(axis != kPerTensor, "axis must be a dimension of x");
+  return Range::apply(x, min, max, axis, num_bits, narrow_range);
+}
+
 Tensor fake_quant_per_tensor_affine(const Tensor& x, double scale, std::int64_t zero_point,
                                     std::int64_t quant_min, std::int64_t quant_max) {
   return PerTensorAffine::apply(x, scale, zero_point, quant_min, quant_max);
@@ -145,6 +220,14 @@ TORCH_LIBRARY(lowbit, m) {
       "fake_quant_per_channel_affine(Tensor x, Tensor scale, Tensor zero_point, int axis, "
       "int quant_min, int quant_max) -> Tensor",
       &fake_quant_per_channel_affine);
+  m.def(
+      "fake_quant_range(Tensor x, Tensor min, Tensor max, int num_bits=8, "
+      "bool narrow_range=False) -> Tensor",
+      &fake_quant_range);
+  m.def(
+      "fake_quant_range_per_channel(Tensor x, Tensor min, Tensor max, int axis, "
+      "int num_bits=8, bool narrow_range=False) -> Tensor",
+      &fake_quant_range_per_channel);
 }
 
 }  // namespace lowbit::torch_ops

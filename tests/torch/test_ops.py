@@ -1,19 +1,24 @@
 #!/usr/bin/env python3
-"""lowbit_torch's operators against PyTorch's own, on seeded random inputs:
-outputs and input gradients bit for bit (float bits compared as integers),
-per tensor and per channel on every axis, signed and unsigned grids of 2..8
-bits, with exact ties and values beyond the grid. Usage: test_ops.py LIBRARY."""
+"""lowbit_torch's operators against the frameworks' own. Affine: against
+PyTorch's, on seeded random inputs, outputs and input gradients bit for bit
+(float bits compared as integers), per tensor and per channel on every
+axis, signed and unsigned grids of 2..8 bits, with exact ties and values
+beyond the grid. Range: against TensorFlow's golden vectors, outputs and
+dx, d_min, d_max bit for bit. Usage: test_ops.py LIBRARY."""
 
+import json
 import os
 import sys
 import unittest
 
+import numpy
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "host",
                                 "torch"))
 import lowbit_torch  # noqa: E402
 
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data")
 GRIDS = [(0, (1 << b) - 1) for b in (2, 4, 8)] + [(-(1 << (b - 1)), (1 << (b - 1)) - 1)
                                                    for b in (3, 4, 8)]
 
@@ -93,6 +98,65 @@ class Affine(unittest.TestCase):
             lowbit_torch.fake_quant_per_channel_affine(x, torch.ones(4), torch.zeros(3), 1, 0, 15)
         with self.assertRaisesRegex(RuntimeError, "must be float32"):
             lowbit_torch.fake_quant_per_tensor_affine(x.double(), 0.1, 0, 0, 15)
+
+
+def from_bits(bits, shape=None):
+    t = torch.from_numpy(numpy.array(bits, dtype=numpy.uint32).view(numpy.float32).copy())
+    return t.reshape(shape) if shape is not None else t
+
+
+def bits_of(t):
+    """Each float's bits, every NaN as one value ("nan"): which NaN a sum
+    keeps depends on operand order (docs/numerics.md)."""
+    values = t.detach().reshape(-1)
+    bits = values.view(torch.int32).numpy().view(numpy.uint32).tolist()
+    return ["nan" if v != v else b for v, b in zip(values.tolist(), bits)]
+
+
+def golden_bits(bits):
+    return bits_of(from_bits(bits))
+
+
+class Range(unittest.TestCase):
+    """TensorFlow's own outputs and gradients (tests/data/range_golden.json,
+    from TensorFlow 2.21's CPU kernels): FakeQuantWithMinMaxVars and
+    ...PerChannel (one range per column), every width and range kind there,
+    bit for bit (NaN payloads aside). (...Args multiplies by the inverse scale where ...Vars
+    divides; no operator here follows it.)"""
+
+    def test_tensorflow_golden_vectors(self):
+        with open(os.path.join(DATA, "range_golden.json"), encoding="utf-8") as f:
+            cases = [c for c in json.load(f)["cases"] if c["op"] != "args"]
+        self.assertGreater(len(cases), 150)
+        for case in cases:
+            with self.subTest(case["name"]):
+                x = from_bits(case["x_bits"], case["shape"]).requires_grad_()
+                lo = from_bits(case["min_bits"]).requires_grad_()
+                hi = from_bits(case["max_bits"]).requires_grad_()
+                if case["op"] == "vars_per_channel":
+                    y = torch.ops.lowbit.fake_quant_range_per_channel(
+                        x, lo, hi, x.dim() - 1, case["bits"], case["narrow_range"])
+                else:
+                    y = torch.ops.lowbit.fake_quant_range(x, lo, hi, case["bits"],
+                                                          case["narrow_range"])
+                self.assertEqual(bits_of(y), golden_bits(case["y_bits"]), "output")
+                if "dy_bits" not in case:
+                    continue
+                y.backward(from_bits(case["dy_bits"], case["shape"]))
+                self.assertEqual(bits_of(x.grad), golden_bits(case["dx_bits"]), "dx")
+                if "d_min_bits" in case:
+                    self.assertEqual(bits_of(lo.grad), golden_bits(case["d_min_bits"]), "d_min")
+                    self.assertEqual(bits_of(hi.grad), golden_bits(case["d_max_bits"]), "d_max")
+
+    def test_bad_arguments_raise_clear_errors(self):
+        x = torch.zeros(4, 3)
+        one, two = torch.zeros(1), torch.ones(1)
+        with self.assertRaisesRegex(RuntimeError, "bits must be in 2..16"):
+            torch.ops.lowbit.fake_quant_range(x, one, two, 1, False)
+        with self.assertRaisesRegex(RuntimeError, "min and max must hold 3 values"):
+            torch.ops.lowbit.fake_quant_range_per_channel(x, one, two, 1, 8, False)
+        with self.assertRaisesRegex(RuntimeError, "min and max must hold 1 value"):
+            torch.ops.lowbit.fake_quant_range(x, torch.zeros(3), torch.ones(3), 8, False)
 
 
 if __name__ == "__main__":

@@ -4,17 +4,18 @@
     lowbit_torch.load("build/host/torch/liblowbit_torch.so")
     y = lowbit_torch.fake_quant_per_channel_affine(w, scale, zero_point, 0, -8, 7)
 
-Each function has the arguments and the results of the torch op it names,
-bit for bit, outputs and gradients; the backward reads a 1-bit mask saved by
-the forward (PyTorch keeps one byte per element). Built with
--DLOWBIT_TORCH=ON (CPU tensors of float32 so far).
+Each function has the arguments and the results of the PyTorch or
+TensorFlow op it names, bit for bit, outputs and gradients; the backward
+reads a 1-bit mask saved by the forward (PyTorch keeps one byte per
+element). Built with -DLOWBIT_TORCH=ON (CPU tensors of float32 so far).
 """
 
 import os
 
 import torch
 
-__all__ = ["load", "fake_quant_per_tensor_affine", "fake_quant_per_channel_affine"]
+__all__ = ["load", "fake_quant_per_tensor_affine", "fake_quant_per_channel_affine",
+           "fake_quant_range"]
 
 _DEFAULT_LIBRARY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "build", "host",
                                 "torch", "liblowbit_torch.so")
@@ -42,3 +43,14 @@ def fake_quant_per_channel_affine(x, scale, zero_point, axis, quant_min, quant_m
     quant_min, quant_max), bit for bit."""
     return torch.ops.lowbit.fake_quant_per_channel_affine(x, scale, zero_point, axis, quant_min,
                                                           quant_max)
+
+
+def fake_quant_range(x, min, max, num_bits=8, narrow_range=False, axis=None):
+    """TensorFlow's tf.quantization.fake_quant_with_min_max_vars (axis None:
+    min and max hold one value) or ..._per_channel (a range per index of
+    `axis`; TensorFlow's is the last), bit for bit, with the gradients of its
+    ..._gradient ops for x, min and max."""
+    if axis is None:
+        return torch.ops.lowbit.fake_quant_range(x, min, max, num_bits, narrow_range)
+    return torch.ops.lowbit.fake_quant_range_per_channel(x, min, max, axis % x.dim(), num_bits,
+                                                         narrow_range)
