@@ -44,6 +44,25 @@ std::vector<std::int64_t> shape_of(const Tensor& t) {
   return std::vector<std::int64_t>(t.sizes().begin(), t.sizes().end());
 }
 
+/// One channel for the whole tensor (axis kPerTensor), or one per index of
+/// `axis`.
+ChannelLayout layout_of(const std::vector<std::int64_t>& shape, std::int64_t axis) {
+  if (axis != kPerTensor) return ChannelLayout::per_channel(shape, static_cast<int>(axis));
+  std::int64_t n = 1;
+  for (const std::int64_t d : shape) n *= d;
+  return ChannelLayout::per_tensor(n);
+}
+
+/// Scratch for a per-channel reduction over `layout`.
+Tensor new_workspace(const ChannelLayout& layout) {
+  return at::empty({static_cast<std::int64_t>(reduction_workspace_bytes(layout))},
+                   at::TensorOptions().dtype(at::kByte));
+}
+
+Workspace workspace_of(Tensor& bytes) {
+  return {bytes.data_ptr(), static_cast<std::size_t>(bytes.numel())};
+}
+
 /// The saved straight-through mask: mask_words(n) 32-bit words in an int32
 /// tensor, bit i % 32 of word i / 32 set where element i passed.
 Tensor new_mask(std::int64_t n) {
@@ -142,7 +161,7 @@ class Range : public torch::autograd::Function<Range> {
     const std::int64_t channels = per_tensor ? 1 : x.size(axis);
     TORCH_CHECK(min.numel() == channels && max.numel() == channels, "min and max must hold ",
                 channels, per_tensor ? " value" : " values (x.size(axis))");
-    const ChannelLayout layout = range_layout(shape_of(x), axis);
+    const ChannelLayout layout = layout_of(shape_of(x), axis);
     const Tensor xc = x.contiguous();
     const Tensor lo = min.detach().to(at::kFloat).contiguous();
     const Tensor hi = max.detach().to(at::kFloat).contiguous();
@@ -164,26 +183,17 @@ class Range : public torch::autograd::Function<Range> {
     const tensor_list saved = ctx->get_saved_variables();
     Tensor mask = saved[0];
     const ChannelLayout layout =
-        range_layout(ctx->saved_data["shape"].toIntVector(), ctx->saved_data["axis"].toInt());
+        layout_of(ctx->saved_data["shape"].toIntVector(), ctx->saved_data["axis"].toInt());
     const Tensor dy = grads[0].to(at::kFloat).contiguous();
     Tensor dx = at::empty_like(dy);
     Tensor d_min = at::empty({layout.channels}, dy.options());
     Tensor d_max = at::empty({layout.channels}, dy.options());
-    Tensor workspace = at::empty({static_cast<std::int64_t>(reduction_workspace_bytes(layout))},
-                                 at::TensorOptions().dtype(at::kByte));
+    Tensor workspace = new_workspace(layout);
     cpu::ste_backward_range(dy.data_ptr<float>(), mask_data(mask), layout, dx.data_ptr<float>(),
                             d_min.data_ptr<float>(), d_max.data_ptr<float>(),
-                            {workspace.data_ptr(), static_cast<std::size_t>(workspace.numel())});
+                            workspace_of(workspace));
     return {dx,      d_min.view(saved[1].sizes()), d_max.view(saved[2].sizes()), Tensor(), Tensor(),
             Tensor()};
-  }
-
- private:
-  static ChannelLayout range_layout(const std::vector<std::int64_t>& shape, std::int64_t axis) {
-    if (axis != kPerTensor) return ChannelLayout::per_channel(shape, static_cast<int>(axis));
-    std::int64_t n = 1;
-    for (const std::int64_t d : shape) n *= d;
-    return ChannelLayout::per_tensor(n);
   }
 };
 
@@ -196,6 +206,62 @@ Tensor fake_quant_range_per_channel(const Tensor& x, const Tensor& min, const Te
                                     std::int64_t axis, std::int64_t num_bits, bool narrow_range) {
   TORCH_CHECK(axis != kPerTensor, "axis must be a dimension of x");
   return Range::apply(x, min, max, axis, num_bits, narrow_range);
+}
+
+/// The learned step size quantizer (LSQ, Esser et al. 2019): y =
+/// clamp(round_half_even(x/s), qmin, qmax)·s, the forward of
+/// torch._fake_quantize_learnable_per_*_affine with zero point 0 bit for bit;
+/// dx = dy strictly inside the grid, and d_scale scaled by LSQ's gradient
+/// scale 1/sqrt(elements per scale · qmax) (docs/numerics.md).
+class Lsq : public torch::autograd::Function<Lsq> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& scale,
+                        std::int64_t axis, std::int64_t quant_min, std::int64_t quant_max) {
+    check_float_cpu(x, "x");
+    TORCH_CHECK(axis == kPerTensor || (axis >= 0 && axis < x.dim()), "axis ", axis,
+                " is outside 0..", x.dim() - 1);
+    const ChannelLayout layout = layout_of(shape_of(x), axis);
+    TORCH_CHECK(scale.numel() == layout.channels, "scale must hold ", layout.channels,
+                axis == kPerTensor ? " value" : " values (x.size(axis))");
+    const Tensor xc = x.contiguous();
+    const Tensor s = scale.detach().to(at::kFloat).contiguous();
+    Tensor y = at::empty_like(xc);
+    translating_errors("lsq_fake_quant", [&] {
+      cpu::lsq_forward(xc.data_ptr<float>(), y.data_ptr<float>(), layout, s.data_ptr<float>(),
+                       LsqQuant{static_cast<int>(quant_min), static_cast<int>(quant_max)});
+    });
+    ctx->save_for_backward({xc, scale});
+    ctx->saved_data["axis"] = axis;
+    ctx->saved_data["quant_min"] = quant_min;
+    ctx->saved_data["quant_max"] = quant_max;
+    return y;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    const tensor_list saved = ctx->get_saved_variables();
+    const Tensor& x = saved[0];
+    const ChannelLayout layout = layout_of(shape_of(x), ctx->saved_data["axis"].toInt());
+    const LsqQuant quant{static_cast<int>(ctx->saved_data["quant_min"].toInt()),
+                         static_cast<int>(ctx->saved_data["quant_max"].toInt())};
+    const Tensor s = saved[1].detach().to(at::kFloat).contiguous();
+    const Tensor dy = grads[0].to(at::kFloat).contiguous();
+    Tensor dx = at::empty_like(dy);
+    Tensor d_scale = at::empty({layout.channels}, dy.options());
+    Tensor workspace = new_workspace(layout);
+    cpu::lsq_backward(dy.data_ptr<float>(), x.data_ptr<float>(), layout, s.data_ptr<float>(), quant,
+                      dx.data_ptr<float>(), d_scale.data_ptr<float>(), workspace_of(workspace));
+    return {dx, d_scale.view(saved[1].sizes()), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Tensor lsq_fake_quant(const Tensor& x, const Tensor& scale, std::int64_t quant_min,
+                      std::int64_t quant_max) {
+  return Lsq::apply(x, scale, kPerTensor, quant_min, quant_max);
+}
+
+Tensor lsq_fake_quant_per_channel(const Tensor& x, const Tensor& scale, std::int64_t axis,
+                                  std::int64_t quant_min, std::int64_t quant_max) {
+  TORCH_CHECK(axis != kPerTensor, "axis must be a dimension of x");
+  return Lsq::apply(x, scale, axis, quant_min, quant_max);
 }
 
 Tensor fake_quant_per_tensor_affine(const Tensor& x, double scale, std::int64_t zero_point,
@@ -228,6 +294,12 @@ TORCH_LIBRARY(lowbit, m) {
       "fake_quant_range_per_channel(Tensor x, Tensor min, Tensor max, int axis, "
       "int num_bits=8, bool narrow_range=False) -> Tensor",
       &fake_quant_range_per_channel);
+  m.def("lsq_fake_quant(Tensor x, Tensor scale, int quant_min, int quant_max) -> Tensor",
+        &lsq_fake_quant);
+  m.def(
+      "lsq_fake_quant_per_channel(Tensor x, Tensor scale, int axis, int quant_min, "
+      "int quant_max) -> Tensor",
+      &lsq_fake_quant_per_channel);
 }
 
 }  // namespace lowbit::torch_ops

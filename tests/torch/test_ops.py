@@ -4,7 +4,9 @@ PyTorch's, on seeded random inputs, outputs and input gradients bit for bit
 (float bits compared as integers), per tensor and per channel on every
 axis, signed and unsigned grids of 2..8 bits, with exact ties and values
 beyond the grid. Range: against TensorFlow's golden vectors, outputs and
-dx, d_min, d_max bit for bit. Usage: test_ops.py LIBRARY."""
+dx, d_min, d_max bit for bit. LSQ: its forward against PyTorch's
+learnable fake quant, and outputs and gradients against PyTorch's golden
+vectors. Usage: test_ops.py LIBRARY."""
 
 import json
 import os
@@ -157,6 +159,54 @@ class Range(unittest.TestCase):
             torch.ops.lowbit.fake_quant_range_per_channel(x, one, two, 1, 8, False)
         with self.assertRaisesRegex(RuntimeError, "min and max must hold 1 value"):
             torch.ops.lowbit.fake_quant_range(x, torch.zeros(3), torch.ones(3), 8, False)
+
+
+class Lsq(unittest.TestCase):
+    def test_forward_equals_torch_learnable_fake_quant(self):
+        g = torch.Generator().manual_seed(4)
+        for quant_min, quant_max in GRIDS:
+            x = inputs((4, 6, 5), 0.05, g)
+            scale = torch.rand(1, generator=g) * 0.1 + 1e-3
+            ours = torch.ops.lowbit.lsq_fake_quant(x, scale, quant_min, quant_max)
+            theirs = torch._fake_quantize_learnable_per_tensor_affine(
+                x, scale, torch.zeros(1), quant_min, quant_max, 1.0)
+            self.assertTrue(same_bits(ours, theirs), f"per tensor [{quant_min}, {quant_max}]")
+            for axis in range(3):
+                scale = torch.rand(x.shape[axis], generator=g) * 0.1 + 1e-3
+                ours = torch.ops.lowbit.lsq_fake_quant_per_channel(x, scale, axis, quant_min,
+                                                                   quant_max)
+                theirs = torch._fake_quantize_learnable_per_channel_affine(
+                    x, scale, torch.zeros(x.shape[axis]), axis, quant_min, quant_max, 1.0)
+                self.assertTrue(same_bits(ours, theirs), f"axis {axis} [{quant_min}, {quant_max}]")
+
+    def test_pytorch_golden_vectors(self):
+        """tests/data/lsq_golden.json (PyTorch 1.13's learnable fake quant,
+        with lowbit's gradient scale as its grad_factor): y bit for bit;
+        where the inputs avoid the bands at the grid ends, in which lowbit
+        follows Esser et al. and PyTorch does not (docs/numerics.md), dx bit
+        for bit too and d_scale to rounding (another summation order)."""
+        with open(os.path.join(DATA, "lsq_golden.json"), encoding="utf-8") as f:
+            cases = json.load(f)["cases"]
+        for case in cases:
+            with self.subTest(case["name"]):
+                x = from_bits(case["x_bits"], case["shape"])
+                scale = from_bits(case["scale_bits"]).requires_grad_()
+                per_tensor = case["mode"] == "per_tensor"
+                y = (torch.ops.lowbit.lsq_fake_quant(x, scale, case["qmin"], case["qmax"])
+                     if per_tensor else torch.ops.lowbit.lsq_fake_quant_per_channel(
+                         x, scale, case["axis"], case["qmin"], case["qmax"]))
+                self.assertEqual(bits_of(y), golden_bits(case["y_bits"]), "output")
+                if case["mode"] == "per_element":
+                    continue
+                x.requires_grad_()
+                y = (torch.ops.lowbit.lsq_fake_quant(x, scale, case["qmin"], case["qmax"])
+                     if per_tensor else torch.ops.lowbit.lsq_fake_quant_per_channel(
+                         x, scale, case["axis"], case["qmin"], case["qmax"]))
+                y.backward(from_bits(case["dy_bits"], case["shape"]))
+                self.assertEqual(bits_of(x.grad), golden_bits(case["dx_bits"]), "dx")
+                want = from_bits(case["d_scale_bits"])
+                self.assertTrue(torch.allclose(scale.grad, want, rtol=1e-5, atol=1e-6),
+                                f"d_scale {scale.grad} against PyTorch's {want}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import os
 import torch
 
 __all__ = ["load", "fake_quant_per_tensor_affine", "fake_quant_per_channel_affine",
-           "fake_quant_range"]
+           "fake_quant_range", "lsq_fake_quant"]
 
 _DEFAULT_LIBRARY = os.path.join(os.path.dirname(__file__), "..", "..", "..", "build", "host",
                                 "torch", "liblowbit_torch.so")
@@ -54,3 +54,14 @@ def fake_quant_range(x, min, max, num_bits=8, narrow_range=False, axis=None):
         return torch.ops.lowbit.fake_quant_range(x, min, max, num_bits, narrow_range)
     return torch.ops.lowbit.fake_quant_range_per_channel(x, min, max, axis % x.dim(), num_bits,
                                                          narrow_range)
+
+
+def lsq_fake_quant(x, scale, quant_min, quant_max, axis=None):
+    """The learned step size quantizer: the forward of
+    torch._fake_quantize_learnable_per_tensor_affine (axis None) or
+    ..._per_channel_affine with zero point 0, bit for bit; the backward of
+    Esser et al. (2019), d_scale scaled by 1/sqrt(elements per scale · quant_max)."""
+    if axis is None:
+        return torch.ops.lowbit.lsq_fake_quant(x, scale, quant_min, quant_max)
+    return torch.ops.lowbit.lsq_fake_quant_per_channel(x, scale, axis % x.dim(), quant_min,
+                                                       quant_max)
