@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "lenet_configs.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/data.hpp"
 #include "lowbit/deploy.hpp"
@@ -47,6 +48,7 @@
 namespace {
 
 using lowbit::Backend;
+using lowbit::bench::config_name;
 using lowbit::bench::fail;
 
 constexpr std::int64_t kTrainImages = 1024;
@@ -55,7 +57,6 @@ constexpr std::int64_t kClasses = 10;
 const std::vector<int> kConfigs = {0, 8, 4, 2};  // 0: fp32
 const std::vector<std::int64_t> kBatches = {1, 64, 1024};
 
-std::string config_name(int bits) { return bits == 0 ? "fp32" : "bits:" + std::to_string(bits); }
 
 std::string data_directory() {
   const char* dir = std::getenv("LOWBIT_DATA_DIR");
@@ -93,10 +94,7 @@ std::string train_checkpoint(int bits, const std::string& data_dir,
   o.epochs = 1;
   o.limit_train = kTrainImages;
   o.limit_test = kTestImages;
-  o.quantize.weight_bits = bits;
-  o.quantize.activation_bits = bits;
-  o.quantize.quant_delay = 0;
-  o.quantize.range = lowbit::recommended_range(bits, bits);
+  o.quantize = lowbit::bench::quantize_options(bits);
   o.save_path = (dir / (config_name(bits) + ".safetensors")).string();
   const std::unique_ptr<Backend> cpu = lowbit::make_cpu_backend();
   lowbit::train(o, *cpu, nullptr);

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "lenet_configs.hpp"
 #include "lowbit/backend.hpp"
 #include "lowbit/trainer.hpp"
 #include "train/session.hpp"
@@ -46,6 +47,7 @@ namespace {
 using lowbit::Backend;
 using lowbit::Session;
 using lowbit::TrainOptions;
+using lowbit::bench::config_name;
 using lowbit::bench::fail;
 using lowbit::bench::StageTimedBackend;
 
@@ -53,17 +55,11 @@ constexpr std::int64_t kExamples = 60000;  // Fashion-MNIST's training split
 constexpr std::int64_t kSide = 28;
 constexpr int kGpuStepsPerIteration = 20;
 
-/// 0 bits: fp32.
-std::string config_name(int bits) { return bits == 0 ? "fp32" : "bits:" + std::to_string(bits); }
-
 TrainOptions options_for(int bits, std::int64_t batch, bool graph) {
   TrainOptions o;
   o.batch = batch;
   o.use_graph = graph;
-  o.quantize.weight_bits = bits;
-  o.quantize.activation_bits = bits;
-  o.quantize.quant_delay = 0;
-  o.quantize.range = lowbit::recommended_range(bits, bits);
+  o.quantize = lowbit::bench::quantize_options(bits);
   return o;
 }
 
