@@ -274,34 +274,26 @@ void max_pool_2x2_backward(const Pool2dShape& s, int64_t planes, const float* x,
   }
 }
 
-}  // namespace
-
-float* Scratch::reserve(Slot slot, std::size_t floats) {
-  std::vector<float>& buffer = buffers_[slot];
-  if (buffer.size() < floats) {
+// `buffer` with at least `count` elements, grown (never shrunk) as needed.
+template <class T>
+T* grow(std::vector<T>& buffer, std::size_t count) {
+  if (buffer.size() < count) {
     try {
       buffer.clear();
-      buffer.resize(floats);
+      buffer.resize(count);
     } catch (const std::bad_alloc&) {
-      LOWBIT_EXPECTS(false, "cpu scratch: cannot allocate " +
-                                std::to_string(floats * sizeof(float)) + " bytes");
+      LOWBIT_EXPECTS(
+          false, "cpu scratch: cannot allocate " + std::to_string(count * sizeof(T)) + " bytes");
     }
   }
   return buffer.data();
 }
 
-std::int64_t* Scratch::reserve_offsets(std::size_t count) {
-  if (offsets_.size() < count) {
-    try {
-      offsets_.clear();
-      offsets_.resize(count);
-    } catch (const std::bad_alloc&) {
-      LOWBIT_EXPECTS(false, "cpu scratch: cannot allocate " +
-                                std::to_string(count * sizeof(std::int64_t)) + " bytes");
-    }
-  }
-  return offsets_.data();
-}
+}  // namespace
+
+float* Scratch::reserve(Slot slot, std::size_t floats) { return grow(buffers_[slot], floats); }
+
+std::int64_t* Scratch::reserve_offsets(std::size_t count) { return grow(offsets_, count); }
 
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* w, float* y,
                     Scratch& scratch) {

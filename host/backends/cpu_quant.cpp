@@ -531,9 +531,14 @@ class BiasWalk {
     period_ = layout.channels * layout.inner;
     if (period_ > kMaxSpread) return;
     const int64_t repeats = std::max<int64_t>(1, kSpreadTarget / period_);
-    spread_.resize(static_cast<std::size_t>(period_ * repeats));
-    for (std::size_t k = 0; k < spread_.size(); ++k)
-      spread_[k] = bias[(static_cast<int64_t>(k) / layout.inner) % layout.channels];
+    // The calling thread's buffer, kept between calls: the op runs in every
+    // training step, and the workers only read it while this walk lives.
+    thread_local std::vector<float> buffer;
+    buffer.resize(static_cast<std::size_t>(period_ * repeats));
+    for (std::size_t k = 0; k < buffer.size(); ++k)
+      buffer[k] = bias[(static_cast<int64_t>(k) / layout.inner) % layout.channels];
+    spread_ = buffer.data();
+    spread_length_ = static_cast<int64_t>(buffer.size());
   }
 
   void run(int64_t begin, int64_t end, Span s, const BiasWorkers& workers) const {
@@ -542,7 +547,7 @@ class BiasWalk {
       s.begin = begin;
       s.end = end;
       (bias_ == nullptr ? workers.none : workers.scalar)(s);
-    } else if (spread_.empty()) {
+    } else if (spread_ == nullptr) {
       for_each_run(layout_, begin, end, [&](int64_t c, int64_t b, int64_t e) {
         s.bias = bias_[c];
         s.begin = b;
@@ -550,12 +555,11 @@ class BiasWalk {
         workers.scalar(s);
       });
     } else {
-      const int64_t length = static_cast<int64_t>(spread_.size());
       while (begin < end) {
         const int64_t phase = begin % period_;
         s.begin = begin;
-        s.end = std::min(end, begin + length - phase);
-        s.bias_row = spread_.data() + phase;
+        s.end = std::min(end, begin + spread_length_ - phase);
+        s.bias_row = spread_ + phase;
         workers.row(s);
         begin = s.end;
       }
@@ -573,7 +577,8 @@ class BiasWalk {
   const float* bias_;
   ChannelLayout layout_;
   int64_t period_ = 0;
-  std::vector<float> spread_;
+  const float* spread_ = nullptr;
+  int64_t spread_length_ = 0;
 };
 
 }  // namespace

@@ -654,15 +654,20 @@ void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout, 
                   LsqQuant quant, float* dx, float* d_scale, Workspace workspace) {
   detail::check_lsq_backward(dy, x, layout, scale, quant, dx, d_scale, workspace);
   if (layout.size() == 0) return;
-  std::vector<float> inv_scale(static_cast<std::size_t>(layout.channels));
+  // The calling thread's buffer, kept between calls (the op runs in every
+  // training step); the workers see it through `inv_scale`, not by its name,
+  // which names each thread's own.
+  thread_local std::vector<float> buffer;
+  buffer.resize(static_cast<std::size_t>(layout.channels));
   for (std::int64_t c = 0; c < layout.channels; ++c)
-    inv_scale[static_cast<std::size_t>(c)] = make_lsq(scale[c], quant.qmin, quant.qmax).inv_scale;
+    buffer[static_cast<std::size_t>(c)] = make_lsq(scale[c], quant.qmin, quant.qmax).inv_scale;
+  const float* inv_scale = buffer.data();
   const float grad_scale = detail::lsq_gradient_scale(layout, quant);
   const Plan plan = make_plan(layout);
   reduce_channels<1>(
       plan, static_cast<float*>(workspace.data),
       [&](std::int64_t begin, std::int64_t end, float* partials) {
-        lsq_backward_tasks(plan, dy, x, inv_scale.data(), quant, dx, begin, end, partials);
+        lsq_backward_tasks(plan, dy, x, inv_scale, quant, dx, begin, end, partials);
       },
       fold_sums,
       [&](std::int64_t c, const std::array<float, 1>& totals) {
