@@ -1,7 +1,7 @@
 // lowbit's quantizers as PyTorch operators (torch.ops.lowbit.*), with
-// autograd through the 1-bit mask the forward saves. CPU tensors run the CPU
-// backend's kernels (host/backends/cpu_quant.hpp), the same bits as
-// lowbit::ref; each op states which torch op it equals bit for bit.
+// autograd through the 1-bit mask the forward saves. kernels.hpp runs them on
+// the tensors' device; each op states which torch or TensorFlow op it equals
+// bit for bit.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -9,9 +9,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "backends/cpu_quant.hpp"
-#include "backends/cpu_reductions.hpp"
-#include "lowbit/error.hpp"
+#include "kernels.hpp"
 #include "lowbit/types.hpp"
 
 namespace lowbit::torch_ops {
@@ -21,80 +19,13 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
-/// The axis value that marks one range for the whole tensor.
-constexpr std::int64_t kPerTensor = -1;
-
-/// Runs f, turning a lowbit::Error into torch's error (a RuntimeError in
-/// Python) with the same message.
-template <class F>
-void translating_errors(const char* op, const F& f) {
-  try {
-    f();
-  } catch (const lowbit::Error& e) {
-    TORCH_CHECK(false, "lowbit::", op, ": ", e.what());
-  }
+void check_axis(const Tensor& x, std::int64_t axis) {
+  TORCH_CHECK(axis == kPerTensor || (axis >= 0 && axis < x.dim()), "axis ", axis, " is outside 0..",
+              x.dim() - 1);
 }
 
-void check_float_cpu(const Tensor& t, const char* what) {
-  TORCH_CHECK(t.device().is_cpu(), what, " must be a CPU tensor (the CUDA ops are not built yet)");
-  TORCH_CHECK(t.scalar_type() == at::kFloat, what, " must be float32, got ", t.scalar_type());
-}
-
-std::vector<std::int64_t> shape_of(const Tensor& t) {
-  return std::vector<std::int64_t>(t.sizes().begin(), t.sizes().end());
-}
-
-/// One channel for the whole tensor (axis kPerTensor), or one per index of
-/// `axis`.
-ChannelLayout layout_of(const std::vector<std::int64_t>& shape, std::int64_t axis) {
-  if (axis != kPerTensor) return ChannelLayout::per_channel(shape, static_cast<int>(axis));
-  std::int64_t n = 1;
-  for (const std::int64_t d : shape) n *= d;
-  return ChannelLayout::per_tensor(n);
-}
-
-/// Scratch for a per-channel reduction over `layout`.
-Tensor new_workspace(const ChannelLayout& layout) {
-  return at::empty({static_cast<std::int64_t>(reduction_workspace_bytes(layout))},
-                   at::TensorOptions().dtype(at::kByte));
-}
-
-Workspace workspace_of(Tensor& bytes) {
-  return {bytes.data_ptr(), static_cast<std::size_t>(bytes.numel())};
-}
-
-/// The saved straight-through mask: mask_words(n) 32-bit words in an int32
-/// tensor, bit i % 32 of word i / 32 set where element i passed.
-Tensor new_mask(std::int64_t n) {
-  return at::empty({mask_words(n)}, at::TensorOptions().dtype(at::kInt));
-}
-
-std::uint32_t* mask_data(Tensor& mask) {
-  return reinterpret_cast<std::uint32_t*>(mask.data_ptr<std::int32_t>());
-}
-
-/// y = fake quant of x with per-channel (or one) scale and zero point; the
-/// mask for the backward goes to `mask`.
-Tensor affine_forward(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
-                      const ChannelLayout& layout, AffineQuant quant, Tensor& mask) {
-  const Tensor xc = x.contiguous();
-  const Tensor s = scale.to(at::kFloat).contiguous();
-  const Tensor z = zero_point.to(at::kInt).contiguous();
-  Tensor y = at::empty_like(xc);
-  mask = new_mask(layout.size());
-  translating_errors("fake_quant_affine", [&] {
-    cpu::fake_quant_affine(xc.data_ptr<float>(), y.data_ptr<float>(), layout, s.data_ptr<float>(),
-                           z.data_ptr<std::int32_t>(), quant, mask_data(mask));
-  });
-  return y;
-}
-
-Tensor ste(const Tensor& dy, Tensor mask) {
-  const Tensor g = dy.to(at::kFloat).contiguous();
-  Tensor dx = at::empty_like(g);
-  cpu::ste_backward(g.data_ptr<float>(), mask_data(mask), MaskFormat::pass, g.numel(),
-                    dx.data_ptr<float>());
-  return dx;
+AffineQuant grid(std::int64_t quant_min, std::int64_t quant_max) {
+  return {static_cast<int>(quant_min), static_cast<int>(quant_max)};
 }
 
 /// torch.fake_quantize_per_tensor_affine's semantics and bits: y =
@@ -104,19 +35,18 @@ class PerTensorAffine : public torch::autograd::Function<PerTensorAffine> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, double scale,
                         std::int64_t zero_point, std::int64_t quant_min, std::int64_t quant_max) {
-    check_float_cpu(x, "x");
-    const Tensor s = at::full({1}, scale, at::TensorOptions().dtype(at::kFloat));
-    const Tensor z = at::full({1}, zero_point, at::TensorOptions().dtype(at::kInt));
+    check_elements(x, "x");
+    const Tensor s = at::full({1}, scale, x.options().dtype(at::kFloat));
+    const Tensor z = at::full({1}, zero_point, x.options().dtype(at::kInt));
     Tensor mask;
-    Tensor y =
-        affine_forward(x, s, z, ChannelLayout::per_tensor(x.numel()),
-                       AffineQuant{static_cast<int>(quant_min), static_cast<int>(quant_max)}, mask);
+    Tensor y = fake_quant_affine(x, ChannelLayout::per_tensor(x.numel()), s, z,
+                                 grid(quant_min, quant_max), mask);
     ctx->save_for_backward({mask});
     return y;
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    const Tensor dx = ste(grads[0], ctx->get_saved_variables()[0]);
-    return {dx, Tensor(), Tensor(), Tensor(), Tensor()};
+    return {ste_backward(grads[0], ctx->get_saved_variables()[0]), Tensor(), Tensor(), Tensor(),
+            Tensor()};
   }
 };
 
@@ -127,22 +57,25 @@ class PerChannelAffine : public torch::autograd::Function<PerChannelAffine> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& scale,
                         const Tensor& zero_point, std::int64_t axis, std::int64_t quant_min,
                         std::int64_t quant_max) {
-    check_float_cpu(x, "x");
+    check_elements(x, "x");
     TORCH_CHECK(axis >= 0 && axis < x.dim(), "axis ", axis, " is outside 0..", x.dim() - 1);
     TORCH_CHECK(scale.dim() == 1 && scale.numel() == x.size(axis), "scale must hold ", x.size(axis),
                 " values (x.size(axis))");
     TORCH_CHECK(zero_point.dim() == 1 && zero_point.numel() == x.size(axis),
                 "zero_point must hold ", x.size(axis), " values (x.size(axis))");
     Tensor mask;
-    Tensor y = affine_forward(
-        x, scale, zero_point, ChannelLayout::per_channel(shape_of(x), static_cast<int>(axis)),
-        AffineQuant{static_cast<int>(quant_min), static_cast<int>(quant_max)}, mask);
+    Tensor y = fake_quant_affine(x, layout_of(shape_of(x), axis), scale, zero_point,
+                                 grid(quant_min, quant_max), mask);
     ctx->save_for_backward({mask});
     return y;
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    const Tensor dx = ste(grads[0], ctx->get_saved_variables()[0]);
-    return {dx, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {ste_backward(grads[0], ctx->get_saved_variables()[0]),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor()};
   }
 };
 
@@ -154,26 +87,15 @@ class Range : public torch::autograd::Function<Range> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& min, const Tensor& max,
                         std::int64_t axis, std::int64_t num_bits, bool narrow_range) {
-    check_float_cpu(x, "x");
-    const bool per_tensor = axis == kPerTensor;
-    TORCH_CHECK(per_tensor || (axis >= 0 && axis < x.dim()), "axis ", axis, " is outside 0..",
-                x.dim() - 1);
-    const std::int64_t channels = per_tensor ? 1 : x.size(axis);
-    TORCH_CHECK(min.numel() == channels && max.numel() == channels, "min and max must hold ",
-                channels, per_tensor ? " value" : " values (x.size(axis))");
+    check_elements(x, "x");
+    check_axis(x, axis);
     const ChannelLayout layout = layout_of(shape_of(x), axis);
-    const Tensor xc = x.contiguous();
-    const Tensor lo = min.detach().to(at::kFloat).contiguous();
-    const Tensor hi = max.detach().to(at::kFloat).contiguous();
-    Tensor y = at::empty_like(xc);
-    Tensor mask = at::empty({mask_words(layout.size(), MaskFormat::sides)},
-                            at::TensorOptions().dtype(at::kInt));
-    translating_errors("fake_quant_range", [&] {
-      cpu::fake_quant_range(xc.data_ptr<float>(), y.data_ptr<float>(), layout, lo.data_ptr<float>(),
-                            hi.data_ptr<float>(),
-                            RangeQuant{static_cast<int>(num_bits), narrow_range}, mask_data(mask),
-                            MaskFormat::sides);
-    });
+    TORCH_CHECK(min.numel() == layout.channels && max.numel() == layout.channels,
+                "min and max must hold ", layout.channels,
+                axis == kPerTensor ? " value" : " values (x.size(axis))");
+    Tensor mask;
+    Tensor y = fake_quant_range(x, layout, min, max,
+                                RangeQuant{static_cast<int>(num_bits), narrow_range}, mask);
     ctx->save_for_backward({mask, min, max});
     ctx->saved_data["axis"] = axis;
     ctx->saved_data["shape"] = x.sizes();
@@ -181,32 +103,80 @@ class Range : public torch::autograd::Function<Range> {
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     const tensor_list saved = ctx->get_saved_variables();
-    Tensor mask = saved[0];
     const ChannelLayout layout =
         layout_of(ctx->saved_data["shape"].toIntVector(), ctx->saved_data["axis"].toInt());
-    const Tensor dy = grads[0].to(at::kFloat).contiguous();
-    Tensor dx = at::empty_like(dy);
-    Tensor d_min = at::empty({layout.channels}, dy.options());
-    Tensor d_max = at::empty({layout.channels}, dy.options());
-    Tensor workspace = new_workspace(layout);
-    cpu::ste_backward_range(dy.data_ptr<float>(), mask_data(mask), layout, dx.data_ptr<float>(),
-                            d_min.data_ptr<float>(), d_max.data_ptr<float>(),
-                            workspace_of(workspace));
-    return {dx,      d_min.view(saved[1].sizes()), d_max.view(saved[2].sizes()), Tensor(), Tensor(),
+    const std::vector<Tensor> g = ste_backward_range(grads[0], saved[0], layout);
+    return {g[0],    g[1].view(saved[1].sizes()), g[2].view(saved[2].sizes()), Tensor(), Tensor(),
             Tensor()};
   }
 };
 
-Tensor fake_quant_range(const Tensor& x, const Tensor& min, const Tensor& max,
-                        std::int64_t num_bits, bool narrow_range) {
-  return Range::apply(x, min, max, kPerTensor, num_bits, narrow_range);
-}
+/// TensorFlow's weight quantization (tf.contrib.quantize, lowbit's weight
+/// FakeQuant): the range of the weights themselves per channel of `axis` (or
+/// of the whole tensor), symmetric [-max|w|, max|w|] or [min(w), max(w)],
+/// then FakeQuantWithMinMaxVars(PerChannel). group_size > 0 gives each run
+/// of group_size consecutive elements along the last dimension its own range
+/// instead. dx = dy inside the range; the range takes no gradient.
+class Weights : public torch::autograd::Function<Weights> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& w, std::int64_t num_bits,
+                        bool narrow_range, bool symmetric, std::int64_t axis,
+                        std::int64_t group_size) {
+    check_elements(w, "w");
+    check_axis(w, axis);
+    ChannelLayout layout = layout_of(shape_of(w), axis);
+    if (group_size > 0) {
+      TORCH_CHECK(w.dim() >= 1 && w.size(-1) % group_size == 0, "group_size ", group_size,
+                  " must divide the last dimension of w (", w.dim() ? w.size(-1) : 0, ")");
+      layout = {1, w.numel() / group_size, group_size};
+    }
+    Tensor mask;
+    Tensor y = fake_quant_weights(w, layout, RangeQuant{static_cast<int>(num_bits), narrow_range},
+                                  symmetric, mask);
+    ctx->save_for_backward({mask});
+    return y;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    return {ste_backward(grads[0], ctx->get_saved_variables()[0]),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor()};
+  }
+};
 
-Tensor fake_quant_range_per_channel(const Tensor& x, const Tensor& min, const Tensor& max,
-                                    std::int64_t axis, std::int64_t num_bits, bool narrow_range) {
-  TORCH_CHECK(axis != kPerTensor, "axis must be a dimension of x");
-  return Range::apply(x, min, max, axis, num_bits, narrow_range);
-}
+/// TensorFlow's activation quantization: an EMA of each batch's min and max
+/// (debiased, in `state`, updated in place on x's device without a host
+/// sync) and FakeQuantWithMinMaxVars with it. dx = dy inside the range.
+class Ema : public torch::autograd::Function<Ema> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, Tensor state, std::int64_t num_bits,
+                        bool narrow_range, double decay, bool lagged, std::int64_t quant_delay,
+                        std::int64_t freeze_step) {
+    check_elements(x, "x");
+    EmaConfig config;
+    config.quant = RangeQuant{static_cast<int>(num_bits), narrow_range};
+    config.decay = static_cast<float>(decay);
+    config.mode = lagged ? EmaMode::lagged : EmaMode::exact;
+    config.quant_delay = quant_delay;
+    config.freeze_step = freeze_step < 0 ? kNeverFreeze : freeze_step;
+    Tensor mask;
+    Tensor y = ema_fake_quant(x, state, config, mask);
+    ctx->save_for_backward({mask});
+    return y;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    return {ste_backward(grads[0], ctx->get_saved_variables()[0]),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor(),
+            Tensor()};
+  }
+};
 
 /// The learned step size quantizer (LSQ, Esser et al. 2019): y =
 /// clamp(round_half_even(x/s), qmin, qmax)·s, the forward of
@@ -217,19 +187,13 @@ class Lsq : public torch::autograd::Function<Lsq> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& scale,
                         std::int64_t axis, std::int64_t quant_min, std::int64_t quant_max) {
-    check_float_cpu(x, "x");
-    TORCH_CHECK(axis == kPerTensor || (axis >= 0 && axis < x.dim()), "axis ", axis,
-                " is outside 0..", x.dim() - 1);
+    check_elements(x, "x");
+    check_axis(x, axis);
     const ChannelLayout layout = layout_of(shape_of(x), axis);
     TORCH_CHECK(scale.numel() == layout.channels, "scale must hold ", layout.channels,
                 axis == kPerTensor ? " value" : " values (x.size(axis))");
     const Tensor xc = x.contiguous();
-    const Tensor s = scale.detach().to(at::kFloat).contiguous();
-    Tensor y = at::empty_like(xc);
-    translating_errors("lsq_fake_quant", [&] {
-      cpu::lsq_forward(xc.data_ptr<float>(), y.data_ptr<float>(), layout, s.data_ptr<float>(),
-                       LsqQuant{static_cast<int>(quant_min), static_cast<int>(quant_max)});
-    });
+    Tensor y = lsq_forward(xc, layout, scale, grid(quant_min, quant_max));
     ctx->save_for_backward({xc, scale});
     ctx->saved_data["axis"] = axis;
     ctx->saved_data["quant_min"] = quant_min;
@@ -239,40 +203,65 @@ class Lsq : public torch::autograd::Function<Lsq> {
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     const tensor_list saved = ctx->get_saved_variables();
     const Tensor& x = saved[0];
-    const ChannelLayout layout = layout_of(shape_of(x), ctx->saved_data["axis"].toInt());
-    const LsqQuant quant{static_cast<int>(ctx->saved_data["quant_min"].toInt()),
-                         static_cast<int>(ctx->saved_data["quant_max"].toInt())};
-    const Tensor s = saved[1].detach().to(at::kFloat).contiguous();
-    const Tensor dy = grads[0].to(at::kFloat).contiguous();
-    Tensor dx = at::empty_like(dy);
-    Tensor d_scale = at::empty({layout.channels}, dy.options());
-    Tensor workspace = new_workspace(layout);
-    cpu::lsq_backward(dy.data_ptr<float>(), x.data_ptr<float>(), layout, s.data_ptr<float>(), quant,
-                      dx.data_ptr<float>(), d_scale.data_ptr<float>(), workspace_of(workspace));
-    return {dx, d_scale.view(saved[1].sizes()), Tensor(), Tensor(), Tensor()};
+    const std::vector<Tensor> g = lsq_backward(
+        grads[0], x, layout_of(shape_of(x), ctx->saved_data["axis"].toInt()), saved[1],
+        grid(ctx->saved_data["quant_min"].toInt(), ctx->saved_data["quant_max"].toInt()));
+    return {g[0], g[1].view(saved[1].sizes()), Tensor(), Tensor(), Tensor()};
   }
 };
 
-Tensor lsq_fake_quant(const Tensor& x, const Tensor& scale, std::int64_t quant_min,
-                      std::int64_t quant_max) {
+Tensor fake_quant_per_tensor_affine_op(const Tensor& x, double scale, std::int64_t zero_point,
+                                       std::int64_t quant_min, std::int64_t quant_max) {
+  return PerTensorAffine::apply(x, scale, zero_point, quant_min, quant_max);
+}
+
+Tensor fake_quant_per_channel_affine_op(const Tensor& x, const Tensor& scale,
+                                        const Tensor& zero_point, std::int64_t axis,
+                                        std::int64_t quant_min, std::int64_t quant_max) {
+  return PerChannelAffine::apply(x, scale, zero_point, axis, quant_min, quant_max);
+}
+
+Tensor fake_quant_range_op(const Tensor& x, const Tensor& min, const Tensor& max,
+                           std::int64_t num_bits, bool narrow_range) {
+  return Range::apply(x, min, max, kPerTensor, num_bits, narrow_range);
+}
+
+Tensor fake_quant_range_per_channel_op(const Tensor& x, const Tensor& min, const Tensor& max,
+                                       std::int64_t axis, std::int64_t num_bits,
+                                       bool narrow_range) {
+  TORCH_CHECK(axis != kPerTensor, "axis must be a dimension of x");
+  return Range::apply(x, min, max, axis, num_bits, narrow_range);
+}
+
+Tensor fake_quant_weights_op(const Tensor& w, std::int64_t num_bits, bool narrow_range,
+                             bool symmetric, std::int64_t axis, std::int64_t group_size) {
+  return Weights::apply(w, num_bits, narrow_range, symmetric, axis, group_size);
+}
+
+Tensor ema_fake_quant_op(const Tensor& x, Tensor state, std::int64_t num_bits, bool narrow_range,
+                         double decay, bool lagged, std::int64_t quant_delay,
+                         std::int64_t freeze_step) {
+  return Ema::apply(x, state, num_bits, narrow_range, decay, lagged, quant_delay, freeze_step);
+}
+
+Tensor new_ema_state_op(at::Device device) { return new_ema_state(device); }
+
+Tensor lsq_fake_quant_op(const Tensor& x, const Tensor& scale, std::int64_t quant_min,
+                         std::int64_t quant_max) {
   return Lsq::apply(x, scale, kPerTensor, quant_min, quant_max);
 }
 
-Tensor lsq_fake_quant_per_channel(const Tensor& x, const Tensor& scale, std::int64_t axis,
-                                  std::int64_t quant_min, std::int64_t quant_max) {
+Tensor lsq_fake_quant_per_channel_op(const Tensor& x, const Tensor& scale, std::int64_t axis,
+                                     std::int64_t quant_min, std::int64_t quant_max) {
   TORCH_CHECK(axis != kPerTensor, "axis must be a dimension of x");
   return Lsq::apply(x, scale, axis, quant_min, quant_max);
 }
 
-Tensor fake_quant_per_tensor_affine(const Tensor& x, double scale, std::int64_t zero_point,
-                                    std::int64_t quant_min, std::int64_t quant_max) {
-  return PerTensorAffine::apply(x, scale, zero_point, quant_min, quant_max);
-}
-
-Tensor fake_quant_per_channel_affine(const Tensor& x, const Tensor& scale, const Tensor& zero_point,
-                                     std::int64_t axis, std::int64_t quant_min,
-                                     std::int64_t quant_max) {
-  return PerChannelAffine::apply(x, scale, zero_point, axis, quant_min, quant_max);
+Tensor lsq_init_scale_op(const Tensor& x, std::int64_t axis, std::int64_t quant_min,
+                         std::int64_t quant_max) {
+  check_elements(x, "x");
+  check_axis(x, axis);
+  return lsq_init_scale(x, layout_of(shape_of(x), axis), grid(quant_min, quant_max));
 }
 
 }  // namespace
@@ -281,25 +270,36 @@ TORCH_LIBRARY(lowbit, m) {
   m.def(
       "fake_quant_per_tensor_affine(Tensor x, float scale, int zero_point, int quant_min, "
       "int quant_max) -> Tensor",
-      &fake_quant_per_tensor_affine);
+      &fake_quant_per_tensor_affine_op);
   m.def(
       "fake_quant_per_channel_affine(Tensor x, Tensor scale, Tensor zero_point, int axis, "
       "int quant_min, int quant_max) -> Tensor",
-      &fake_quant_per_channel_affine);
+      &fake_quant_per_channel_affine_op);
   m.def(
       "fake_quant_range(Tensor x, Tensor min, Tensor max, int num_bits=8, "
       "bool narrow_range=False) -> Tensor",
-      &fake_quant_range);
+      &fake_quant_range_op);
   m.def(
       "fake_quant_range_per_channel(Tensor x, Tensor min, Tensor max, int axis, "
       "int num_bits=8, bool narrow_range=False) -> Tensor",
-      &fake_quant_range_per_channel);
+      &fake_quant_range_per_channel_op);
+  m.def(
+      "fake_quant_weights(Tensor w, int num_bits=8, bool narrow_range=True, bool symmetric=True, "
+      "int axis=0, int group_size=0) -> Tensor",
+      &fake_quant_weights_op);
+  m.def(
+      "ema_fake_quant(Tensor x, Tensor(a!) state, int num_bits=8, bool narrow_range=False, "
+      "float decay=0.999, bool lagged=False, int quant_delay=0, int freeze_step=-1) -> Tensor",
+      &ema_fake_quant_op);
+  m.def("new_ema_state(Device device) -> Tensor", &new_ema_state_op);
   m.def("lsq_fake_quant(Tensor x, Tensor scale, int quant_min, int quant_max) -> Tensor",
-        &lsq_fake_quant);
+        &lsq_fake_quant_op);
   m.def(
       "lsq_fake_quant_per_channel(Tensor x, Tensor scale, int axis, int quant_min, "
       "int quant_max) -> Tensor",
-      &lsq_fake_quant_per_channel);
+      &lsq_fake_quant_per_channel_op);
+  m.def("lsq_init_scale(Tensor x, int axis, int quant_min, int quant_max) -> Tensor",
+        &lsq_init_scale_op);
 }
 
 }  // namespace lowbit::torch_ops
