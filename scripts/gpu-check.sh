@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in three phases that each fit one call of the
+# Everything that needs a GPU, in four phases that each fit one call of the
 # device tool (at most 10 minutes a command, 15 minutes of device time per
 # issue, a machine start costs 1-2 of them). Each phase stops its steps at
 # PHASE_BUDGET seconds (default 450), so it ends within 8 minutes.
@@ -11,6 +11,9 @@
 #   phase 3  compute-sanitizer memcheck, racecheck and initcheck on the GPU
 #            tests, trimmed to fit: without GpuLargeTensor.* (2^31 elements)
 #            and GpuTrainer.* (whole trainings), which would take hours there
+#   phase 4  the PyTorch operators against the GPU's CUDA-enabled torch: build
+#            lowbit_torch (build-gpu-torch/), their CPU tests there, and the
+#            CUDA path against the CPU path (tests/torch/test_cuda.py)
 #
 # Each phase builds first (a no-op on the warm machine that ran the phase
 # before, which keeps build-gpu/). The tests run with LOWBIT_EXPECT_GPU=1, so
@@ -23,6 +26,7 @@
 #   run(command="scripts/gpu-check.sh 1", carry=["data"], timeout_s=540)
 #   run(command="scripts/gpu-check.sh 2", carry=["data"], timeout_s=540)
 #   run(command="scripts/gpu-check.sh 3", carry=["data"], timeout_s=540)
+#   run(command="scripts/gpu-check.sh 4", timeout_s=540)
 #   give_back()
 #
 # Output: the summary table last on stdout, and under $OUT (at most 8 files,
@@ -31,7 +35,7 @@
 # protocol.json, results.md, results.json and the two charts.
 # The exit status is 1 if any step failed, 2 for bad usage.
 #
-# Usage: scripts/gpu-check.sh PHASE      (PHASE: 1, 2 or 3; -h, --help: this)
+# Usage: scripts/gpu-check.sh PHASE      (PHASE: 1 to 4; -h, --help: this)
 # Environment:
 #   OUT           where the files go (default build-gpu/out)
 #   DATA          Fashion-MNIST directory (default data/fashion-mnist)
@@ -45,11 +49,23 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 case "${1:-}" in
   -h | --help) usage; exit 0 ;;
-  1 | 2 | 3) phase=$1 ;;
-  *) echo "gpu-check.sh: give a phase, 1, 2 or 3 (see --help)" >&2; exit 2 ;;
+  1 | 2 | 3 | 4) phase=$1 ;;
+  *) echo "gpu-check.sh: give a phase, 1 to 4 (see --help)" >&2; exit 2 ;;
 esac
 
 BUILD=build-gpu
+# Phase 4 builds only lowbit_torch, against the torch of the first python3
+# that has one, in a directory of its own so the other phases' build keeps
+# its options.
+configure_args=(-DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release)
+build_args=()
+if [ "$phase" = 4 ]; then
+  BUILD=build-gpu-torch
+  TORCH_PYTHON=$(scripts/python-with.sh torch) || TORCH_PYTHON=python3
+  configure_args+=(-DLOWBIT_TORCH=ON -DLOWBIT_BUILD_TESTS=OFF -DLOWBIT_BUILD_BENCH=OFF
+    "-DCMAKE_PREFIX_PATH=$("$TORCH_PYTHON" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)' 2>/dev/null)")
+  build_args=(--target lowbit_torch)
+fi
 OUT="${OUT:-$BUILD/out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -66,6 +82,7 @@ case $phase in
   1) default_steps="configure build gpu ctest" ;;
   2) default_steps="configure build train bench" ;;
   3) default_steps="configure build memcheck racecheck initcheck" ;;
+  4) default_steps="configure build torch" ;;
 esac
 STEPS="${STEPS:-$default_steps}"
 PHASE_BUDGET="${PHASE_BUDGET:-450}"
@@ -140,6 +157,12 @@ report() {
       done
       echo "  trimmed: $SANITIZED_TESTS"
       ;;
+    4)
+      for log in torch_cpu torch_cuda; do
+        [ -f "$LOGS/$log.log" ] || continue
+        echo "  $log: $(grep -E '^(OK|FAILED)|^Ran ' "$LOGS/$log.log" | tr '\n' ' ')"
+      done
+      ;;
   esac
 }
 
@@ -172,9 +195,8 @@ bench_tables() {
     grep -v '^## Kernels at\|^## Where' | sed 's/^/  /'
 }
 
-run_step configure 60 cmake -S . -B "$BUILD" -DCMAKE_CUDA_ARCHITECTURES=90 \
-  -DCMAKE_BUILD_TYPE=Release
-run_step build 270 cmake --build "$BUILD" -j "$(nproc)"
+run_step configure 60 cmake -S . -B "$BUILD" "${configure_args[@]}"
+run_step build 270 cmake --build "$BUILD" -j "$(nproc)" "${build_args[@]}"
 case $phase in
   1)
     # The card and driver, and the CUDA toolkit (phase 2's device column adds cuDNN).
@@ -199,6 +221,11 @@ case $phase in
     sanitize memcheck 150 --leak-check full
     sanitize racecheck 120
     sanitize initcheck 100
+    ;;
+  4)
+    TORCH_LIBRARY="$BUILD/host/torch/liblowbit_torch.so"
+    run_step torch_cpu 120 env PYTHON="$TORCH_PYTHON" tests/torch/run.sh "$TORCH_LIBRARY"
+    run_step torch_cuda 120 "$TORCH_PYTHON" tests/torch/test_cuda.py "$TORCH_LIBRARY" -v
     ;;
 esac
 

@@ -11,18 +11,18 @@ trap 'rm -rf "$out" "$stdout"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 help=$("$script" --help)
-for phase in 1 2 3; do
+for phase in 1 2 3 4; do
   grep -q "run(command=\"scripts/gpu-check.sh $phase\"" <<<"$help" ||
     fail "--help does not show the call of phase $phase"
 done
 rc=0; "$script" >/dev/null 2>&1 || rc=$?
 [ "$rc" -eq 2 ] || fail "no phase: exit $rc, expected 2"
-rc=0; "$script" 4 >/dev/null 2>&1 || rc=$?
-[ "$rc" -eq 2 ] || fail "phase 4: exit $rc, expected 2"
+rc=0; "$script" 5 >/dev/null 2>&1 || rc=$?
+[ "$rc" -eq 2 ] || fail "phase 5: exit $rc, expected 2"
 
 declare -A steps=([1]="configure build gpu ctest" [2]="configure build train_w0a0 train_w8a8
-train_w4a4 train_w2a2 bench" [3]="configure build memcheck racecheck initcheck")
-for phase in 1 2 3; do
+train_w4a4 train_w2a2 bench" [3]="configure build memcheck racecheck initcheck" [4]="configure build torch_cpu torch_cuda")
+for phase in 1 2 3 4; do
   rm -rf "${out:?}"/*
   rc=0
   OUT="$out" PHASE_BUDGET=0 "$script" "$phase" >"$stdout" 2>&1 || rc=$?
@@ -40,4 +40,4 @@ for phase in 1 2 3; do
   files=$(find "$out" -type f | wc -l)
   [ "$files" -le 8 ] || fail "phase $phase left $files files in \$OUT (the device tool brings back 8)"
 done
-echo "gpu-check.sh dry run: usage and all three phases behave"
+echo "gpu-check.sh dry run: usage and all four phases behave"
