@@ -532,7 +532,8 @@ class MatchesLowbitTrain(unittest.TestCase):
             theirs = self.lowbit[f"{name}/act_quant.ema.range"]
             ranges = max(ranges, np.abs(ours - theirs).max() / np.abs(theirs).max())
             steps, updates = state[16:32].view(torch.int64).tolist()
-            counters &= [steps, updates, 0] == self.lowbit[f"{name}/act_quant.ema.counters"].tolist()
+            saved = self.lowbit[f"{name}/act_quant.ema.counters"].tolist()
+            counters &= [steps, updates, 0] == saved
         return weights, ranges, abs(loss - self.lowbit_loss) / self.lowbit_loss, counters
 
     WEIGHTS_TOL, RANGES_TOL, LOSS_TOL = 1e-3, 1e-5, 1e-6
