@@ -112,3 +112,6 @@ def lsq_init_scale(x, quant_min, quant_max, axis=None):
     of `axis` (None: one)."""
     return torch.ops.lowbit.lsq_init_scale(x, -1 if axis is None else axis % x.dim(), quant_min,
                                            quant_max)
+
+
+from . import nn  # noqa: E402,F401  (the modules; needs the functions above)
