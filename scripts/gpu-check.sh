@@ -12,8 +12,9 @@
 #            tests, trimmed to fit: without GpuLargeTensor.* (2^31 elements)
 #            and GpuTrainer.* (whole trainings), which would take hours there
 #   phase 4  the PyTorch operators against the GPU's CUDA-enabled torch: build
-#            lowbit_torch (build-gpu-torch/), their CPU tests there, and the
-#            CUDA path against the CPU path (tests/torch/test_cuda.py)
+#            lowbit_torch and the CLI (build-gpu-torch/), their CPU tests
+#            there (with the run against lowbit train), and the CUDA path
+#            against the CPU path (tests/torch/test_cuda.py)
 #
 # Each phase builds first (a no-op on the warm machine that ran the phase
 # before, which keeps build-gpu/). The tests run with LOWBIT_EXPECT_GPU=1, so
@@ -26,7 +27,7 @@
 #   run(command="scripts/gpu-check.sh 1", carry=["data"], timeout_s=540)
 #   run(command="scripts/gpu-check.sh 2", carry=["data"], timeout_s=540)
 #   run(command="scripts/gpu-check.sh 3", carry=["data"], timeout_s=540)
-#   run(command="scripts/gpu-check.sh 4", timeout_s=540)
+#   run(command="scripts/gpu-check.sh 4", carry=["data"], timeout_s=540)
 #   give_back()
 #
 # Output: the summary table last on stdout, and under $OUT (at most 8 files,
@@ -64,7 +65,7 @@ if [ "$phase" = 4 ]; then
   TORCH_PYTHON=$(scripts/python-with.sh torch) || TORCH_PYTHON=python3
   configure_args+=(-DLOWBIT_TORCH=ON -DLOWBIT_BUILD_TESTS=OFF -DLOWBIT_BUILD_BENCH=OFF
     "-DCMAKE_PREFIX_PATH=$("$TORCH_PYTHON" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)' 2>/dev/null)")
-  build_args=(--target lowbit_torch)
+  build_args=(--target lowbit_torch lowbit_cli)
 fi
 OUT="${OUT:-$BUILD/out}"
 mkdir -p "$OUT"
@@ -224,7 +225,7 @@ case $phase in
     ;;
   4)
     TORCH_LIBRARY="$BUILD/host/torch/liblowbit_torch.so"
-    run_step torch_cpu 120 env PYTHON="$TORCH_PYTHON" tests/torch/run.sh "$TORCH_LIBRARY"
+    run_step torch_cpu 120 env PYTHON="$TORCH_PYTHON" tests/torch/run.sh "$TORCH_LIBRARY" "$LOWBIT"
     run_step torch_cuda 120 "$TORCH_PYTHON" tests/torch/test_cuda.py "$TORCH_LIBRARY" -v
     ;;
 esac
