@@ -97,6 +97,48 @@ INSTANTIATE_TEST_SUITE_P(RangeModes, CheckpointResume,
                          ::testing::Values(RangeMode::ema, RangeMode::lagged, RangeMode::lsq),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
+// Groups of 32 (per-group LSQ steps and per-group weight ranges): saved,
+// resumed bit-identically, and a different group size refused on resume.
+TEST(Checkpoint, WeightGroupsRoundTripAndResumeBitIdentically) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const auto cpu = make_cpu_backend();
+  for (const RangeMode mode : {RangeMode::ema, RangeMode::lsq}) {
+    SCOPED_TRACE(to_string(mode));
+    TrainOptions straight = tiny_run(mode);
+    straight.quantize.weight_group = 32;
+    straight.epochs = 2;
+    straight.save_path = test::temp_path("grouped_straight");
+    train(straight, *cpu, nullptr);
+    const Checkpoint saved = read_checkpoint(straight.save_path);
+    EXPECT_EQ(saved.options.quantize.weight_group, 32);
+    if (mode == RangeMode::lsq) {  // one learned step per group: 80 for conv2's rows of 150
+      bool found = false;
+      for (const safetensors::Tensor& t : saved.file.tensors)
+        if (t.name == "conv2/weight_quant.scale") {
+          found = true;
+          EXPECT_EQ(t.shape, std::vector<std::int64_t>{80});
+        }
+      EXPECT_TRUE(found);
+    }
+
+    TrainOptions first = tiny_run(mode);
+    first.quantize.weight_group = 32;
+    first.save_path = test::temp_path("grouped_resumed");
+    train(first, *cpu, nullptr);
+    TrainOptions rest = checkpoint_options(first.save_path);
+    rest.epochs = 2;
+    rest.resume_path = rest.save_path = first.save_path;
+    TrainOptions other = rest;
+    other.quantize.weight_group = 64;
+    EXPECT_TRUE(test::throws_mentioning([&] { train(other, *cpu, nullptr); },
+                                        "cannot resume with a different --weight-group"));
+    train(rest, *cpu, nullptr);
+    expect_same_state(straight.save_path, rest.save_path);
+    fs::remove(straight.save_path);
+    fs::remove(first.save_path);
+  }
+}
+
 TEST(Checkpoint, EvaluationReproducesTheTrainingRunsAccuracy) {
   LOWBIT_REQUIRE_FASHION_MNIST();
   const auto cpu = make_cpu_backend();
@@ -352,6 +394,26 @@ TEST_F(CheckpointContents, OptionsOutOfRangeAreRefused) {
   set_option("weight_bits", 4);
   set_option("rounding", "bankers");
   EXPECT_TRUE(refused("bad options in the checkpoint: unknown rounding 'bankers'"));
+}
+
+TEST_F(CheckpointContents, TheWeightGroupLoadsAndIsChecked) {
+  EXPECT_EQ(read_checkpoint(path_).options.quantize.weight_group, 0);
+  set_option("weight_group", 32);
+  EXPECT_EQ(read_checkpoint(path_).options.quantize.weight_group, 32);
+  set_option("weight_group", 1);
+  EXPECT_TRUE(
+      refused("the checkpoint's quantization options are invalid: quantize: "
+              "weight_group must be 0"));
+  set_option("weight_group", 4);  // conv1's rows of 25 have no group in 2..4
+  EXPECT_TRUE(refused("the checkpoint's quantization options are invalid: quantize: "
+                      "weight_group 4 leaves the rows of conv1 (25 weights) no group size"));
+  // Checkpoints from before weight groups quantized per channel.
+  rewrite([](safetensors::File& file) {
+    nlohmann::json options = nlohmann::json::parse(file.metadata.at("lowbit.options"));
+    options.erase("weight_group");
+    file.metadata["lowbit.options"] = options.dump();
+  });
+  EXPECT_EQ(read_checkpoint(path_).options.quantize.weight_group, 0);
 }
 
 TEST_F(CheckpointContents, TheLearningRateScheduleLoadsAndIsChecked) {

@@ -117,7 +117,7 @@ TEST_F(CliHelp, TrainListsEveryFlagWithItsDefault) {
         "--quant-delay", "--range",  "--seed",         "--limit-train",  "--limit-test",
         "--save",        "--resume", "--metrics-json", "--graph",        "--eager",
         "--help",        "--lr-schedule", "--lr-milestones", "--lr-factor", "--layer-bits",
-        "--init"})
+        "--init",        "--weight-group"})
     EXPECT_NE(result.out.find(flag), std::string::npos) << flag << " missing from\n" << result.out;
   const TrainOptions defaults;
   EXPECT_NE(result.out.find(defaults.data_dir), std::string::npos);
@@ -192,6 +192,10 @@ TEST_F(CliUsage, BadValuesAreOneLineNamingTheFlag) {
       {{"--threads", "0"}, "--threads"},
       {{"--batch", "0x10"}, "--batch"},     // CLI11 would read 16
       {{"--limit-test", "1e3"}, "--limit-test"},
+      {{"--weight-group", "1"}, "--weight-group"},
+      {{"--weight-group=-32"}, "--weight-group"},
+      {{"--weight-group", "32.5"}, "--weight-group"},
+      {{"--weight-group", "groups"}, "--weight-group"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args = {"train"};
@@ -420,8 +424,8 @@ TEST_F(CliTrain, TinyRunWritesMetricsAndACheckpointThatEvalReproduces) {
        {"epochs", "batch", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones",
         "lr_factor", "seed", "limit_train", "limit_test", "normalization_mean",
         "normalization_std", "weight_bits", "act_bits", "output_bits", "layer_bits", "range",
-        "rounding", "per_channel", "symmetric_weights", "ema_decay", "quant_delay", "threads",
-        "graph"})
+        "rounding", "per_channel", "weight_group", "symmetric_weights", "ema_decay",
+        "quant_delay", "threads", "graph"})
     EXPECT_TRUE(hyper.contains(key)) << key;
   EXPECT_EQ(hyper.at("epochs").get<int>(), 1);
   EXPECT_EQ(hyper.at("batch").get<int>(), 64);
@@ -541,6 +545,68 @@ TEST_F(CliTrain, ResumeTakesTheOptionsNotGivenFromTheCheckpoint) {
                                      checkpoint, "--epochs", "2", "--weight-bits", "2"});
   EXPECT_EQ(conflicting.status, 1);
   EXPECT_TRUE(one_error_line(conflicting));
+}
+
+TEST_F(CliTrain, WeightGroupsShapeTheRunItsReportsAndItsResume) {
+  LOWBIT_REQUIRE_FASHION_MNIST();
+  const std::string checkpoint = path("grouped.safetensors");
+  const std::string metrics = path("grouped.json");
+  const CliResult first = run({"train", "--device", "cpu", "--data", data_, "--epochs", "1",
+                               "--limit-train", "256", "--limit-test", "128", "--batch", "64",
+                               "--quant-delay", "0", "--weight-group", "32", "--save",
+                               checkpoint, "--metrics-json", metrics});
+  ASSERT_EQ(first.status, 0) << first.err;
+  EXPECT_NE(first.out.find(", weight groups of up to 32"), std::string::npos) << first.out;
+  EXPECT_NE(first.out.find("\n    conv2/weight_quant  4-bit  80 groups of 30, ranges within ["),
+            std::string::npos)
+      << first.out;
+  EXPECT_NE(first.out.find("\n    fc3/weight_quant    4-bit  30 groups of 28, ranges within ["),
+            std::string::npos)
+      << first.out;
+  const nlohmann::json json = read_json(metrics);
+  EXPECT_EQ(json.at("hyperparameters").at("weight_group").get<int>(), 32);
+  const std::vector<std::pair<std::int64_t, std::size_t>> groups = {
+      {25, 6}, {30, 80}, {25, 1920}, {30, 336}, {28, 30}};
+  const nlohmann::json& quantizers = json.at("quantizers");
+  ASSERT_EQ(quantizers.size(), 10u);
+  for (std::size_t layer = 0; layer < 5; ++layer) {
+    const nlohmann::json& w = quantizers.at(2 * layer);
+    EXPECT_EQ(w.at("group").get<std::int64_t>(), groups[layer].first) << w.at("name");
+    EXPECT_EQ(w.at("max").size(), groups[layer].second) << w.at("name");
+    EXPECT_FALSE(quantizers.at(2 * layer + 1).contains("group"));
+  }
+
+  // Resume takes the group size from the checkpoint; another one is refused.
+  const std::string resumed_metrics = path("resumed.json");
+  const CliResult resumed = run({"train", "--device", "cpu", "--data", data_, "--resume",
+                                 checkpoint, "--epochs", "2", "--metrics-json", resumed_metrics});
+  ASSERT_EQ(resumed.status, 0) << resumed.err;
+  EXPECT_EQ(read_json(resumed_metrics).at("hyperparameters").at("weight_group").get<int>(), 32);
+  const CliResult conflicting = run({"train", "--device", "cpu", "--data", data_, "--resume",
+                                     checkpoint, "--epochs", "2", "--weight-group", "0"});
+  EXPECT_EQ(conflicting.status, 1);
+  EXPECT_TRUE(one_error_line(conflicting));
+  EXPECT_NE(conflicting.err.find("cannot resume with a different --weight-group"),
+            std::string::npos)
+      << conflicting.err;
+
+  // Per channel, the default: no group in the metrics.
+  const std::string plain = path("plain.json");
+  ASSERT_EQ(run({"train", "--device", "cpu", "--data", data_, "--epochs", "1", "--limit-train",
+                 "128", "--limit-test", "64", "--batch", "64", "--metrics-json", plain})
+                .status,
+            0);
+  const nlohmann::json plain_json = read_json(plain);
+  EXPECT_EQ(plain_json.at("hyperparameters").at("weight_group").get<int>(), 0);
+  EXPECT_TRUE(plain_json.at("quantizers").at(0).at("group").is_null());
+
+  // Groups that leave conv1's rows of 25 in groups of 1: a runtime error naming it.
+  const CliResult ungroupable = run({"train", "--device", "cpu", "--data", data_, "--epochs", "1",
+                                     "--limit-train", "128", "--weight-group", "4"});
+  EXPECT_EQ(ungroupable.status, 1);
+  EXPECT_TRUE(one_error_line(ungroupable));
+  EXPECT_NE(ungroupable.err.find("rows of conv1 (25 weights)"), std::string::npos)
+      << ungroupable.err;
 }
 
 TEST_F(CliTrain, LayerBitsAndTheScheduleShapeTheRunAndItsResume) {
@@ -1037,6 +1103,33 @@ TEST_F(CliDeploy, ExportRefusesWhatItCannotWriteAndWritesNothing) {
   EXPECT_EQ(directory.status, 1);
   EXPECT_NE(directory.err.find("exists and is not a regular file"), std::string::npos)
       << directory.err;
+  const std::string grouped = path("grouped.safetensors");
+  ASSERT_EQ(run({"train", "--device", "cpu", "--data", data_, "--epochs", "1", "--limit-train",
+                 "128", "--limit-test", "64", "--batch", "64", "--quant-delay", "0",
+                 "--weight-group", "32", "--save", grouped})
+                .status,
+            0);
+  for (const char* format : {"lowbit", "onnx"}) {
+    const CliResult groups = run({"export", "--checkpoint", grouped, "--format", format, "--out",
+                                  path(std::string("grouped.") + format)});
+    EXPECT_EQ(groups.status, 1) << format;
+    EXPECT_TRUE(one_error_line(groups));
+    EXPECT_NE(groups.err.find("quantizes its weights in groups (--weight-group 32)"),
+              std::string::npos)
+        << groups.err;
+    EXPECT_FALSE(fs::exists(path(std::string("grouped.") + format)));
+  }
+  const CliResult integer_eval = run({"eval", "--device", "cpu", "--checkpoint", grouped, "--data",
+                                      data_, "--limit-test", "64", "--integer"});
+  EXPECT_EQ(integer_eval.status, 1);
+  EXPECT_NE(integer_eval.err.find("one weight scale per output channel"), std::string::npos)
+      << integer_eval.err;
+  EXPECT_EQ(run({"eval", "--device", "cpu", "--checkpoint", grouped, "--data", data_,
+                 "--limit-test", "64"})
+                .status,
+            0)
+      << "fake-quant evaluation runs a grouped model";
+
   const CliResult format =
       run({"export", "--checkpoint", three, "--format", "tflite", "--out", path("x")});
   EXPECT_EQ(format.status, 2);

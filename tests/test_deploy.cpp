@@ -215,6 +215,11 @@ TEST(Deploy, CheckpointsWithoutIntegerFormAreRefused) {
   EXPECT_TRUE(refused(4, 0, 0, "float weights or activations"));
   EXPECT_TRUE(refused(4, 4, 100, "not past its quant delay of 100"));
   EXPECT_TRUE(refused(3, 3, 0, "conv1's weight is 3-bit; the integer model takes 2, 4 or 8"));
+  o.quantize.weight_group = 32;
+  EXPECT_TRUE(refused(4, 4, 0,
+                      "quantizes its weights in groups (--weight-group 32), and the integer "
+                      "model holds one weight scale per output channel"));
+  EXPECT_TRUE(refused(2, 2, 0, "quantizes its weights in groups (--weight-group 32)"));
   fs::remove(o.save_path);
 }
 

@@ -5,12 +5,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <random>
 
-#include "nn/layers/layers.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/quantize.hpp"
 #include "lowbit/ref.hpp"
+#include "nn/layers/layers.hpp"
 #include "nn/network.hpp"
 #include "test_util.hpp"
 
@@ -135,6 +136,94 @@ TEST(Layers, WeightFakeQuantIsBitExactWithTheKernel) {
                     expected_dx.data());
   EXPECT_TRUE(
       test::same_bits(expected_dx, download_floats(*backend, dx.as<float>(), layout.size())));
+}
+
+// Groups of 30 in rows of 150 (G = 32): each group quantized alone, with its
+// own symmetric range, on TensorFlow's per-channel grid (a multiplication).
+TEST(Layers, GroupedWeightFakeQuantQuantizesEachGroupOnItsOwn) {
+  const auto backend = make_cpu_backend();
+  const std::vector<std::int64_t> shape{4, 6, 5, 5};
+  const std::int64_t n = 4 * 150, group = 30;
+  std::vector<float> w = test::random_values(n, 21, 0.2f);
+  w[7] = 3.0f;  // one outlier: only its group's range widens
+  Buffer x = backend->allocate(n * 4), y = backend->allocate(n * 4);
+  Buffer dy = backend->allocate(n * 4), dx = backend->allocate(n * 4);
+  backend->upload(x.data(), w.data(), n * 4);
+  FakeQuantAttrs attrs;
+  attrs.weights = attrs.per_channel = attrs.symmetric = attrs.narrow_range = true;
+  attrs.bits = 4;
+  attrs.group = 32;
+  FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), dx.as<float>()},
+                       {y.as<float>(), dy.as<float>()}, {}, nullptr, nullptr, nullptr);
+  layer.forward(Pass::train);
+  const std::vector<float> got = download_floats(*backend, y.as<float>(), n);
+
+  std::vector<float> expected(static_cast<std::size_t>(n)), ws;
+  std::vector<float> group_min(static_cast<std::size_t>(n / group));
+  std::vector<float> group_max(group_min.size());
+  for (std::int64_t g = 0; g < n / group; ++g) {
+    const float* first = w.data() + g * group;
+    float min = 0.0f, max = 0.0f;
+    const ChannelLayout alone = ChannelLayout::per_tensor(group);
+    ref::weight_range(first, alone, true, &min, &max, test::host_workspace(ws, alone));
+    const RangeParams p = nudge_range(min, max, 1, 15);
+    for (std::int64_t i = 0; i < group; ++i)
+      expected[static_cast<std::size_t>(g * group + i)] =
+          fake_quant(first[i], p, RangeScaling::multiply);
+    group_min[static_cast<std::size_t>(g)] = min;
+    group_max[static_cast<std::size_t>(g)] = max;
+  }
+  EXPECT_TRUE(test::same_bits(expected, got));
+  const std::vector<float> ranges = download_floats(*backend, layer.weight_range(), 2 * n / group);
+  EXPECT_TRUE(
+      test::same_bits(group_min, std::vector<float>(ranges.begin(), ranges.begin() + n / group)));
+  EXPECT_TRUE(
+      test::same_bits(group_max, std::vector<float>(ranges.begin() + n / group, ranges.end())));
+
+  // Per channel, the outlier coarsens all of row 0: the groups must differ there.
+  std::vector<float> per_channel(static_cast<std::size_t>(n)), min(4), max(4);
+  std::vector<std::uint32_t> mask(static_cast<std::size_t>(mask_words(n)));
+  const ChannelLayout rows = ChannelLayout::per_channel(shape, 0);
+  ref::fake_quant_weights(w.data(), per_channel.data(), rows, {4, true}, true, min.data(),
+                          max.data(), mask.data(), test::host_workspace(ws, rows));
+  EXPECT_FALSE(test::same_bits(per_channel, got));
+}
+
+TEST(Layers, GroupedLsqWeightsLearnOneStepPerGroup) {
+  const auto backend = make_cpu_backend();
+  const std::vector<std::int64_t> shape{3, 84};  // rows of 84 in groups of 28 (G = 32)
+  const std::int64_t n = 3 * 84, group = 28, groups = n / group;
+  std::vector<float> w = test::random_values(n, 22, 0.2f);
+  for (std::int64_t i = 0; i < group; ++i) w[static_cast<std::size_t>(group + i)] *= 10.0f;
+  Buffer x = backend->allocate(n * 4), y = backend->allocate(n * 4);
+  Buffer dy = backend->allocate(n * 4), dx = backend->allocate(n * 4);
+  Buffer scale = backend->allocate(groups * 4), d_scale = backend->allocate(groups * 4);
+  backend->upload(x.data(), w.data(), n * 4);
+  FakeQuantAttrs attrs;
+  attrs.weights = attrs.per_channel = attrs.symmetric = true;
+  attrs.range = RangeMode::lsq;
+  attrs.bits = 2;
+  attrs.group = 32;
+  FakeQuantLayer layer("q", *backend, attrs, shape, {x.as<float>(), dx.as<float>()},
+                       {y.as<float>(), dy.as<float>()}, {scale.as<float>(), d_scale.as<float>()},
+                       nullptr, nullptr, nullptr);
+  layer.forward(Pass::calibrate);
+  const std::vector<float> steps = download_floats(*backend, scale.as<float>(), groups);
+  const std::vector<float> got = download_floats(*backend, y.as<float>(), n);
+  const LsqQuant grid = LsqQuant::signed_bits(2);
+  for (std::int64_t g = 0; g < groups; ++g) {
+    float sum = 0.0f;
+    for (std::int64_t i = 0; i < group; ++i)
+      sum += std::fabs(w[static_cast<std::size_t>(g * group + i)]);
+    EXPECT_FLOAT_EQ(steps[static_cast<std::size_t>(g)], lsq_initial_scale(sum, group, grid.qmax))
+        << "group " << g;
+    const LsqParams p = make_lsq(steps[static_cast<std::size_t>(g)], grid.qmin, grid.qmax);
+    for (std::int64_t i = 0; i < group; ++i) {
+      const std::size_t k = static_cast<std::size_t>(g * group + i);
+      EXPECT_EQ(got[k], fake_quant(w[k], p)) << "element " << k;
+    }
+  }
+  EXPECT_GT(steps[1], 5.0f * steps[0]) << "the scaled group must take its own step";
 }
 
 TEST(Layers, PyTorchWeightFakeQuantIsBitExactWithTheKernels) {
@@ -399,6 +488,56 @@ TEST(Layers, QuantizerReportsReadTheQuantizersState) {
   }
 }
 
+TEST(Layers, GroupedWeightReportsHoldOneRangeOrStepPerGroup) {
+  const auto backend = make_cpu_backend();
+  // lenet5 on 12x12 images: rows of 25, 150, 16, 120 and 84 weights.
+  const std::map<std::string, std::int64_t> group = {
+      {"conv1", 25}, {"conv2", 30}, {"fc1", 16}, {"fc2", 30}, {"fc3", 28}};
+  for (const RangeMode mode : {RangeMode::ema, RangeMode::lsq}) {
+    SCOPED_TRACE(to_string(mode));
+    QuantizeOptions o;
+    o.range = mode;
+    o.quant_delay = 0;
+    o.weight_group = 32;
+    const Graph graph = quantize(lenet5(1, 12, 12, 5), o);
+    Network net(graph, *backend, 3);
+    net.initialize_parameters(5);
+    feed_random_batch(*backend, net, 7);
+    net.forward(mode == RangeMode::lsq ? Pass::calibrate : Pass::eval);
+    const std::vector<float> params =
+        download_floats(*backend, net.parameters(), net.parameter_count());
+    std::size_t weight_reports = 0;
+    for (const QuantizerReport& r : net.quantizer_reports()) {
+      SCOPED_TRACE(r.name);
+      if (!r.weights) {
+        EXPECT_EQ(r.group, 0);
+        continue;
+      }
+      ++weight_reports;
+      const std::string layer = r.name.substr(0, r.name.find('/'));
+      const std::int64_t size = group.at(layer);
+      EXPECT_EQ(r.group, size);
+      ParameterSlot w;
+      for (const ParameterSlot& s : net.parameter_slots())
+        if (s.name == layer + ".weight") w = s;
+      const std::size_t groups = static_cast<std::size_t>(w.count / size);
+      if (mode == RangeMode::lsq) {
+        EXPECT_EQ(r.step.size(), groups);
+        continue;
+      }
+      ASSERT_EQ(r.max.size(), groups);
+      for (std::size_t g = 0; g < groups; ++g) {
+        float biggest = 0.0f;
+        for (std::int64_t k = 0; k < size; ++k)
+          biggest = std::max(biggest, std::fabs(params[w.offset + g * size + k]));
+        EXPECT_EQ(r.max[g], biggest) << "group " << g;
+        EXPECT_EQ(r.min[g], -biggest) << "group " << g;
+      }
+    }
+    EXPECT_EQ(weight_reports, 5u);
+  }
+}
+
 TEST(Layers, BackwardNeedsATrainingForward) {
   const auto backend = make_cpu_backend();
   Network net(quantize(lenet5(1, 12, 12, 3), {}), *backend, 2);
@@ -484,6 +623,53 @@ TEST(GpuLayers, FloatNetworkMatchesTheCpu) {
   for (const float g : ga) scale = std::max(scale, static_cast<double>(std::fabs(g)));
   for (std::size_t i = 0; i < ga.size(); ++i)
     ASSERT_NEAR(ga[i], gb[i], 1e-4 * scale) << "gradient " << i;
+}
+
+// Per-group weights run the per-channel kernels on the group layout: the GPU
+// gives the CPU's bits, forward and backward, for ranges and learned steps.
+TEST(GpuLayers, GroupedWeightFakeQuantMatchesTheCpu) {
+  LOWBIT_REQUIRE_GPU();
+  const auto cpu = make_cpu_backend();
+  const auto gpu = make_cuda_backend();
+  const std::vector<std::int64_t> shape{16, 6, 5, 5};  // rows of 150 in groups of 30
+  const std::int64_t n = 16 * 150, groups = n / 30;
+  const std::vector<float> w = test::random_values(n, 31, 0.2f);
+  const std::vector<float> grad = test::random_values(n, 32, 1.0f);
+  for (const RangeMode mode : {RangeMode::ema, RangeMode::lsq}) {
+    SCOPED_TRACE(to_string(mode));
+    FakeQuantAttrs attrs;
+    attrs.weights = attrs.per_channel = attrs.symmetric = true;
+    attrs.narrow_range = mode != RangeMode::lsq;
+    attrs.range = mode;
+    attrs.bits = 4;
+    attrs.group = 32;
+    std::vector<std::vector<float>> results[2];
+    int side = 0;
+    for (Backend* b : {cpu.get(), gpu.get()}) {
+      Buffer x = b->allocate(n * 4), y = b->allocate(n * 4);
+      Buffer dy = b->allocate(n * 4), dx = b->allocate(n * 4);
+      Buffer scale = b->allocate(groups * 4), d_scale = b->allocate(groups * 4);
+      b->upload(x.data(), w.data(), n * 4);
+      b->upload(dy.data(), grad.data(), n * 4);
+      const Binding steps =
+          mode == RangeMode::lsq ? Binding{scale.as<float>(), d_scale.as<float>()} : Binding{};
+      FakeQuantLayer layer("q", *b, attrs, shape, {x.as<float>(), dx.as<float>()},
+                           {y.as<float>(), dy.as<float>()}, steps, nullptr, nullptr, nullptr);
+      layer.forward(mode == RangeMode::lsq ? Pass::calibrate : Pass::eval);
+      layer.forward(Pass::train);
+      layer.backward();
+      results[side].push_back(download_floats(*b, y.as<float>(), n));
+      results[side].push_back(download_floats(*b, dx.as<float>(), n));
+      if (mode == RangeMode::lsq) {
+        results[side].push_back(download_floats(*b, scale.as<float>(), groups));
+        results[side].push_back(download_floats(*b, d_scale.as<float>(), groups));
+      }
+      ++side;
+    }
+    ASSERT_EQ(results[0].size(), results[1].size());
+    for (std::size_t k = 0; k < results[0].size(); ++k)
+      EXPECT_TRUE(test::same_bits(results[0][k], results[1][k])) << "output " << k;
+  }
 }
 
 }  // namespace

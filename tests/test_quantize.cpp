@@ -3,6 +3,7 @@
 
 #include "lowbit/error.hpp"
 #include "lowbit/quantize.hpp"
+#include "test_util.hpp"
 
 namespace lowbit {
 namespace {
@@ -195,6 +196,101 @@ TEST(Quantize, LsqAddsStepSizeParameters) {
   EXPECT_EQ(scale_of("conv2/weight_quant").shape, std::vector<std::int64_t>{16});
   EXPECT_EQ(quant_attrs(g, "conv2/weight_quant").range, RangeMode::lsq);
   EXPECT_FALSE(quant_attrs(g, "conv2/weight_quant").narrow_range);
+}
+
+TEST(WeightGroups, TheGroupSizeIsTheLargestDivisorOfTheRowUpToG) {
+  // LeNet-5's rows (fan-ins) of 25, 150, 400, 120 and 84 weights at G = 32.
+  EXPECT_EQ(weight_group_size(25, 32), 25);
+  EXPECT_EQ(weight_group_size(150, 32), 30);
+  EXPECT_EQ(weight_group_size(400, 32), 25);
+  EXPECT_EQ(weight_group_size(120, 32), 30);
+  EXPECT_EQ(weight_group_size(84, 32), 28);
+  EXPECT_EQ(weight_group_size(256, 32), 32);  // G divides the row
+  EXPECT_EQ(weight_group_size(400, 256), 200);
+  EXPECT_EQ(weight_group_size(84, 128), 84);  // G >= L: one group per row
+  EXPECT_EQ(weight_group_size(84, 84), 84);
+  EXPECT_EQ(weight_group_size(7, 2), 1);  // a prime row has no group below it
+  EXPECT_THROW(weight_group_size(84, 1), Error);
+  EXPECT_THROW(weight_group_size(84, 0), Error);
+  EXPECT_THROW(weight_group_size(0, 32), Error);
+}
+
+TEST(WeightGroups, LayoutsOfConvAndLinearWeights) {
+  FakeQuantAttrs a;
+  a.weights = a.per_channel = true;
+  const auto layout = [&](std::int64_t group, const std::vector<std::int64_t>& shape) {
+    a.group = group;
+    const ChannelLayout l = weight_layout(a, shape);
+    return std::vector<std::int64_t>{l.outer, l.channels, l.inner};
+  };
+  using V = std::vector<std::int64_t>;
+  // Divisible: a conv [8,4,3,3] (rows of 36) in groups of 12, a linear [5,64] in 16s.
+  EXPECT_EQ(layout(12, {8, 4, 3, 3}), (V{1, 24, 12}));
+  EXPECT_EQ(layout(16, {5, 64}), (V{1, 20, 16}));
+  // Not divisible: rows of 150 in groups of 30 for G = 32, rows of 84 in 28s.
+  EXPECT_EQ(layout(32, {16, 6, 5, 5}), (V{1, 80, 30}));
+  EXPECT_EQ(layout(32, {10, 84}), (V{1, 30, 28}));
+  // G at or beyond the row: per channel.
+  EXPECT_EQ(layout(200, {16, 6, 5, 5}), (V{1, 16, 150}));
+  EXPECT_EQ(layout(0, {16, 6, 5, 5}), (V{1, 16, 150}));
+  a.per_channel = false;
+  EXPECT_EQ(layout(0, {16, 6, 5, 5}), (V{1, 1, 2400}));
+}
+
+TEST(WeightGroups, QuantizeGivesEveryWeightQuantizerTheGroupSize) {
+  QuantizeOptions o;
+  o.weight_group = 32;
+  Graph g = quantize(lenet5(), o);
+  for (const char* layer : {"conv1", "conv2", "fc1", "fc2", "fc3"}) {
+    const FakeQuantAttrs& w = quant_attrs(g, std::string(layer) + "/weight_quant");
+    EXPECT_EQ(w.group, 32) << layer;
+    EXPECT_TRUE(w.per_channel) << layer;
+  }
+  EXPECT_EQ(quant_attrs(g, "relu1/act_quant").group, 0);
+  EXPECT_NE(g.describe().find("group=32"), std::string::npos) << g.describe();
+
+  // lsq learns one step per group: K·L/g of them.
+  o.range = RangeMode::lsq;
+  g = quantize(lenet5(), o);
+  const std::vector<std::pair<const char*, std::int64_t>> steps = {
+      {"conv1", 6}, {"conv2", 80}, {"fc1", 1920}, {"fc2", 336}, {"fc3", 30}};
+  for (const auto& [layer, count] : steps) {
+    const Node& node =
+        g.nodes()[static_cast<std::size_t>(g.find_node(std::string(layer) + "/weight_quant"))];
+    ASSERT_EQ(node.inputs.size(), 2u) << layer;
+    EXPECT_EQ(g.tensor(node.inputs[1]).shape, std::vector<std::int64_t>{count}) << layer;
+  }
+}
+
+TEST(WeightGroups, BadGroupSizesAreRefusedSayingWhy) {
+  const Graph g = lenet5();
+  QuantizeOptions o;
+  o.weight_group = 1;
+  EXPECT_TRUE(test::throws_mentioning([&] { quantize(g, o); }, "weight_group must be 0"));
+  o.weight_group = -32;
+  EXPECT_TRUE(test::throws_mentioning([&] { quantize(g, o); }, "weight_group must be 0"));
+  o.weight_group = 32;
+  o.per_channel = false;
+  EXPECT_TRUE(test::throws_mentioning([&] { quantize(g, o); }, "it needs per_channel"));
+  // conv1's rows of 25 have no divisor in 2..4.
+  o = {};
+  o.weight_group = 4;
+  EXPECT_TRUE(test::throws_mentioning(
+      [&] { quantize(g, o); },
+      "weight_group 4 leaves the rows of conv1 (25 weights) no group size"));
+  o.layer_bits["conv1"] = {0, 4};  // float conv1 weights need no groups; the rest take 3 or 4
+  EXPECT_NO_THROW(quantize(g, o));
+  o = {};
+  o.weight_group = 5;  // 25, 150, 400 and 120 take 5; 84 takes 4
+  EXPECT_NO_THROW(quantize(g, o));
+
+  // Groups belong to weights of a per-channel quantizer.
+  Graph direct = lenet5();
+  FakeQuantAttrs a;
+  a.group = 32;
+  EXPECT_THROW(direct.insert_fake_quant("q", direct.nodes()[0].outputs[0], a,
+                                        direct.consumers(direct.nodes()[0].outputs[0])),
+               Error);
 }
 
 TEST(Quantize, RejectsBadOptions) {

@@ -410,6 +410,13 @@ void add_train_command(CLI::App& app, TrainCommand& command) {
   command.range_option = range;
   command.overrides.emplace_back(
       range, [&command](TrainOptions& o) { o.quantize.range = range_from_name(command.range); });
+  add_train_option(command, "--weight-group", "G",
+                   "quantize weights in groups of G consecutive weights along each output "
+                   "channel's row (its input dimension), one range or lsq step per group; 0: per "
+                   "channel. G >= 2; a row of L weights uses the largest divisor of L that is at "
+                   "most G (LeNet-5 at G 32: 25, 30, 25, 30, 28), G >= L is per channel",
+                   &TrainOptions::quantize, &QuantizeOptions::weight_group)
+      ->check(number_check("0 or >= 2", [](double v) { return v == 0.0 || v >= 2.0; }));
   add_train_option(command, "--seed", "N", "seed of the initialisation and the shuffling",
                    &TrainOptions::seed);
   add_train_option(command, "--limit-train", "N", "train on the first N training examples (0: all)",
@@ -623,6 +630,7 @@ nlohmann::json hyperparameters(const TrainOptions& o) {
           {"range", to_string(q.range)},
           {"rounding", to_string(q.rounding)},
           {"per_channel", q.per_channel},
+          {"weight_group", q.weight_group},
           {"symmetric_weights", q.symmetric_weights},
           {"ema_decay", shortest_decimal(q.ema_decay)},
           {"quant_delay", q.quant_delay}};
@@ -644,6 +652,7 @@ nlohmann::json quantizer_metrics(const std::vector<QuantizerReport>& quantizers)
                             {"weights", q.weights},
                             {"bits", q.bits},
                             {"range", last_value ? "last_value" : to_string(q.range)}};
+    if (q.weights) entry["group"] = q.group > 0 ? nlohmann::json(q.group) : nlohmann::json(nullptr);
     if (q.step.empty()) {
       entry["min"] = decimals(q.min);
       entry["max"] = decimals(q.max);
@@ -766,14 +775,15 @@ int run_train(const TrainCommand& command) {
 
   DeviceSelection device = choose_device(command.device, command.threads);
   require_directory(options.data_dir, "data directory");
-  std::cout << "training LeNet-5 on " << options.data_dir << ": "
-            << describe_bits(options.quantize)
+  std::cout << "training LeNet-5 on " << options.data_dir << ": " << describe_bits(options.quantize)
             << ", range " << describe_range(options.quantize) << ", epochs " << options.epochs
             << ", batch " << options.batch << ", " << describe_learning_rate(options)
             << describe_layer_bits(options.quantize)
+            << (options.quantize.weight_group > 0
+                    ? ", weight groups of up to " + std::to_string(options.quantize.weight_group)
+                    : "")
             << (options.resume_path.empty() ? "" : ", resuming from " + options.resume_path)
-            << (options.init_path.empty() ? "" : ", starting from " + options.init_path)
-            << '\n';
+            << (options.init_path.empty() ? "" : ", starting from " + options.init_path) << '\n';
 
   ProgressPrinter progress(std::cout, ::isatty(STDOUT_FILENO) == 1,
                            [] { return terminal_columns(STDOUT_FILENO); });

@@ -49,6 +49,15 @@ std::string describe_steps(const std::vector<float>& step) {
   return std::to_string(step.size()) + " steps in [" + number(*lo) + ", " + number(*hi) + "]";
 }
 
+/// Grouped weights: "480 groups of 30, ranges within [-0.51, 0.498]" from
+/// describe_ranges' (describe_steps') "480 ranges within ...".
+std::string groups_of(const QuantizerReport& q, const std::string& state) {
+  const std::size_t count = q.step.empty() ? q.min.size() : q.step.size();
+  const std::string head = std::to_string(count) + " groups of " + std::to_string(q.group);
+  if (count == 1) return head + ", " + state;
+  return head + ", " + state.substr(state.find(' ') + 1);
+}
+
 /// "2.55%", or "<0.01%" where a few elements clipped.
 std::string clipped_share(const QuantizerReport& q) {
   if (q.quantized == 0) return "n/a (nothing quantized)";
@@ -61,8 +70,9 @@ void print_quantizers(std::ostream& out, const std::vector<QuantizerReport>& qua
   std::vector<std::array<std::string, 4>> rows;
   std::array<std::size_t, 3> widths{};
   for (const QuantizerReport& q : quantizers) {
-    rows.push_back({q.name, bits_name(q.bits),
-                    q.step.empty() ? describe_ranges(q.min, q.max) : describe_steps(q.step),
+    const std::string state =
+        q.step.empty() ? describe_ranges(q.min, q.max) : describe_steps(q.step);
+    rows.push_back({q.name, bits_name(q.bits), q.group > 0 ? groups_of(q, state) : state,
                     q.weights ? "" : "clipped " + clipped_share(q)});
     for (std::size_t c = 0; c < widths.size(); ++c)
       widths[c] = std::max(widths[c], rows.back()[c].size());

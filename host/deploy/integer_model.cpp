@@ -166,6 +166,15 @@ IntegerModel integer_model(const std::string& checkpoint_path) {
                  "export: " + checkpoint_path +
                      " holds a model with float weights or activations; the integer model "
                      "needs both quantized (train with --weight-bits and --act-bits)");
+  // The integer model, its file and ONNX's DequantizeLinear all hold one
+  // weight scale per output channel.
+  LOWBIT_EXPECTS(options.weight_group == 0,
+                 "export: " + checkpoint_path +
+                     " quantizes its weights in groups (--weight-group " +
+                     std::to_string(options.weight_group) +
+                     "), and the integer model holds one weight scale per output channel: a "
+                     "grouped model cannot be exported or run in integer arithmetic (lowbit eval "
+                     "without --integer measures it)");
   LOWBIT_EXPECTS(checkpoint.progress.steps_done > options.quant_delay,
                  "export: " + checkpoint_path + " was trained " +
                      std::to_string(checkpoint.progress.steps_done) +

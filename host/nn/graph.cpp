@@ -158,6 +158,9 @@ TensorId Graph::insert_fake_quant(const std::string& name, TensorId x,
                  "graph: fake_quant '" + name + "' needs a weight or activation input");
   LOWBIT_EXPECTS(!attrs.weights || attrs.range != RangeMode::lagged,
                  "graph: fake_quant '" + name + "': weights use last-value or lsq ranges");
+  LOWBIT_EXPECTS(attrs.group == 0 || (attrs.group >= 2 && attrs.weights && attrs.per_channel),
+                 "graph: fake_quant '" + name +
+                     "': group must be 0 or >= 2, on a per-channel weight quantizer");
   LOWBIT_EXPECTS(!consumers.empty(), "graph: fake_quant '" + name + "' has no consumer");
   int position = static_cast<int>(nodes_.size());
   for (const int c : consumers) {
@@ -169,8 +172,8 @@ TensorId Graph::insert_fake_quant(const std::string& name, TensorId x,
     LOWBIT_EXPECTS(other.name != name, "graph: duplicate node name '" + name + "'");
 
   Node node{NodeKind::fake_quant, name, {x}, {}, attrs};
-  if (attrs.range == RangeMode::lsq) {  // one step size per channel (weights) or tensor
-    const std::int64_t steps = attrs.weights && attrs.per_channel ? in.shape[0] : 1;
+  if (attrs.range == RangeMode::lsq) {  // one step size per group, channel (weights) or tensor
+    const std::int64_t steps = attrs.weights ? weight_layout(attrs, in.shape).channels : 1;
     node.inputs.push_back(add_tensor(name + ".scale", {steps}, TensorRole::parameter));
   }
   const TensorId y = add_tensor(name + ".out", in.shape,
@@ -181,6 +184,26 @@ TensorId Graph::insert_fake_quant(const std::string& name, TensorId x,
       if (input == x) input = y;
   nodes_.insert(nodes_.begin() + position, std::move(node));
   return y;
+}
+
+std::int64_t weight_group_size(std::int64_t row_length, std::int64_t group) {
+  LOWBIT_EXPECTS(group >= 2,
+                 "weight_group_size: the group must be >= 2, got " + std::to_string(group));
+  LOWBIT_EXPECTS(row_length >= 1, "weight_group_size: the row length must be >= 1, got " +
+                                      std::to_string(row_length));
+  std::int64_t size = std::min(group, row_length);
+  while (row_length % size != 0) --size;
+  return size;
+}
+
+ChannelLayout weight_layout(const FakeQuantAttrs& attrs, const std::vector<std::int64_t>& shape) {
+  std::int64_t n = 1;
+  for (const std::int64_t d : shape) n *= d;
+  if (!attrs.per_channel) return ChannelLayout::per_tensor(n);
+  const ChannelLayout rows = ChannelLayout::per_channel(shape, 0);
+  if (attrs.group == 0 || rows.size() == 0) return rows;
+  const std::int64_t size = weight_group_size(rows.inner, attrs.group);
+  return {1, rows.size() / size, size};
 }
 
 int Graph::find_node(const std::string& name) const {
@@ -226,6 +249,7 @@ std::string attrs_string(const Node& node) {
         << " " << to_string(q->rounding);
     if (q->weights) {
       out << (q->per_channel ? " per-channel" : " per-tensor")
+          << (q->group > 0 ? " group=" + std::to_string(q->group) : "")
           << (q->symmetric ? " symmetric" : " asymmetric") << (q->narrow_range ? " narrow" : "");
     } else {
       out << " range=" << to_string(q->range) << (q->is_signed ? " signed" : "");

@@ -235,9 +235,10 @@ Network::Network(const Graph& graph, Backend& backend, std::int64_t batch, bool 
         if (lsq) {
           probe.step = input(i, 1).value;
           probe.channels = graph.tensor(node.inputs[1]).size();
-        } else if (a.weights && a.per_channel) {
-          probe.channels = in_shape[0];
+        } else if (a.weights) {
+          probe.channels = weight_layout(a, in_shape).channels;
         }
+        if (a.weights && a.group > 0) probe.group = weight_layout(a, in_shape).inner;
         EmaRangeState* state = a.weights || lsq ? nullptr : ema_state_of(node.name);
         ClipCount* clips = a.weights ? nullptr : clips_of(node.name);
         probe.state = state;
@@ -294,6 +295,7 @@ std::vector<QuantizerReport> Network::quantizer_reports() const {
     r.weights = probe.attrs.weights;
     r.bits = probe.attrs.bits;
     r.range = probe.attrs.range;
+    r.group = probe.group;
     if (probe.range != nullptr) {
       r.min = floats(probe.range, probe.channels);
       r.max = floats(probe.range + probe.channels, probe.channels);

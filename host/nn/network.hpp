@@ -82,6 +82,7 @@ class Network {
     std::string name;
     FakeQuantAttrs attrs;
     std::int64_t channels = 1;
+    std::int64_t group = 0;        // elements per range of grouped weights, else 0
     const float* range = nullptr;  // weights' min then max per channel
     const EmaRangeState* state = nullptr;
     const float* step = nullptr;

@@ -33,6 +33,12 @@ void check_options(const Graph& graph, const QuantizeOptions& o) {
   LOWBIT_EXPECTS(o.rounding == Rounding::tensorflow ||
                      (o.range == RangeMode::ema && o.quant_delay == 0),
                  "quantize: the pytorch rounding supports ema ranges without quant_delay only");
+  LOWBIT_EXPECTS(o.weight_group == 0 || o.weight_group >= 2,
+                 "quantize: weight_group must be 0 (per channel) or a group size >= 2, got " +
+                     std::to_string(o.weight_group));
+  LOWBIT_EXPECTS(o.weight_group == 0 || o.per_channel,
+                 "quantize: weight_group splits each output channel's row into groups; it needs "
+                 "per_channel");
   for (const auto& [name, bits] : o.layer_bits) {
     const int index = graph.find_node(name);
     LOWBIT_EXPECTS(index >= 0 && is_layer(graph.nodes()[static_cast<std::size_t>(index)].kind),
@@ -68,6 +74,7 @@ FakeQuantAttrs weight_attrs(const QuantizeOptions& o, int bits) {
   a.weights = true;
   a.bits = bits;
   a.per_channel = o.per_channel;
+  a.group = o.weight_group;
   a.symmetric = o.symmetric_weights;
   a.narrow_range = o.symmetric_weights && o.range != RangeMode::lsq;
   a.rounding = o.rounding;
@@ -86,6 +93,19 @@ FakeQuantAttrs activation_attrs(const QuantizeOptions& o, int bits, bool after_r
   a.quant_delay = o.quant_delay;
   a.freeze_step = o.freeze_ranges_step;
   return a;
+}
+
+/// A group size of 1 would give every weight its own range: no quantization.
+void check_groups(const Graph& g, const std::string& layer, TensorId weight,
+                  const FakeQuantAttrs& attrs) {
+  if (attrs.group == 0) return;
+  const std::vector<std::int64_t>& shape = g.tensor(weight).shape;
+  const std::int64_t row = g.tensor(weight).size() / shape[0];
+  LOWBIT_EXPECTS(row == 1 || weight_group_size(row, attrs.group) > 1,
+                 "quantize: weight_group " + std::to_string(attrs.group) + " leaves the rows of " +
+                     layer + " (" + std::to_string(row) +
+                     " weights) no group size: no divisor of " + std::to_string(row) +
+                     " lies in 2.." + std::to_string(attrs.group));
 }
 
 /// The single consumer of `t` when it is a ReLU, else -1.
@@ -123,9 +143,11 @@ Graph quantize(const Graph& graph, const QuantizeOptions& options) {
     const TensorId out = node.outputs[0];
     if (is_layer(node.kind)) {
       const LayerBits bits = resolve_bits(options, name, feeds_loss(g, out));
-      if (bits.weight_bits > 0)
-        g.insert_fake_quant(name + "/weight_quant", node.inputs[1],
-                            weight_attrs(options, bits.weight_bits), {g.find_node(name)});
+      if (bits.weight_bits > 0) {
+        const FakeQuantAttrs attrs = weight_attrs(options, bits.weight_bits);
+        check_groups(g, name, node.inputs[1], attrs);
+        g.insert_fake_quant(name + "/weight_quant", node.inputs[1], attrs, {g.find_node(name)});
+      }
       const int relu = following_relu(g, out);
       if (relu >= 0) {
         relu_bits.emplace_back(g.nodes()[static_cast<std::size_t>(relu)].name,

@@ -45,6 +45,7 @@ json to_json(const TrainOptions& o) {
           {"range", to_string(q.range)},
           {"rounding", to_string(q.rounding)},
           {"per_channel", q.per_channel},
+          {"weight_group", q.weight_group},
           {"symmetric_weights", q.symmetric_weights},
           {"layer_bits", layers},
           {"epochs", o.epochs},
@@ -88,6 +89,8 @@ TrainOptions from_json(const json& j) {
   q.range = range_from(j.at("range").get<std::string>());
   q.rounding = rounding_from(j.at("rounding").get<std::string>());
   q.per_channel = j.at("per_channel").get<bool>();
+  // Checkpoints from before lowbit had weight groups quantized per channel.
+  if (j.contains("weight_group")) q.weight_group = j.at("weight_group").get<std::int64_t>();
   q.symmetric_weights = j.at("symmetric_weights").get<bool>();
   for (const auto& [name, bits] : j.at("layer_bits").items())
     q.layer_bits[name] = {bits.at("weight_bits").get<int>(), bits.at("activation_bits").get<int>()};

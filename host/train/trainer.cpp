@@ -80,6 +80,7 @@ void check_resumable(const TrainOptions& now, const TrainOptions& saved, const s
   same(a.ema_decay == b.ema_decay, "--ema-decay");
   same(a.quant_delay == b.quant_delay, "--quant-delay");
   same(a.range == b.range, "--range");
+  same(a.weight_group == b.weight_group, "--weight-group");
   same(a.rounding == b.rounding && a.per_channel == b.per_channel &&
            a.symmetric_weights == b.symmetric_weights &&
            a.freeze_ranges_step == b.freeze_ranges_step,

@@ -75,6 +75,10 @@ struct FakeQuantAttrs {
   int bits = 8;
   bool narrow_range = false;
   bool per_channel = false;  ///< weights only: one range per output channel
+  /// Weights only, with per_channel: 0 for one range per output channel, or
+  /// G >= 2 for one range per group of consecutive elements along each
+  /// channel's row (weight_group_size() decides the size used).
+  std::int64_t group = 0;
   bool symmetric = false;    ///< weights only
   bool is_signed = false;    ///< lsq / pytorch activations: signed grid (no ReLU before)
   RangeMode range = RangeMode::ema;
@@ -83,6 +87,21 @@ struct FakeQuantAttrs {
   std::int64_t quant_delay = 0;
   std::int64_t freeze_step = kNeverFreeze;
 };
+
+/// The group size a weight row of `row_length` elements (a channel's fan-in)
+/// is quantized in when groups of `group` are asked for: the largest divisor
+/// of row_length that is at most `group`, so that every group of the row has
+/// the same size (LeNet-5's rows of 25, 150, 400, 120 and 84 take 25, 30, 25,
+/// 30 and 28 for a group of 32). row_length itself where group >= row_length:
+/// one range per channel. Throws lowbit::Error for a group below 2 or a row
+/// length below 1.
+std::int64_t weight_group_size(std::int64_t row_length, std::int64_t group);
+
+/// The [outer, channels, inner] view a weight quantizer with `attrs` takes of
+/// a weight of `shape` ([K, ...], rows of L = size / K elements): per tensor
+/// {1, 1, K·L}; per channel {1, K, L}; in groups {1, K·L/g, g} with g =
+/// weight_group_size(L, attrs.group), one range (or LSQ step) per group.
+ChannelLayout weight_layout(const FakeQuantAttrs& attrs, const std::vector<std::int64_t>& shape);
 
 struct Node {
   NodeKind kind = NodeKind::input;

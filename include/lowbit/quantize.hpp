@@ -37,6 +37,17 @@ struct QuantizeOptions {
   Rounding rounding = Rounding::tensorflow;
   /// One weight range per output channel (false: one per tensor).
   bool per_channel = true;
+  /// Per-group weights, as torchao and LiteRT quantize them: 0 keeps one
+  /// range per output channel (or tensor, per per_channel); G >= 2 splits
+  /// each output channel's row (its fan-in: C·R·S of a conv's [K,C,R,S]
+  /// weight, in_features of a Linear's) into groups of consecutive elements
+  /// with one range each (one learned step each under lsq). A row of L
+  /// elements uses the largest divisor of L that is at most G, so every group
+  /// of a layer has one size: LeNet-5's rows of 25, 150, 400, 120 and 84 use
+  /// 25, 30, 25, 30 and 28 for G = 32; G >= L is per channel for that layer
+  /// (weight_group_size() in graph.hpp). Groups lie within rows, so they need
+  /// per_channel.
+  std::int64_t weight_group = 0;
   /// Symmetric weight ranges [-max|w|, max|w|] on a narrow grid (TensorFlow's
   /// default for weights); false: asymmetric [min(w), max(w)], full grid.
   bool symmetric_weights = true;
@@ -53,8 +64,10 @@ struct QuantizeOptions {
 /// A per-layer override beats output_bits, which beats activation_bits.
 /// Layers whose width resolves to 0 stay float. Throws lowbit::Error for
 /// widths outside {0, 2..16}, an override naming no Conv2d/Linear layer, a
-/// decay outside [0, 1), a negative delay (or any with lsq ranges), or a graph
-/// that already holds FakeQuant nodes.
+/// decay outside [0, 1), a negative delay (or any with lsq ranges), a
+/// weight_group of 1 or below 0, or with per_channel false, or one that would
+/// leave a quantized layer's rows in groups of 1 (a row length with no
+/// divisor in 2..weight_group), or a graph that already holds FakeQuant nodes.
 Graph quantize(const Graph& graph, const QuantizeOptions& options);
 
 }  // namespace lowbit

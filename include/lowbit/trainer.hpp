@@ -91,11 +91,15 @@ struct QuantizerReport {
   bool weights = false;  ///< a layer's weights, else activations
   int bits = 0;
   RangeMode range = RangeMode::ema;
-  /// ema and lagged: the range per channel (one entry per tensor): for
+  /// Weights quantized in groups (QuantizeOptions::weight_group): the group
+  /// size this layer uses (weight_group_size()), one range or step per group
+  /// in the vectors below. 0 otherwise.
+  std::int64_t group = 0;
+  /// ema and lagged: the range per channel or group (one entry per tensor): for
   /// weights that of the final weights, for activations the EMA's, before
   /// nudging. Empty for lsq.
   std::vector<float> min, max;
-  /// lsq: the learned step size per channel. Empty otherwise.
+  /// lsq: the learned step size per channel or group. Empty otherwise.
   std::vector<float> step;
   /// Activations: the elements the last trained epoch's steps quantized (none
   /// during a quant delay, nor when this run trained no epoch), and how many

@@ -26,8 +26,8 @@ FakeQuantLayer::FakeQuantLayer(std::string name, Backend& backend, const FakeQua
                                ClipCount* clips)
     : Layer(std::move(name), backend),
       attrs_(attrs),
-      layout_(attrs.weights && attrs.per_channel ? ChannelLayout::per_channel(shape, 0)
-                                                 : ChannelLayout::per_tensor(element_count(shape))),
+      layout_(attrs.weights ? weight_layout(attrs, shape)
+                            : ChannelLayout::per_tensor(element_count(shape))),
       x_(x),
       y_(y),
       scale_(scale),
