@@ -371,6 +371,9 @@ def main(argv=None):
     dtypes = [getattr(torch, d) for d in args.dtypes]
 
     load_before = os.getloadavg()[0]
+    if load_before > 0.5 * (os.cpu_count() or 1):
+        progress(f"torch_ops_bench: WARNING: the machine is busy (load average {load_before:.2f} "
+                 f"on {os.cpu_count()} cores): multi-threaded figures will be slow and noisy")
     rows = []
     for case in args.cases:
         for dtype in dtypes:
