@@ -121,6 +121,7 @@ run_torch_ops() {
   [ "$quick" -eq 0 ] || args+=(--sizes 65536 --repeats 2)
   echo "bench.sh: torch ops ($torch_py) -> $out/torch_ops.json"
   if "$torch_py" bench/torch_ops_bench.py "${args[@]}" 2>"$out/torch_ops.log"; then
+    sed -n 's/^torch_ops_bench: WARNING:/bench.sh: torch ops WARNING:/p' "$out/torch_ops.log" >&2
     torch_ops_not_run=$(sed -n 's/^torch_ops_bench: NOT RUN:/bench.sh: torch ops NOT RUN:/p' \
                           "$out/torch_ops.log")
     [ -z "$torch_ops_not_run" ] || echo "$torch_ops_not_run" >&2
