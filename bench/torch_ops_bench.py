@@ -30,16 +30,17 @@ each call). The row holds the median and the minimum of each side, and
 ratio = torch median / lowbit median (> 1: lowbit is faster). lowbit_gbps is
 the effective bandwidth of lowbit's median call: the bytes of x, y, dy and dx
 (4 × the element size per element, whatever either side saves between its
-forward and its backward) over its time. Both sides use every core
-(torch.set_num_threads; lowbit's CPU ops use OpenMP's default, every core).
+forward and its backward) over its time. Both sides run on --threads threads
+(default: every core): torch.set_num_threads sets them in the OpenMP runtime
+(libgomp) that lowbit's CPU ops share with torch.
 
 A side that cannot run (lowbit_torch lacks the op in this build, or rejects
 the dtype or the device) is recorded with its error and no time, and is
 printed as NOT RUN on stderr, once per case and again at the end; nothing is
 estimated in its place. The other side is still timed, and the row has no
-ratio. Where both sides' forward is meant to agree bit for
-bit (per_tensor, per_channel, lsq: lowbit's contract is torch's own result),
-same_forward records whether it did on this input.
+ratio. Where both sides' forward is meant to agree bit for bit (per_tensor,
+per_channel, lsq: lowbit's contract is torch's own result), same_forward
+records whether it did on this input.
 
 Output: JSON to --out (schema: bench/torch_ops.schema.json); bench/report.py
 --torch-ops turns it into torch_ops.md. Exit 0 when the JSON was written
