@@ -91,7 +91,9 @@ def parse_args(argv):
                    help="dtypes of x and dy, comma-separated (default: %(default)s)")
     p.add_argument("--cases", default=",".join(CASES),
                    help="cases to run, comma-separated (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per side (default: 1)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed calls per side before the timed ones (default: 2; the "
+                        "first calls also settle glibc malloc's thresholds)")
     p.add_argument("--repeats", type=int,
                    help="timed calls per side at every size (default: 15 at 2^20 down to 3 "
                         "at 2^26)")
