@@ -589,7 +589,11 @@ def torch_ops_markdown(run):
            "call(s), lowbit and torch alternating, with "
            f"{run['clock']}; the JSON beside this file also holds the minimum. ratio = torch ÷ "
            "lowbit (> 1: lowbit is faster). lowbit GB/s is the bytes of x, y, dy and dx "
-           "(4 × the element size per element) over lowbit's time.", ""]
+           "(4 × the element size per element) over lowbit's time."
+           + ("" if cuda else " On the CPU, glibc's malloc gives blocks above 32 MiB (2^23 "
+              "float32 elements) fresh pages from mmap at every call, so from 2^24 up both "
+              "sides' times include the page faults of y, dx and what each saves for its "
+              "backward."), ""]
     pairs = []
     for r in cases:
         pair = (r["lowbit_op"], r["torch_op"], r["grid"],
