@@ -585,10 +585,9 @@ def torch_ops_markdown(run):
            + ".", "",
            "Each call is y = op(x, ...) then y.backward(dy), with x requiring grad (and the "
            "scale, for LSQ) and dy made beforehand; gradients are reset, untimed, between "
-           f"calls. Times are medians of the timed calls after {run['warmup']} warm-up "
-           "call(s), lowbit and torch alternating, with "
-           f"{run['clock']}; the JSON beside this file also holds the minimum. ratio = torch ÷ "
-           "lowbit (> 1: lowbit is faster). lowbit GB/s is the bytes of x, y, dy and dx "
+           f"calls. Times are the median (in brackets, the minimum) of the timed calls "
+           f"after {run['warmup']} warm-up call(s), lowbit and torch alternating, with "
+           f"{run['clock']}. ratio = torch ÷ lowbit, of the medians (> 1: lowbit is faster). lowbit GB/s is the bytes of x, y, dy and dx "
            "(4 × the element size per element) over lowbit's time."
            + ("" if cuda else " On the CPU, glibc's malloc gives blocks above 32 MiB (2^23 "
               "float32 elements) fresh pages from mmap at every call, so from 2^24 up both "
@@ -612,7 +611,7 @@ def torch_ops_markdown(run):
         if r[side + "_ms"] is None:
             return "not run" if r[side + "_error"] else "–"
         dagger = " †" if side == "torch" and r["torch_form"] == "float32 round trip" else ""
-        return f"{r[side + '_ms']:,.3f}{dagger}"
+        return f"{r[side + '_ms']:,.3f} ({r[side + '_min_ms']:,.3f}){dagger}"
 
     rows = [(r["lowbit_op"].replace("lowbit_torch.", ""), r["dtype"], size_label(r["elements"]),
              ms(r, "lowbit"), ms(r, "torch"),
