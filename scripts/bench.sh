@@ -22,7 +22,7 @@
 #   torch_ops.md               its table, with the ratio to torch's time
 # Meant to finish in under 5 minutes on an H100/H200 (no GPU run has timed
 # it yet); about 105 s on this project's 2-core CPU machine, PyTorch included,
-# and the torch-ops suite about 2 more minutes there.
+# and the torch-ops suite about 45 s more there (idle; nearly 3 min on a busy one).
 #
 # Usage: scripts/bench.sh [options]
 #   --out DIR        where the results go (default bench-results/)
