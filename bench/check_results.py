@@ -8,10 +8,15 @@
 - every table of results.md has as many cells in each row as in its header,
   and renders to an HTML table; the inference table has a row per batch and a
   column per config;
-- the charts it names are PNG files.
+- the charts it names are PNG files;
+- when the torch-ops suite ran (torch_ops.json): it matches
+  bench/torch_ops.schema.json, each ratio is torch_ms / lowbit_ms and each
+  GB/s bytes / lowbit_ms, a side without a time says why, and torch_ops.md
+  has a row per case and no ragged table.
+With --torch-ops-only, only the last (scripts/bench.sh --torch-ops-only).
 Exit 0 when all hold; otherwise each problem is printed and exit 1.
 
-Usage: check_results.py OUT_DIR  (the --out directory of scripts/bench.sh)
+Usage: check_results.py [--torch-ops-only] OUT_DIR  (the --out directory of scripts/bench.sh)
 """
 
 import html.parser
@@ -42,16 +47,91 @@ class TableShapes(html.parser.HTMLParser):
             self.tables[-1][-1] += 1
 
 
-def check(out_dir):
-    problems = []
-    with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as f:
-        results = json.load(f)
-    with open(os.path.join(HERE, "results.schema.json"), encoding="utf-8") as f:
+def schema_problems(name, document, schema_file):
+    with open(os.path.join(HERE, schema_file), encoding="utf-8") as f:
         schema = json.load(f)
     validator = jsonschema.Draft202012Validator(schema)
-    for error in sorted(validator.iter_errors(results), key=str):
+    problems = []
+    for error in sorted(validator.iter_errors(document), key=str):
         path = "/".join(str(p) for p in error.absolute_path)
-        problems.append(f"results.json: {path or '(top)'}: {error.message}")
+        problems.append(f"{name}: {path or '(top)'}: {error.message}")
+    return problems
+
+
+def table_lines(text):
+    """(cells per line, the section it is in) for each table written in text."""
+    written, headings = [], []
+    heading, in_table = None, False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
+        if line.startswith("|") and not in_table:
+            written.append([])
+            headings.append(heading)
+        in_table = line.startswith("|")
+        if in_table:
+            written[-1].append(line.strip().strip("|").count("|") + 1)
+    return written, headings
+
+
+def ragged(name, written):
+    problems = []
+    for i, counts in enumerate(written):
+        for r, cells in enumerate(counts[1:], start=2):
+            if cells != counts[0]:
+                problems.append(f"{name}: table {i + 1}, line {r}: {cells} cells under a "
+                                f"header of {counts[0]}")
+    return problems
+
+
+def check_torch_ops(out_dir):
+    """torch_ops.json against its schema and its own figures; torch_ops.md's tables."""
+    with open(os.path.join(out_dir, "torch_ops.json"), encoding="utf-8") as f:
+        run = json.load(f)
+    problems = schema_problems("torch_ops.json", run, "torch_ops.schema.json")
+    if problems:
+        return problems
+    if not run["cases"]:
+        problems.append("torch_ops.json: no cases")
+    for r in run["cases"]:
+        name = f"torch_ops.json: {r['case']} {r['dtype']} {r['elements']}"
+        for side in ("lowbit", "torch"):
+            if (r[side + "_ms"] is None) == (r[side + "_error"] is None):
+                problems.append(f"{name}: {side} has {'neither' if r[side + '_ms'] is None else 'both'}"
+                                " a time and an error")
+        ours, theirs = r["lowbit_ms"], r["torch_ms"]
+        ratio = theirs / ours if ours and theirs else None
+        if (ratio is None) != (r["ratio"] is None) or (ratio and abs(r["ratio"] / ratio - 1) > 1e-9):
+            problems.append(f"{name}: ratio {r['ratio']}, expected {ratio}")
+        gbps = r["bytes"] / ours / 1e6 if ours else None
+        if (gbps is None) != (r["lowbit_gbps"] is None) or (
+                gbps and abs(r["lowbit_gbps"] / gbps - 1) > 1e-9):
+            problems.append(f"{name}: lowbit GB/s {r['lowbit_gbps']}, expected {gbps}")
+    with open(os.path.join(out_dir, "torch_ops.md"), encoding="utf-8") as f:
+        text = f.read()
+    written, _ = table_lines(text)
+    problems += ragged("torch_ops.md", written)
+    parser = TableShapes()
+    parser.feed(markdown.markdown(text, extensions=["tables"]))
+    # The legend, then the op table: a row per case under its header.
+    if len(parser.tables) != len(written) or len(written) < 2 or \
+            len(parser.tables[-1]) != len(run["cases"]) + 1:
+        problems.append(f"torch_ops.md: {len(written)} tables written, {len(parser.tables)} "
+                        f"rendered; the op table does not hold the {len(run['cases'])} cases")
+    return problems
+
+
+def check(out_dir, torch_ops_only=False):
+    problems = []
+    if os.path.exists(os.path.join(out_dir, "torch_ops.json")):
+        problems += check_torch_ops(out_dir)
+    elif torch_ops_only:
+        problems.append("torch_ops.json: missing")
+    if torch_ops_only:
+        return problems
+    with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    problems += schema_problems("results.json", results, "results.schema.json")
 
     # Every raw benchmark appears once in results.json.
     for raw, key in (("kernels.json", ("kernels", "reference_kernels")),
@@ -78,23 +158,8 @@ def check(out_dir):
     with open(os.path.join(out_dir, "results.md"), encoding="utf-8") as f:
         text = f.read()
     # Cells per row as written: markdown would pad or cut a ragged row silently.
-    written = []  # cells per line, for each table
-    headings = []  # the section each table is in
-    heading, in_table = None, False
-    for line in text.splitlines():
-        if line.startswith("## "):
-            heading = line[3:]
-        if line.startswith("|") and not in_table:
-            written.append([])
-            headings.append(heading)
-        in_table = line.startswith("|")
-        if in_table:
-            written[-1].append(line.strip().strip("|").count("|") + 1)
-    for i, counts in enumerate(written):
-        for r, cells in enumerate(counts[1:], start=2):
-            if cells != counts[0]:
-                problems.append(f"results.md: table {i + 1}, line {r}: {cells} cells under a "
-                                f"header of {counts[0]}")
+    written, headings = table_lines(text)
+    problems += ragged("results.md", written)
     inference = results.get("inference", [])
     if inference:
         counts = next((c for c, h in zip(written, headings) if h == "LeNet-5 inference"), [])
@@ -152,15 +217,19 @@ def check_inference_peers(out_dir, results):
 
 
 def main():
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    torch_ops_only = args[:1] == ["--torch-ops-only"]
+    args = args[1:] if torch_ops_only else args
+    if len(args) != 1:
         print(__doc__, file=sys.stderr)
         return 2
-    problems = check(sys.argv[1])
+    problems = check(args[0], torch_ops_only)
     for p in problems:
         print(f"check_results: {p}", file=sys.stderr)
     if not problems:
-        print(f"check_results: {sys.argv[1]}: results.json matches the schema, "
-              "results.md renders, charts are PNGs")
+        print(f"check_results: {args[0]}: "
+              + ("torch_ops.json matches its schema and torch_ops.md renders" if torch_ops_only
+                 else "results.json matches the schema, results.md renders, charts are PNGs"))
     return 1 if problems else 0
 
 

@@ -7,6 +7,9 @@ Inputs (all from the same run, written by scripts/bench.sh):
   inference.json  Google Benchmark JSON of lowbit_bench_inference (optional)
   peers.json      bench/peers/torch_peers.py output (optional: PyTorch's figures)
   machine.json    the card, driver, CUDA and cuDNN versions, host and date
+  torch_ops.json  bench/torch_ops_bench.py output (optional: lowbit_torch's
+                  ops against torch.*; it becomes torch_ops.md, and can be
+                  given alone, without --kernels and --train)
 
 results.json follows bench/results.schema.json. Every ratio in it is taken
 between figures of this run: % of the device copy, QAT overhead over our own
@@ -564,6 +567,81 @@ def inference_section(results):
 
 
 # ---------------------------------------------------------------------------
+# The torch-ops suite (bench/torch_ops_bench.py, bench/torch_ops.schema.json)
+
+TORCH_OPS_HEADER = ["op", "dtype", "elements", "lowbit ms", "torch ms", "ratio", "lowbit GB/s"]
+
+
+def torch_ops_markdown(run):
+    """torch_ops.md: the op table (medians, ratio = torch ÷ lowbit) and every
+    case a side of which did not run, with its error."""
+    cases = run["cases"]
+    cuda = run["device"] == "cuda"
+    load = run.get("load_average") or []
+    out = ["# lowbit_torch against torch.*: forward + backward", "",
+           f"**{'GPU' if cuda else 'CPU'} figures**: {run.get('device_name') or run['device']}, "
+           f"{run['threads']} threads, torch {run['torch_version']}, {run['date']}"
+           + (f", load average {load[0]:.2f} before and {load[1]:.2f} after" if load else "")
+           + ".", "",
+           "Each call is y = op(x, ...) then y.backward(dy), with x requiring grad (and the "
+           "scale, for LSQ) and dy made beforehand; gradients are reset, untimed, between "
+           f"calls. Times are the median (in brackets, the minimum) of the timed calls "
+           f"after {run['warmup']} warm-up call(s), lowbit and torch alternating, with "
+           f"{run['clock']}. ratio = torch ÷ lowbit, of the medians (> 1: lowbit is faster). lowbit GB/s is the bytes of x, y, dy and dx "
+           "(4 × the element size per element) over lowbit's time."
+           + ("" if cuda else " On the CPU, glibc's malloc gives blocks above 32 MiB (2^23 "
+              "float32 elements) fresh pages from mmap at every call, so from 2^24 up both "
+              "sides' times include the page faults of y, dx and what each saves for its "
+              "backward."), ""]
+    pairs = []
+    for r in cases:
+        pair = (r["lowbit_op"], r["torch_op"], r["grid"],
+                "[64, n/64], axis 0" if r["case"] == "per_channel" else "[n]")
+        if pair not in pairs:
+            pairs.append(pair)
+    out += [table(["lowbit op", "torch op", "grid", "x"],
+                  [(f"`{a}`", f"`{b}`", g, x) for a, b, g, x in pairs]), ""]
+    round_trip = any(r["torch_form"] == "float32 round trip" for r in cases)
+    if round_trip:
+        out += ["†: torch's op does not take this dtype here; what is timed is "
+                "op(x.float(), ...).to(dtype), forward and backward, as a user would write it.",
+                ""]
+
+    def ms(r, side):
+        if r[side + "_ms"] is None:
+            return "not run" if r[side + "_error"] else "–"
+        dagger = " †" if side == "torch" and r["torch_form"] == "float32 round trip" else ""
+        return f"{r[side + '_ms']:,.3f} ({r[side + '_min_ms']:,.3f}){dagger}"
+
+    rows = [(r["lowbit_op"].replace("lowbit_torch.", ""), r["dtype"], size_label(r["elements"]),
+             ms(r, "lowbit"), ms(r, "torch"),
+             fmt(r["ratio"], ".2f") + ("×" if r["ratio"] is not None else ""),
+             fmt(r["lowbit_gbps"], ",.1f"))
+            for r in cases]
+    out += [table(TORCH_OPS_HEADER, rows), ""]
+
+    not_run = {}
+    for r in cases:
+        for side in ("lowbit", "torch"):
+            if r[side + "_error"]:
+                key = (r["lowbit_op"].replace("lowbit_torch.", ""), r["dtype"], side,
+                       r[side + "_error"])
+                not_run.setdefault(key, []).append(size_label(r["elements"]))
+    if not_run:
+        out += ["## Not run", ""]
+        out += [f"- {op}, {dtype}, {side}'s side, at {', '.join(sizes)}: {error}"
+                for (op, dtype, side, error), sizes in not_run.items()]
+        out += [""]
+    differ = [r for r in cases if r["same_forward"] is False]
+    if differ:
+        out += ["## Forward not bit for bit torch's", "",
+                "These ops are meant to give torch's y exactly; on this input they did not:", ""]
+        out += [f"- {r['lowbit_op']}, {r['dtype']}, {size_label(r['elements'])}" for r in differ]
+        out += [""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------
 # Charts
 
 def charts(results, out_dir):
@@ -698,19 +776,29 @@ def build(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kernels", required=True, help="lowbit_bench_kernels JSON")
-    parser.add_argument("--train", required=True, help="lowbit_bench_train JSON")
+    parser.add_argument("--kernels", help="lowbit_bench_kernels JSON (with --train)")
+    parser.add_argument("--train", help="lowbit_bench_train JSON (with --kernels)")
     parser.add_argument("--inference", help="lowbit_bench_inference JSON")
     parser.add_argument("--peers", help="torch_peers.py JSON (omit when PyTorch did not run)")
     parser.add_argument("--peers-skipped", help="why the peers did not run")
     parser.add_argument("--machine", help="machine.json from scripts/bench.sh")
+    parser.add_argument("--torch-ops", help="torch_ops_bench.py JSON: writes torch_ops.md")
     parser.add_argument("--out-dir", required=True,
                         help="where results.json, results.md and the charts go")
     parser.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     args = parser.parse_args()
+    if bool(args.kernels) != bool(args.train) or not (args.kernels or args.torch_ops):
+        parser.error("give --kernels and --train, or --torch-ops, or all three")
 
-    results = build(args)
     os.makedirs(args.out_dir, exist_ok=True)
+    if args.torch_ops:
+        with open(os.path.join(args.out_dir, "torch_ops.md"), "w", encoding="utf-8") as f:
+            f.write(torch_ops_markdown(load_json(args.torch_ops)))
+            f.write("\n")
+        print(f"report: wrote {args.out_dir}/torch_ops.md", file=sys.stderr)
+    if not args.kernels:
+        return
+    results = build(args)
     if args.no_charts:
         results["charts"], reason = [], "--no-charts"
     else:

@@ -3,7 +3,8 @@
 hand-made rows: a GPU run at n = 2^26 is judged, anything else is not (a
 CPU run judges the CPU targets at batch 256), and PyTorch's ratio is
 PyTorch's time over lowbit's; inference rows sit beside
-PyTorch's int8 (integer widths) or fp32 figure at their batch."""
+PyTorch's int8 (integer widths) or fp32 figure at their batch; the
+torch-ops table (torch_ops.md) from a canned torch_ops.json."""
 
 import os
 import sys
@@ -176,6 +177,65 @@ class Inference(unittest.TestCase):
         self.assertEqual(lines[2], "| 1 | – | error | – | – | error | – |")
         self.assertEqual(lines[3], "| 64 | 3,000 (1.50×) | – | 4,000 (2.00×) | 8,000 (0.50×) | "
                                    "2,000 | 16,000 |")
+
+
+def torch_ops_case(case, dtype, n, lowbit_ms, torch_ms, lowbit_error=None, form="native"):
+    size = 4 if dtype == "float32" else 2
+    return {"case": case, "lowbit_op": "lowbit_torch.fake_quant_per_tensor_affine"
+            if case == "per_tensor" else "lowbit_torch.ema_fake_quant",
+            "torch_op": "torch.fake_quantize_per_tensor_affine" if case == "per_tensor"
+            else "torch.fused_moving_avg_obs_fake_quant",
+            "dtype": dtype, "elements": n, "shape": [n], "grid": "0..15", "torch_form": form,
+            "repeats": 3, "lowbit_ms": lowbit_ms,
+            "lowbit_min_ms": lowbit_ms - 0.1 if lowbit_ms else None,
+            "torch_ms": torch_ms, "torch_min_ms": torch_ms - 1.0 if torch_ms else None,
+            "ratio": torch_ms / lowbit_ms if lowbit_ms and torch_ms else None,
+            "bytes": 4 * size * n, "lowbit_gbps": 4 * size * n / lowbit_ms / 1e6 if lowbit_ms
+            else None, "same_forward": True if lowbit_ms else None,
+            "lowbit_error": lowbit_error, "torch_error": None}
+
+
+class TorchOps(unittest.TestCase):
+    """torch_ops.md from a canned torch_ops.json: the ratio is torch ÷ lowbit,
+    a side that did not run says so in its cell and, with its error, below."""
+
+    def setUp(self):
+        no_ema = "lowbit_torch has no ema_fake_quant in this tree"
+        self.run = {"device": "cpu", "device_name": "AMD EPYC (2 cores)", "threads": 2,
+                    "torch_version": "1.13.0a0", "date": "2026-12-01 00:00 UTC",
+                    "load_average": [0.5, 1.25], "clock": "time.perf_counter", "warmup": 1,
+                    "cases": [torch_ops_case("per_tensor", "float32", 1 << 20, 0.5, 4.0),
+                              torch_ops_case("per_tensor", "bfloat16", 1 << 26, None, 900.0,
+                                             "RuntimeError: x must be float32, got BFloat16",
+                                             "float32 round trip"),
+                              torch_ops_case("ema", "float32", 1 << 20, None, 5.0, no_ema),
+                              torch_ops_case("ema", "float32", 1 << 22, None, 20.0, no_ema)]}
+        self.text = report.torch_ops_markdown(self.run)
+
+    def test_op_table(self):
+        lines = [line for line in self.text.splitlines() if line.startswith("| ")]
+        start = lines.index("| op | dtype | elements | lowbit ms | torch ms | ratio | "
+                            "lowbit GB/s |")
+        self.assertEqual(lines[start + 1:], [
+            "| fake_quant_per_tensor_affine | float32 | 2^20 | 0.500 (0.400) | 4.000 (3.000) | "
+            "8.00× | 33.6 |",
+            "| fake_quant_per_tensor_affine | bfloat16 | 2^26 | not run | 900.000 (899.000) † | "
+            "– | – |",
+            "| ema_fake_quant | float32 | 2^20 | not run | 5.000 (4.000) | – | – |",
+            "| ema_fake_quant | float32 | 2^22 | not run | 20.000 (19.000) | – | – |"])
+
+    def test_header_and_not_run(self):
+        self.assertIn("**CPU figures**: AMD EPYC (2 cores), 2 threads, torch 1.13.0a0, "
+                      "2026-12-01 00:00 UTC, load average 0.50 before and 1.25 after.", self.text)
+        self.assertIn("†: torch's op does not take this dtype here", self.text)
+        self.assertIn("- ema_fake_quant, float32, lowbit's side, at 2^20, 2^22: lowbit_torch has "
+                      "no ema_fake_quant in this tree", self.text)
+        self.assertIn("- fake_quant_per_tensor_affine, bfloat16, lowbit's side, at 2^26: "
+                      "RuntimeError: x must be float32, got BFloat16", self.text)
+        self.assertNotIn("Forward not bit for bit", self.text)
+        self.run["cases"][0]["same_forward"] = False
+        self.assertIn("- lowbit_torch.fake_quant_per_tensor_affine, float32, 2^20",
+                      report.torch_ops_markdown(self.run))
 
 
 if __name__ == "__main__":

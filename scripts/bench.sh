@@ -3,7 +3,11 @@
 # kernel, training-step and inference suites (Google Benchmark: on the GPU
 # when there is one, else on the CPU backend, labelled as such), then
 # PyTorch's equivalents at the same sizes when a python3 can import torch
-# (its int8 and fp32 inference on the CPU), and writes into --out:
+# (its int8 and fp32 inference on the CPU), then the torch-ops suite when
+# the build holds lowbit_torch (-DLOWBIT_TORCH=ON) and a python3 imports
+# torch (lowbit_torch's ops against torch.fake_quantize_*, the fused EMA
+# observer and the learnable fake quant, forward + backward, 2^20..2^26
+# elements, float32 and bfloat16), and writes into --out:
 #   kernels.json, train.json,  the suites' raw Google Benchmark JSON
 #   inference.json             (the inference suite trains its models on
 #                              Fashion-MNIST: $LOWBIT_DATA_DIR, else Debian's)
@@ -13,8 +17,12 @@
 #                              (schema: bench/results.schema.json)
 #   results.md                 the tables, and kernels_roofline.png and
 #                              training.png (matplotlib)
+#   torch_ops.json             the torch-ops suite (bench/torch_ops_bench.py;
+#                              schema: bench/torch_ops.schema.json)
+#   torch_ops.md               its table, with the ratio to torch's time
 # Meant to finish in under 5 minutes on an H100/H200 (no GPU run has timed
-# it yet); about 105 s on this project's 2-core CPU machine, PyTorch included.
+# it yet); about 105 s on this project's 2-core CPU machine, PyTorch included,
+# and the torch-ops suite about 45 s more there (idle; nearly 3 min on a busy one).
 #
 # Usage: scripts/bench.sh [options]
 #   --out DIR        where the results go (default bench-results/)
@@ -24,8 +32,16 @@
 #   --quick          the smallest size and batches only, briefly: checks that
 #                    the pipeline works (its figures are noise)
 #   --min-time S     seconds of timed calls per kernel benchmark (default 0.05)
+#   --no-torch-ops   skip the torch-ops suite
+#   --torch-ops-only run the torch-ops suite alone (it then must run: the
+#                    build needs -DLOWBIT_TORCH=ON, which setup builds then)
+#   --torch-ops-device auto|cpu|cuda
+#                    where the torch-ops suite runs (default auto: cuda when
+#                    torch has a device; lowbit's ops that lack CUDA are
+#                    then reported as not run)
 # Exit status: 0 when every suite and the report succeeded (PyTorch failing
-# is recorded in the results, not fatal), 1 otherwise, 2 for bad usage.
+# is recorded in the results, not fatal; so is a torch-ops case that cannot
+# run, which is listed as NOT RUN), 1 otherwise, 2 for bad usage.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -35,6 +51,9 @@ do_build=1
 peers=1
 quick=0
 min_time=0.05
+torch_ops=1
+torch_ops_only=0
+torch_ops_device=auto
 
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -47,11 +66,22 @@ while [ $# -gt 0 ]; do
     --no-peers) peers=0 ;;
     --quick) quick=1 ;;
     --min-time) min_time=${2:?--min-time needs seconds}; shift ;;
+    --no-torch-ops) torch_ops=0 ;;
+    --torch-ops-only) torch_ops_only=1 ;;
+    --torch-ops-device)
+      torch_ops_device=${2:?--torch-ops-device needs auto, cpu or cuda}; shift
+      case "$torch_ops_device" in
+        auto|cpu|cuda) ;;
+        *) echo "bench.sh: --torch-ops-device takes auto, cpu or cuda" >&2; exit 2 ;;
+      esac ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+
+[ "$torch_ops" -eq 1 ] || [ "$torch_ops_only" -eq 0 ] ||
+  { echo "bench.sh: --torch-ops-only and --no-torch-ops contradict" >&2; exit 2; }
 
 # Paths on the command line are the caller's; the rest runs from the root.
 out=$(realpath -m "$out")
@@ -59,7 +89,58 @@ build_dir=$(realpath -m "$build_dir")
 cd "$root"
 if [ "$do_build" -eq 1 ]; then
   [ "$build_dir" = "$root/build" ] || { echo "bench.sh: --build-dir needs --no-build" >&2; exit 2; }
-  scripts/setup.sh
+  if [ "$torch_ops_only" -eq 1 ]; then
+    scripts/setup.sh -DLOWBIT_TORCH=ON
+  else
+    scripts/setup.sh
+  fi
+fi
+torch_library="$build_dir/host/torch/liblowbit_torch.so"
+mkdir -p "$out"
+rm -f "$out"/torch_ops.{json,md,log}
+
+# lowbit_torch against torch.* (bench/torch_ops_bench.py), then its table.
+# Sets failed when the suite should run and does not; a case one side of
+# which cannot run is in the table and printed, not a failure.
+run_torch_ops() {
+  local torch_py
+  if [ "$torch_ops" -eq 0 ]; then
+    return
+  elif [ ! -f "$torch_library" ]; then
+    echo "bench.sh: torch-ops suite NOT RUN: $torch_library is missing" \
+         "(configure with -DLOWBIT_TORCH=ON)" >&2
+    [ "$torch_ops_only" -eq 0 ] || failed=1
+    return
+  elif ! torch_py=$(scripts/python-with.sh torch); then
+    echo "bench.sh: torch-ops suite NOT RUN: no python3 here can import torch" \
+         "(apt-get install python3-torch)" >&2
+    [ "$torch_ops_only" -eq 0 ] || failed=1
+    return
+  fi
+  local args=(--device "$torch_ops_device" --library "$torch_library" --out "$out/torch_ops.json")
+  [ "$quick" -eq 0 ] || args+=(--sizes 65536 --repeats 2)
+  echo "bench.sh: torch ops ($torch_py) -> $out/torch_ops.json"
+  if "$torch_py" bench/torch_ops_bench.py "${args[@]}" 2>"$out/torch_ops.log"; then
+    sed -n 's/^torch_ops_bench: WARNING:/bench.sh: torch ops WARNING:/p' "$out/torch_ops.log" >&2
+    torch_ops_not_run=$(sed -n 's/^torch_ops_bench: NOT RUN:/bench.sh: torch ops NOT RUN:/p' \
+                          "$out/torch_ops.log")
+    [ -z "$torch_ops_not_run" ] || echo "$torch_ops_not_run" >&2
+  else
+    failed=1
+    tail -n 5 "$out/torch_ops.log"
+  fi
+}
+
+failed=0
+torch_ops_not_run=""
+if [ "$torch_ops_only" -eq 1 ]; then
+  run_torch_ops
+  if [ -f "$out/torch_ops.json" ]; then
+    py=$(scripts/python-with.sh json) || { echo "bench.sh: no python3 found" >&2; exit 1; }
+    "$py" bench/report.py --torch-ops "$out/torch_ops.json" --out-dir "$out" || failed=1
+  fi
+  echo "bench.sh: torch ops in $out/torch_ops.md$([ "$failed" -eq 0 ] || echo ' (FAILED)')"
+  exit "$failed"
 fi
 kernels_bin="$build_dir/bench/lowbit_bench_kernels"
 train_bin="$build_dir/bench/lowbit_bench_train"
@@ -67,14 +148,12 @@ inference_bin="$build_dir/bench/lowbit_bench_inference"
 for bin in "$kernels_bin" "$train_bin" "$inference_bin"; do
   [ -x "$bin" ] || { echo "bench.sh: $bin is missing (build first, or drop --no-build)" >&2; exit 1; }
 done
-mkdir -p "$out"
 rm -f "$out"/{kernels,train,inference,peers,machine,results}.json "$out"/results.md \
   "$out"/{kernels_roofline,training}.png
 
 py=$(scripts/python-with.sh json matplotlib || scripts/python-with.sh json) ||
   { echo "bench.sh: no python3 found" >&2; exit 1; }
 
-failed=0
 if [ "$quick" -eq 1 ]; then
   kernel_args=(--benchmark_filter=/n:65536/ --benchmark_min_time=0.01)
   train_args=(--benchmark_filter=batch:64 --benchmark_min_time=0.01)
@@ -125,6 +204,10 @@ else
   fi
 fi
 
+run_torch_ops
+report_torch_ops=()
+[ -f "$out/torch_ops.json" ] && report_torch_ops=(--torch-ops "$out/torch_ops.json")
+
 # The card and software versions, as the tools report them.
 gpu_info=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)
 nvcc_version=$( (nvcc --version || /usr/local/cuda/bin/nvcc --version) 2>/dev/null | tail -n 1 || true)
@@ -164,10 +247,12 @@ report_inference=()
 if [ -f "$out/kernels.json" ] && [ -f "$out/train.json" ]; then
   "$py" bench/report.py --kernels "$out/kernels.json" --train "$out/train.json" \
     "${report_inference[@]}" --machine "$out/machine.json" --out-dir "$out" \
-    "${report_peers[@]}" || failed=1
+    "${report_peers[@]}" "${report_torch_ops[@]}" || failed=1
 else
   failed=1
 fi
 [ -f "$out/results.md" ] && sed -n '/^## DESIGN/,/^## Kernels at/p' "$out/results.md" | sed '$d'
+[ -z "$torch_ops_not_run" ] || echo "$torch_ops_not_run" >&2
+[ ! -f "$out/torch_ops.md" ] || echo "bench.sh: lowbit_torch against torch.* in $out/torch_ops.md"
 echo "bench.sh: results in $out/results.md$([ "$failed" -eq 0 ] || echo ' (some steps FAILED: see the logs there)')"
 exit "$failed"
