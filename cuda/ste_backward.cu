@@ -97,14 +97,13 @@ void ste_backward_as(const T* dy, const std::uint32_t* mask, MaskFormat mask_for
                      T* dx, cudaStream_t stream) {
   lowbit::detail::check_ste_backward(dy, mask, n, dx);
   if (n == 0) return;
-  const unsigned grid = detail::grid_for(n, detail::kTileElems * (detail::kBlockThreads / 32));
+  const unsigned threads = detail::kBlockThreads;
+  const unsigned grid = detail::grid_for(n, detail::kTileElems * (threads / 32));
   if (mask_format == MaskFormat::sides) {
-    ste_backward_kernel<T, MaskFormat::sides>
-        <<<grid, detail::kBlockThreads, 0, stream>>>(dy, mask, n, dx);
+    ste_backward_kernel<T, MaskFormat::sides><<<grid, threads, 0, stream>>>(dy, mask, n, dx);
     LOWBIT_LAUNCH_CHECK();
   } else {
-    ste_backward_kernel<T, MaskFormat::pass>
-        <<<grid, detail::kBlockThreads, 0, stream>>>(dy, mask, n, dx);
+    ste_backward_kernel<T, MaskFormat::pass><<<grid, threads, 0, stream>>>(dy, mask, n, dx);
     LOWBIT_LAUNCH_CHECK();
   }
 }
