@@ -12,9 +12,13 @@
 // 2^20 and 2^24 elements: in the caches, in the last-level cache, and in
 // memory (64 MiB per tensor), where the copy is the memory roofline.
 //
+// The fake quant, STE and EMA ops also run on bf16 tensors (names with
+// "/bf16" after the op): 2-byte elements, computed in float.
+//
 // Counters:
 //   bytes_per_elem  the fewest bytes the op must move per element: each input
-//                   read once, each output written once, 1/8 byte per mask plane
+//                   read once, each output written once (4 bytes a float, 2 a
+//                   bf16), 1/8 byte per mask plane
 //   GB/s            bytes_per_elem·n over the time per call, in 10^9 B/s
 //                   (bytes_per_second is the same figure in B/s)
 //   pct_of_copy     100·GB/s / (the copy's GB/s at the same n in this run):
@@ -43,12 +47,14 @@
 #include "harness.hpp"
 #include "lowbit/cuda.hpp"
 #include "lowbit/device_buffer.hpp"
+#include "lowbit/element.hpp"
 #include "lowbit/error.hpp"
 #include "lowbit/ref.hpp"
 #include "lowbit/types.hpp"
 
 namespace {
 
+using lowbit::bf16;
 using lowbit::ChannelLayout;
 using lowbit::EmaMode;
 using lowbit::MaskFormat;
@@ -112,20 +118,26 @@ class CudaEventTimer {
 // lowbit::ref, whose signatures differ only by the CUDA side's trailing stream.
 // Packing and the EMA state's reset have one CPU version, the reference's.
 
-#define LOWBIT_BENCH_OPS(X)                                                     \
-  X(fake_quant_range) X(fake_quant_affine) X(ste_backward) X(ste_backward_range) \
-  X(ema_fake_quant) X(fake_quant_weights) X(lsq_forward) X(lsq_backward)         \
-  X(bias_activation)
+#define LOWBIT_BENCH_OPS(X)                                                    \
+  X(fake_quant_range)                                                          \
+  X(fake_quant_affine) X(ste_backward) X(ste_backward_range) X(ema_fake_quant) \
+      X(fake_quant_weights) X(lsq_forward) X(lsq_backward) X(bias_activation)
 #define LOWBIT_BENCH_REF_ONLY_OPS(X) X(ema_state_init) X(pack_codes) X(unpack_codes)
-#define LOWBIT_BENCH_GPU_OP(op) \
-  template <class... A>         \
-  static void op(A... a) { lowbit::cuda::op(a..., kStream); }
+#define LOWBIT_BENCH_GPU_OP(op)      \
+  template <class... A>              \
+  static void op(A... a) {           \
+    lowbit::cuda::op(a..., kStream); \
+  }
 #define LOWBIT_BENCH_CPU_OP(op) \
   template <class... A>         \
-  static void op(A... a) { lowbit::cpu::op(a...); }
+  static void op(A... a) {      \
+    lowbit::cpu::op(a...);      \
+  }
 #define LOWBIT_BENCH_REF_OP(op) \
   template <class... A>         \
-  static void op(A... a) { lowbit::ref::op(a...); }
+  static void op(A... a) {      \
+    lowbit::ref::op(a...);      \
+  }
 
 struct Gpu {
   static constexpr const char* kLabel = "gpu";
@@ -238,6 +250,23 @@ const std::vector<float>& pattern(std::int64_t n, std::uint32_t seed, float lo, 
 const std::vector<float>& inputs(std::int64_t n) { return pattern(n, 0x9e3779b9u, -3.0f, 3.0f); }
 const std::vector<float>& grads(std::int64_t n) { return pattern(n, 0x85ebca6bu, -1.0f, 1.0f); }
 
+/// Values as elements of type E (float, or bf16 rounded once).
+template <class E>
+std::vector<E> as_elements(const std::vector<float>& values) {
+  if constexpr (std::is_same_v<E, float>) {
+    return values;
+  } else {
+    std::vector<E> out;
+    out.reserve(values.size());
+    for (const float v : values) out.push_back(lowbit::from_float<E>(v));
+    return out;
+  }
+}
+
+/// Bytes of one element: the x read and the y written each move this.
+template <class E>
+constexpr double kElementBytes = static_cast<double>(sizeof(E));
+
 std::vector<std::uint8_t> codes(std::int64_t n, int bits) {
   std::vector<std::uint8_t> values;
   for (const float v : inputs(n))  // [-3, 3) onto the code range
@@ -310,65 +339,70 @@ void bench_fp32_bias_relu(benchmark::State& state, std::int64_t n) {
              [&] { B::bias_activation(x.data(), bias.data(), layout, true, y.data()); });
 }
 
-// Read x, write y, 1 mask bit: 8.125 B/elem.
-template <class B>
+// Read x, write y, 1 mask bit: 8.125 B/elem (bf16: 4.125).
+template <class B, class E = float>
 void bench_fake_quant_range(benchmark::State& state, std::int64_t n, int bits, bool channels) {
   const ChannelLayout layout = activation_layout(n, channels);
-  const Buf<B, float> x(inputs(n)), min(per_channel(layout.channels, -2.0f, -0.01f)),
+  const Buf<B, E> x(as_elements<E>(inputs(n)));
+  const Buf<B, float> min(per_channel(layout.channels, -2.0f, -0.01f)),
       max(per_channel(layout.channels, 2.5f, 0.01f));
-  Buf<B, float> y(n);
+  Buf<B, E> y(n);
   Buf<B, std::uint32_t> mask(lowbit::mask_words(n));
-  measure<B>(state, n, 8.125, [&] {
+  measure<B>(state, n, 2 * kElementBytes<E> + 0.125, [&] {
     B::fake_quant_range(x.data(), y.data(), layout, min.data(), max.data(),
                         lowbit::RangeQuant{bits, false}, mask.data(), MaskFormat::pass);
   });
 }
 
-// Read x, write y, 1 mask bit: 8.125 B/elem.
-template <class B>
+// Read x, write y, 1 mask bit: 8.125 B/elem (bf16: 4.125).
+template <class B, class E = float>
 void bench_fake_quant_affine(benchmark::State& state, std::int64_t n, int bits, bool channels) {
   const ChannelLayout layout = activation_layout(n, channels);
   const auto quant = lowbit::AffineQuant::unsigned_bits(bits);
   const float step = 4.5f / static_cast<float>(quant.qmax - quant.qmin);
-  const Buf<B, float> x(inputs(n)), scale(per_channel(layout.channels, step, step * 1e-3f));
+  const Buf<B, E> x(as_elements<E>(inputs(n)));
+  const Buf<B, float> scale(per_channel(layout.channels, step, step * 1e-3f));
   const Buf<B, std::int32_t> zero_point(
       std::vector<std::int32_t>(layout.channels, (quant.qmax + 1) / 2));
-  Buf<B, float> y(n);
+  Buf<B, E> y(n);
   Buf<B, std::uint32_t> mask(lowbit::mask_words(n));
-  measure<B>(state, n, 8.125, [&] {
+  measure<B>(state, n, 2 * kElementBytes<E> + 0.125, [&] {
     B::fake_quant_affine(x.data(), y.data(), layout, scale.data(), zero_point.data(), quant,
                          mask.data(), nullptr);
   });
 }
 
 // From a mask saved by a real forward. pass: read dy, write dx, 1 mask bit
-// (8.125 B/elem). sides: 2 mask bits for d_min and d_max (8.25 B/elem).
-template <class B>
+// (8.125 B/elem; bf16 4.125). sides: 2 mask bits for d_min and d_max (8.25
+// B/elem; bf16 4.25).
+template <class B, class E = float>
 void bench_ste_backward(benchmark::State& state, std::int64_t n, MaskFormat format) {
   const ChannelLayout layout = ChannelLayout::per_tensor(n);
-  const Buf<B, float> x(inputs(n)), dy(grads(n)), min(std::vector<float>{-2.0f}),
-      max(std::vector<float>{2.5f});
-  Buf<B, float> dx(n), d_min(1), d_max(1);
+  const Buf<B, E> x(as_elements<E>(inputs(n))), dy(as_elements<E>(grads(n)));
+  const Buf<B, float> min(std::vector<float>{-2.0f}), max(std::vector<float>{2.5f});
+  Buf<B, E> dx(n);
+  Buf<B, float> d_min(1), d_max(1);
   Buf<B, std::uint32_t> mask(lowbit::mask_words(n, format));
   Buf<B, std::byte> ws(lowbit::reduction_workspace_bytes(layout));
   B::fake_quant_range(x.data(), dx.data(), layout, min.data(), max.data(),
                       lowbit::RangeQuant{4, false}, mask.data(), format);
+  const double elements = 2 * kElementBytes<E>;
   if (format == MaskFormat::pass)
-    measure<B>(state, n, 8.125,
+    measure<B>(state, n, elements + 0.125,
                [&] { B::ste_backward(dy.data(), mask.data(), format, n, dx.data()); });
   else
-    measure<B>(state, n, 8.25, [&] {
+    measure<B>(state, n, elements + 0.25, [&] {
       B::ste_backward_range(dy.data(), mask.data(), layout, dx.data(), d_min.data(), d_max.data(),
                             workspace<B>(ws));
     });
 }
 
 // exact reads x twice (batch range, then quantize): 12.125 B/elem; lagged
-// reads it once: 8.125 B/elem.
-template <class B>
+// reads it once: 8.125 B/elem (bf16: 6.125 and 4.125).
+template <class B, class E = float>
 void bench_ema_fake_quant(benchmark::State& state, std::int64_t n, int bits, EmaMode mode) {
-  const Buf<B, float> x(inputs(n));
-  Buf<B, float> y(n);
+  const Buf<B, E> x(as_elements<E>(inputs(n)));
+  Buf<B, E> y(n);
   Buf<B, std::uint32_t> mask(lowbit::mask_words(n));
   Buf<B, lowbit::EmaRangeState> ema(1);
   B::ema_state_init(ema.data());
@@ -376,7 +410,8 @@ void bench_ema_fake_quant(benchmark::State& state, std::int64_t n, int bits, Ema
   config.quant = lowbit::RangeQuant{bits, false};
   config.mode = mode;
   // The warm-up call makes the first update, so lagged mode quantizes too.
-  measure<B>(state, n, mode == EmaMode::exact ? 12.125 : 8.125, [&] {
+  const double passes = mode == EmaMode::exact ? 3 : 2;  // x read (twice), y written
+  measure<B>(state, n, passes * kElementBytes<E> + 0.125, [&] {
     B::ema_fake_quant(x.data(), y.data(), n, ema.data(), config, mask.data(), MaskFormat::pass,
                       nullptr);
   });
@@ -464,6 +499,10 @@ void register_all(const std::vector<std::int64_t>& sizes, const std::vector<int>
            [n](State& s) { bench_ste_backward<B>(s, n, MaskFormat::pass); });
     add<B>("ste_backward_range/sides" + suffix(0, n),
            [n](State& s) { bench_ste_backward<B>(s, n, MaskFormat::sides); });
+    add<B>("ste_backward/pass/bf16" + suffix(0, n),
+           [n](State& s) { bench_ste_backward<B, bf16>(s, n, MaskFormat::pass); });
+    add<B>("ste_backward_range/sides/bf16" + suffix(0, n),
+           [n](State& s) { bench_ste_backward<B, bf16>(s, n, MaskFormat::sides); });
   }
   for (const int bits : widths) {
     for (const std::int64_t n : sizes) {
@@ -474,11 +513,19 @@ void register_all(const std::vector<std::int64_t>& sizes, const std::vector<int>
                [=](State& s) { bench_fake_quant_range<B>(s, n, bits, channels); });
         add<B>("fake_quant_affine" + layout + tail,
                [=](State& s) { bench_fake_quant_affine<B>(s, n, bits, channels); });
+        add<B>("fake_quant_range" + layout + "/bf16" + tail,
+               [=](State& s) { bench_fake_quant_range<B, bf16>(s, n, bits, channels); });
+        add<B>("fake_quant_affine" + layout + "/bf16" + tail,
+               [=](State& s) { bench_fake_quant_affine<B, bf16>(s, n, bits, channels); });
       }
       add<B>("ema_fake_quant/exact" + tail,
              [=](State& s) { bench_ema_fake_quant<B>(s, n, bits, EmaMode::exact); });
       add<B>("ema_fake_quant/lagged" + tail,
              [=](State& s) { bench_ema_fake_quant<B>(s, n, bits, EmaMode::lagged); });
+      add<B>("ema_fake_quant/exact/bf16" + tail,
+             [=](State& s) { bench_ema_fake_quant<B, bf16>(s, n, bits, EmaMode::exact); });
+      add<B>("ema_fake_quant/lagged/bf16" + tail,
+             [=](State& s) { bench_ema_fake_quant<B, bf16>(s, n, bits, EmaMode::lagged); });
       add<B>("fake_quant_weights/per_channel" + tail,
              [=](State& s) { bench_fake_quant_weights<B>(s, n, bits); });
       add<B>("lsq_forward" + tail, [=](State& s) { bench_lsq<B>(s, n, bits, false); });

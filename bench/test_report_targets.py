@@ -66,6 +66,11 @@ class ParseName(unittest.TestCase):
             report.parse_name("gpu/fake_quant_range/per_tensor/bits:4/n:65536/manual_time"),
             ("gpu", "fake_quant_range/per_tensor", {"bits": 4, "n": 65536}, ["manual_time"]))
 
+    def test_bf16_kernel_name(self):
+        self.assertEqual(
+            report.parse_name("cpu/ema_fake_quant/exact/bf16/bits:4/n:65536/real_time"),
+            ("cpu", "ema_fake_quant/exact/bf16", {"bits": 4, "n": 65536}, ["real_time"]))
+
     def test_training_name(self):
         self.assertEqual(report.parse_name("cpu/train_step/fp32/batch:64/eager/manual_time"),
                          ("cpu", "train_step/fp32", {"batch": 64}, ["eager", "manual_time"]))
@@ -84,6 +89,13 @@ class Targets(unittest.TestCase):
         self.assertIs(got["QAT 2/4/8-bit training at batch 256 (CUDA graph)"], True)
         self.assertIs(got["QAT overhead over our fp32 step (CUDA graph)"], False)  # 16.7%
         self.assertNotIn("CPU QAT training", got)
+
+    def test_bf16_rows_leave_the_fp32_verdicts_alone(self):
+        steps = [step(0, 256, 700e3, None), step(4, 256, 600e3, 16.7), step(2, 256, 650e3, 7.7)]
+        slow_bf16 = [kernel(r["op"] + "/bf16", r["bits"], r["time_ms"] * 10, 10.0, 4.125)
+                     for r in gpu_kernels()]
+        self.assertEqual(verdicts(report.targets(gpu_kernels() + slow_bf16, steps, [], "gpu")),
+                         verdicts(report.targets(gpu_kernels(), steps, [], "gpu")))
 
     def test_below_target_size_or_on_cpu_nothing_gpu_is_judged(self):
         small = report.targets(gpu_kernels(n=1 << 20), [], [], "gpu")

@@ -5,8 +5,8 @@
 #include <string>
 
 #include "lowbit/element.hpp"
-#include "lowbit/nn_element.hpp"
 #include "lowbit/error.hpp"
+#include "lowbit/nn_element.hpp"
 #include "reduction_order.hpp"
 
 namespace lowbit {
@@ -68,7 +68,7 @@ void check_pointer(const void* pointer, std::int64_t n, const char* name) {
 }
 
 /// x and y of n elements, and per-channel parameters when there is data.
-void check_tensor_pair(const float* x, const char* x_name, const float* y, const char* y_name,
+void check_tensor_pair(const void* x, const char* x_name, const void* y, const char* y_name,
                        const ChannelLayout& layout) {
   check_layout(layout);
   check_pointer(x, layout.size(), x_name);
@@ -85,14 +85,12 @@ void check_pool_shape(const Pool2dShape& s) {
                      s.height >= s.kernel && s.width >= s.kernel,
                  "max_pool [N=" + std::to_string(s.batch) + " C=" + std::to_string(s.channels) +
                      " H=" + std::to_string(s.height) + " W=" + std::to_string(s.width) +
-                     "] kernel=" + std::to_string(s.kernel) + " stride=" +
-                     std::to_string(s.stride) +
+                     "] kernel=" + std::to_string(s.kernel) +
+                     " stride=" + std::to_string(s.stride) +
                      ": sizes must be >= 0, kernel and stride >= 1, and the window must fit");
 }
 
-std::int64_t pool_inputs(const Pool2dShape& s) {
-  return s.batch * s.channels * s.height * s.width;
-}
+std::int64_t pool_inputs(const Pool2dShape& s) { return s.batch * s.channels * s.height * s.width; }
 
 std::int64_t pool_outputs(const Pool2dShape& s) {
   return s.batch * s.channels * s.out_height() * s.out_width();
@@ -114,7 +112,7 @@ void check_layout(const ChannelLayout& layout) {
                      "] has a negative size");
 }
 
-void check_fake_quant_range(const float* x, const float* y, const ChannelLayout& layout,
+void check_fake_quant_range(const void* x, const void* y, const ChannelLayout& layout,
                             const float* min, const float* max, RangeQuant quant) {
   check_bits(quant.bits);
   check_tensor_pair(x, "x", y, "y", layout);
@@ -122,7 +120,7 @@ void check_fake_quant_range(const float* x, const float* y, const ChannelLayout&
   check_pointer(max, channels_in_use(layout), "max");
 }
 
-void check_fake_quant_affine(const float* x, const float* y, const ChannelLayout& layout,
+void check_fake_quant_affine(const void* x, const void* y, const ChannelLayout& layout,
                              const float* scale, const std::int32_t* zero_point,
                              AffineQuant quant) {
   check_affine_quant(quant);
@@ -131,15 +129,14 @@ void check_fake_quant_affine(const float* x, const float* y, const ChannelLayout
   check_pointer(zero_point, channels_in_use(layout), "zero_point");
 }
 
-void check_ste_backward(const float* dy, const std::uint32_t* mask, std::int64_t n,
-                        const float* dx) {
+void check_ste_backward(const void* dy, const std::uint32_t* mask, std::int64_t n, const void* dx) {
   check_pointer(dy, n, "dy");
   check_pointer(mask, n, "mask");
   check_pointer(dx, n, "dx");
 }
 
-void check_ste_backward_range(const float* dy, const std::uint32_t* mask,
-                              const ChannelLayout& layout, const float* dx, const float* d_min,
+void check_ste_backward_range(const void* dy, const std::uint32_t* mask,
+                              const ChannelLayout& layout, const void* dx, const float* d_min,
                               const float* d_max, Workspace workspace) {
   check_tensor_pair(dy, "dy", dx, "dx", layout);
   check_pointer(mask, layout.size(), "sides_mask");
@@ -148,8 +145,8 @@ void check_ste_backward_range(const float* dy, const std::uint32_t* mask,
   check_workspace(workspace, layout);
 }
 
-void check_ema_fake_quant(const float* x, const float* y, std::int64_t n,
-                          const EmaRangeState* state, const EmaConfig& config) {
+void check_ema_fake_quant(const void* x, const void* y, std::int64_t n, const EmaRangeState* state,
+                          const EmaConfig& config) {
   check_bits(config.quant.bits);
   LOWBIT_EXPECTS(config.decay >= 0.0f && config.decay < 1.0f,
                  "EMA decay must be in [0, 1), got " + std::to_string(config.decay));
@@ -191,8 +188,8 @@ void check_lsq_forward(const float* x, const float* y, const ChannelLayout& layo
 }
 
 void check_lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
-                        const float* scale, LsqQuant quant, const float* dx,
-                        const float* d_scale, Workspace workspace) {
+                        const float* scale, LsqQuant quant, const float* dx, const float* d_scale,
+                        Workspace workspace) {
   check_lsq_quant(quant);
   check_tensor_pair(dy, "dy", dx, "dx", layout);
   check_pointer(x, layout.size(), "x");
@@ -298,23 +295,23 @@ void check_softmax_cross_entropy(const float* logits, const std::int32_t* labels
   check_pointer(totals, batch > 0 ? 1 : 0, "totals");
 }
 
-void check_sgd_step(const float* params, const float* grads, const float* velocity,
-                    std::int64_t n, std::int64_t decay_count, const SgdConfig& config) {
+void check_sgd_step(const float* params, const float* grads, const float* velocity, std::int64_t n,
+                    std::int64_t decay_count, const SgdConfig& config) {
   // torch.optim.SGD rejects the same values.
-  LOWBIT_EXPECTS(is_finite(config.learning_rate) && config.learning_rate >= 0.0f,
-                 "learning rate must be finite and >= 0, got " +
-                     std::to_string(config.learning_rate));
+  LOWBIT_EXPECTS(
+      is_finite(config.learning_rate) && config.learning_rate >= 0.0f,
+      "learning rate must be finite and >= 0, got " + std::to_string(config.learning_rate));
   LOWBIT_EXPECTS(is_finite(config.momentum) && config.momentum >= 0.0f,
                  "momentum must be finite and >= 0, got " + std::to_string(config.momentum));
-  LOWBIT_EXPECTS(is_finite(config.weight_decay) && config.weight_decay >= 0.0f,
-                 "weight decay must be finite and >= 0, got " +
-                     std::to_string(config.weight_decay));
+  LOWBIT_EXPECTS(
+      is_finite(config.weight_decay) && config.weight_decay >= 0.0f,
+      "weight decay must be finite and >= 0, got " + std::to_string(config.weight_decay));
   check_pointer(params, n, "params");
   check_pointer(grads, n, "grads");
   check_pointer(velocity, n, "velocity");
   LOWBIT_EXPECTS(decay_count >= 0 && decay_count <= n,
-                 "decay_count (" + std::to_string(decay_count) + ") must be in [0, n = " +
-                     std::to_string(n) + "]");
+                 "decay_count (" + std::to_string(decay_count) +
+                     ") must be in [0, n = " + std::to_string(n) + "]");
 }
 
 void check_shuffle_count(std::int64_t n) {
@@ -332,9 +329,8 @@ void check_shuffle_indices(std::int64_t n, const std::int32_t* perm, Workspace w
 }
 
 void check_gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
-                        std::int64_t example_size, const std::int64_t* cursor,
-                        std::int64_t batch, const Normalization& norm, const float* x,
-                        const std::int32_t* labels_out) {
+                        std::int64_t example_size, const std::int64_t* cursor, std::int64_t batch,
+                        const Normalization& norm, const float* x, const std::int32_t* labels_out) {
   LOWBIT_EXPECTS(example_size >= 1,
                  "example_size must be positive, got " + std::to_string(example_size));
   LOWBIT_EXPECTS(batch >= 0, "batch must not be negative, got " + std::to_string(batch));
@@ -370,9 +366,9 @@ void check_ranges(const float* min, const float* max, std::int64_t channels) {
     LOWBIT_EXPECTS(is_finite(min[c]) && is_finite(max[c]),
                    "range of channel " + std::to_string(c) + " is not finite: [" +
                        std::to_string(min[c]) + ", " + std::to_string(max[c]) + "]");
-    LOWBIT_EXPECTS(min[c] <= max[c], "range of channel " + std::to_string(c) +
-                                         " has min > max: [" + std::to_string(min[c]) + ", " +
-                                         std::to_string(max[c]) + "]");
+    LOWBIT_EXPECTS(min[c] <= max[c], "range of channel " + std::to_string(c) + " has min > max: [" +
+                                         std::to_string(min[c]) + ", " + std::to_string(max[c]) +
+                                         "]");
   }
 }
 

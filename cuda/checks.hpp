@@ -13,18 +13,16 @@ namespace lowbit::detail {
 
 void check_layout(const ChannelLayout& layout);
 
-void check_fake_quant_range(const float* x, const float* y, const ChannelLayout& layout,
+void check_fake_quant_range(const void* x, const void* y, const ChannelLayout& layout,
                             const float* min, const float* max, RangeQuant quant);
-void check_fake_quant_affine(const float* x, const float* y, const ChannelLayout& layout,
-                             const float* scale, const std::int32_t* zero_point,
-                             AffineQuant quant);
-void check_ste_backward(const float* dy, const std::uint32_t* mask, std::int64_t n,
-                        const float* dx);
-void check_ste_backward_range(const float* dy, const std::uint32_t* mask,
-                              const ChannelLayout& layout, const float* dx, const float* d_min,
+void check_fake_quant_affine(const void* x, const void* y, const ChannelLayout& layout,
+                             const float* scale, const std::int32_t* zero_point, AffineQuant quant);
+void check_ste_backward(const void* dy, const std::uint32_t* mask, std::int64_t n, const void* dx);
+void check_ste_backward_range(const void* dy, const std::uint32_t* mask,
+                              const ChannelLayout& layout, const void* dx, const float* d_min,
                               const float* d_max, Workspace workspace);
-void check_ema_fake_quant(const float* x, const float* y, std::int64_t n,
-                          const EmaRangeState* state, const EmaConfig& config);
+void check_ema_fake_quant(const void* x, const void* y, std::int64_t n, const EmaRangeState* state,
+                          const EmaConfig& config);
 void check_bias_relu_ema_fake_quant(const float* x, const ChannelLayout& layout, const float* y,
                                     const EmaRangeState* state, const EmaConfig& config);
 void check_weight_range(const float* w, const ChannelLayout& layout, const float* min,
@@ -34,12 +32,11 @@ void check_quant_delay_identity(const float* x, const float* y, std::int64_t n,
 void check_lsq_forward(const float* x, const float* y, const ChannelLayout& layout,
                        const float* scale, LsqQuant quant);
 void check_lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
-                        const float* scale, LsqQuant quant, const float* dx,
-                        const float* d_scale, Workspace workspace);
+                        const float* scale, LsqQuant quant, const float* dx, const float* d_scale,
+                        Workspace workspace);
 void check_lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant,
                           const float* scale, Workspace workspace);
-void check_packing(const std::uint8_t* codes, const std::uint8_t* packed, std::int64_t n,
-                   int bits);
+void check_packing(const std::uint8_t* codes, const std::uint8_t* packed, std::int64_t n, int bits);
 
 // Training building blocks (nn_element.hpp).
 void check_bias_activation(const float* x, const ChannelLayout& layout, const float* y);
@@ -58,17 +55,16 @@ void check_max_pool_backward(const Pool2dShape& s, const float* x, const float* 
                              const float* dx);
 void check_softmax_cross_entropy(const float* logits, const std::int32_t* labels,
                                  std::int64_t batch, int classes, const LossTotals* totals);
-void check_sgd_step(const float* params, const float* grads, const float* velocity,
-                    std::int64_t n, std::int64_t decay_count, const SgdConfig& config);
+void check_sgd_step(const float* params, const float* grads, const float* velocity, std::int64_t n,
+                    std::int64_t decay_count, const SgdConfig& config);
 /// n in [0, 2^31).
 void check_shuffle_count(std::int64_t n);
 /// `needed`: the shuffle_workspace_bytes(n) of the calling namespace.
 void check_shuffle_indices(std::int64_t n, const std::int32_t* perm, Workspace workspace,
                            std::size_t needed);
 void check_gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
-                        std::int64_t example_size, const std::int64_t* cursor,
-                        std::int64_t batch, const Normalization& norm, const float* x,
-                        const std::int32_t* labels_out);
+                        std::int64_t example_size, const std::int64_t* cursor, std::int64_t batch,
+                        const Normalization& norm, const float* x, const std::int32_t* labels_out);
 void check_advance_cursor(const std::int64_t* cursor);
 void check_affine_params_from_range(const float* min, const float* max, std::int64_t channels,
                                     AffineQuant quant, const float* scale,

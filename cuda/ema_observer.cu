@@ -11,6 +11,7 @@
 // finish applies the EMA step: no host sync, no second reduction launch.
 // exact:  observe launch (4 B/elem) + quantize launch (8 B/elem + mask)
 // lagged: one launch quantizing with the previous range (8 B/elem + mask)
+// (bf16/fp16 elements: half of each, the observer seeing the widened values)
 //
 // bias_relu_ema_fake_quant does the same to v = relu(x + bias[c]), computed
 // from x in each launch rather than stored, so the activation after a
@@ -160,8 +161,8 @@ __global__ void ema_state_init_kernel(EmaRangeState* state) { *state = EmaRangeS
 /// lagged: one pass quantizing with the range from before this batch while
 /// observing it. quantizer(call_offset) gives the pass's quantizer. The
 /// quantizing pass counts clips.
-template <class MakeQuantizer>
-void launch_ema_passes(const float* x, float* y, std::uint32_t* mask, MaskFormat mask_format,
+template <class T, class MakeQuantizer>
+void launch_ema_passes(const T* x, T* y, std::uint32_t* mask, MaskFormat mask_format,
                        const ChannelLayout& layout, EmaRangeState* state, const EmaConfig& config,
                        ClipCount* clip_count, MakeQuantizer quantizer, cudaStream_t stream) {
   const EmaObserver observer{state, config};
@@ -187,9 +188,12 @@ void ema_state_init(EmaRangeState* state, cudaStream_t stream) {
   LOWBIT_LAUNCH_CHECK();
 }
 
-void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
-                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
-                    ClipCount* clip_count, cudaStream_t stream) {
+namespace {
+
+template <class T>
+void ema_fake_quant_as(const T* x, T* y, std::int64_t n, EmaRangeState* state,
+                       const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                       ClipCount* clip_count, cudaStream_t stream) {
   lowbit::detail::check_ema_fake_quant(x, y, n, state, config);
   if (n == 0) return;
   const bool pass_plane = mask_format == MaskFormat::pass;
@@ -199,6 +203,26 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
         return EmaQuantizer{{}, state, config, call_offset, pass_plane};
       },
       stream);
+}
+
+}  // namespace
+
+void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                    ClipCount* clip_count, cudaStream_t stream) {
+  ema_fake_quant_as(x, y, n, state, config, mask, mask_format, clip_count, stream);
+}
+
+void ema_fake_quant(const bf16* x, bf16* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                    ClipCount* clip_count, cudaStream_t stream) {
+  ema_fake_quant_as(x, y, n, state, config, mask, mask_format, clip_count, stream);
+}
+
+void ema_fake_quant(const fp16* x, fp16* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                    ClipCount* clip_count, cudaStream_t stream) {
+  ema_fake_quant_as(x, y, n, state, config, mask, mask_format, clip_count, stream);
 }
 
 void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,

@@ -1,4 +1,5 @@
-// CPU reference of ema_observer.cu.
+// CPU reference of ema_observer.cu, ema_fake_quant for float, bf16 and fp16
+// elements (each widened exactly, the result rounded once: element.hpp).
 #include <vector>
 
 #include "checks.hpp"
@@ -13,17 +14,21 @@ void ema_state_init(EmaRangeState* state) {
   *state = EmaRangeState{};
 }
 
-void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
-                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
-                    ClipCount* clip_count) {
+namespace {
+
+template <class T>
+void ema_fake_quant_as(const T* x, T* y, std::int64_t n, EmaRangeState* state,
+                       const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                       ClipCount* clip_count) {
   detail::check_ema_fake_quant(x, y, n, state, config);
   if (n == 0) return;
 
   float lo = INFINITY;
   float hi = -INFINITY;
   for (std::int64_t i = 0; i < n; ++i) {
-    lo = min_nan(lo, x[i]);
-    hi = max_nan(hi, x[i]);
+    const float xi = to_float(x[i]);
+    lo = min_nan(lo, xi);
+    hi = max_nan(hi, xi);
   }
   // exact: quantize with the range after this batch's update; lagged: before.
   const EmaRangeState before = *state;
@@ -35,13 +40,13 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
   detail::MaskWriter writer(mask, mask_format, n);
   detail::ClipCounter counter(quantizes ? clip_count : nullptr);
   for (std::int64_t i = 0; i < n; ++i) {
-    const float xi = x[i];
+    const float xi = to_float(x[i]);
     if (!quantizes) {
-      y[i] = xi;
+      y[i] = from_float<T>(xi);
       writer.set(i, xi == xi, xi == xi);
       continue;
     }
-    y[i] = fake_quant(xi, p, RangeScaling::divide);
+    y[i] = from_float<T>(fake_quant(xi, p, RangeScaling::divide));
     if (mask_format == MaskFormat::sides)
       writer.set(i, at_or_above_min(xi, p), at_or_below_max(xi, p));
     else
@@ -49,6 +54,19 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
     counter.add(clips(xi, p));
   }
 }
+
+}  // namespace
+
+#define LOWBIT_EMA_FAKE_QUANT_REF(T)                                                        \
+  void ema_fake_quant(const T* x, T* y, std::int64_t n, EmaRangeState* state,               \
+                      const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format, \
+                      ClipCount* clip_count) {                                              \
+    ema_fake_quant_as(x, y, n, state, config, mask, mask_format, clip_count);               \
+  }
+LOWBIT_EMA_FAKE_QUANT_REF(float)
+LOWBIT_EMA_FAKE_QUANT_REF(bf16)
+LOWBIT_EMA_FAKE_QUANT_REF(fp16)
+#undef LOWBIT_EMA_FAKE_QUANT_REF
 
 // The composition that defines the op, with v stored (the CUDA op never does).
 void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,

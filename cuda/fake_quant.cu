@@ -6,7 +6,8 @@
 //           cs = clamp(x, nmin, nmax) - nmin
 //   affine: y = (clamp(nearbyint(x·inv) + zp, qmin, qmax) - zp)·scale
 //
-// Bytes per element: 4 read + 4 write + 1/8 (pass mask) or 2/8 (sides).
+// Bytes per element: 4 read + 4 write + 1/8 (pass mask) or 2/8 (sides) for
+// float; 2 + 2 + the mask for bf16 and fp16, computed in float.
 #include "checks.hpp"
 #include "lowbit/cuda.hpp"
 #include "lowbit/error.hpp"
@@ -64,9 +65,12 @@ struct AffineQuantizer : detail::PlainInput {
 // ---------------------------------------------------------------------------
 // Launchers
 
-void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, const float* min,
-                      const float* max, RangeQuant quant, std::uint32_t* mask,
-                      MaskFormat mask_format, cudaStream_t stream) {
+namespace {
+
+template <class T>
+void fake_quant_range_as(const T* x, T* y, const ChannelLayout& layout, const float* min,
+                         const float* max, RangeQuant quant, std::uint32_t* mask,
+                         MaskFormat mask_format, cudaStream_t stream) {
   lowbit::detail::check_fake_quant_range(x, y, layout, min, max, quant);
   const std::int64_t n = layout.size();
   if (n == 0) return;
@@ -74,13 +78,14 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
   if (mask_format == MaskFormat::sides)
     detail::launch_quantize_tiles(x, y, mask, mask_format, layout, quantizer, stream);
   else
-    detail::launch_quantize_tiles(x, y, mask, mask_format, layout,
-                                  RangePassQuantizer{quantizer}, stream);
+    detail::launch_quantize_tiles(x, y, mask, mask_format, layout, RangePassQuantizer{quantizer},
+                                  stream);
 }
 
-void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
-                       ClipCount* clip_count, cudaStream_t stream) {
+template <class T>
+void fake_quant_affine_as(const T* x, T* y, const ChannelLayout& layout, const float* scale,
+                          const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                          ClipCount* clip_count, cudaStream_t stream) {
   lowbit::detail::check_fake_quant_affine(x, y, layout, scale, zero_point, quant);
   const std::int64_t n = layout.size();
   if (n == 0) return;
@@ -88,5 +93,23 @@ void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, co
                                 AffineQuantizer{{}, scale, zero_point, quant.qmin, quant.qmax},
                                 stream, detail::NoObserver{}, clip_count);
 }
+
+}  // namespace
+
+#define LOWBIT_FAKE_QUANT_LAUNCHERS(T)                                                           \
+  void fake_quant_range(const T* x, T* y, const ChannelLayout& layout, const float* min,         \
+                        const float* max, RangeQuant quant, std::uint32_t* mask,                 \
+                        MaskFormat mask_format, cudaStream_t stream) {                           \
+    fake_quant_range_as(x, y, layout, min, max, quant, mask, mask_format, stream);               \
+  }                                                                                              \
+  void fake_quant_affine(const T* x, T* y, const ChannelLayout& layout, const float* scale,      \
+                         const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask, \
+                         ClipCount* clip_count, cudaStream_t stream) {                           \
+    fake_quant_affine_as(x, y, layout, scale, zero_point, quant, mask, clip_count, stream);      \
+  }
+LOWBIT_FAKE_QUANT_LAUNCHERS(float)
+LOWBIT_FAKE_QUANT_LAUNCHERS(bf16)
+LOWBIT_FAKE_QUANT_LAUNCHERS(fp16)
+#undef LOWBIT_FAKE_QUANT_LAUNCHERS
 
 }  // namespace lowbit::cuda

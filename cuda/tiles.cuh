@@ -3,7 +3,9 @@
 // l+32, ... so each load and store is one coalesced 128-byte transaction per
 // warp. Any pointer alignment and any n work without a separate tail path, and
 // each group of 32 elements is one __ballot_sync, which is exactly one packed
-// mask word.
+// mask word. Elements are float, bf16 or fp16 (T): each is widened to float
+// on load and the result rounded to T once on store (element.hpp), so 2-byte
+// elements make each warp access one 64-byte transaction.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +21,12 @@ namespace lowbit::cuda::detail {
 inline constexpr int kTileItems = 8;
 inline constexpr std::int64_t kTileElems = 32 * kTileItems;
 inline constexpr unsigned kFullWarp = 0xffffffffu;
+
+/// T, in a parameter from which T is not deduced (so a null y can be passed).
+template <class T>
+struct Element {
+  using type = T;
+};
 
 /// Base of the quantizers that quantize x itself: the input hook is the
 /// identity. (A fused quantizer computes v = f(x, params) there instead.)
@@ -47,9 +55,9 @@ struct NoObserver {
 /// in an identity phase); bool clipped(v, p). So per channel costs what per
 /// tensor does for any inner >= 32, and a quantizer whose range is shared (the
 /// fused bias+ReLU+EMA one) reloads only the bias even at inner 1.
-template <bool kPerChannel, MaskFormat kFormat, class Quantizer, class Observer>
+template <class T, bool kPerChannel, MaskFormat kFormat, class Quantizer, class Observer>
 __global__ void __launch_bounds__(256)
-    quantize_tiles_kernel(const float* x, float* y, std::uint32_t* mask, std::int64_t n,
+    quantize_tiles_kernel(const T* x, T* y, std::uint32_t* mask, std::int64_t n,
                           ChannelLayout layout, ChannelStep lane_step, ChannelStep grid_step,
                           Quantizer quantizer, Observer observer, ClipCount* clip_count) {
   const int lane = threadIdx.x & 31;
@@ -71,7 +79,7 @@ __global__ void __launch_bounds__(256)
 #pragma unroll
     for (int k = 0; k < kTileItems; ++k) {
       const std::int64_t i = base + 32 * k;
-      xs[k] = i < n ? x[i] : 0.0f;
+      xs[k] = i < n ? to_float(x[i]) : 0.0f;
     }
     std::uint32_t my_word = 0;
 #pragma unroll
@@ -87,7 +95,7 @@ __global__ void __launch_bounds__(256)
       const bool valid = i < n;
       const float v = quantizer.input(xs[k], p);
       if (valid) {
-        if (y != nullptr) y[i] = quantizer.apply(v, p);
+        if (y != nullptr) y[i] = from_float<T>(quantizer.apply(v, p));
         observer.observe(v);
       }
       if (mask != nullptr) {
@@ -122,8 +130,8 @@ __global__ void __launch_bounds__(256)
 // ---------------------------------------------------------------------------
 // Launcher
 
-template <bool kPerChannel, MaskFormat kFormat, class Quantizer, class Observer>
-void launch_tiles_as(const float* x, float* y, std::uint32_t* mask, const ChannelLayout& layout,
+template <bool kPerChannel, MaskFormat kFormat, class T, class Quantizer, class Observer>
+void launch_tiles_as(const T* x, T* y, std::uint32_t* mask, const ChannelLayout& layout,
                      const Quantizer& quantizer, Observer observer, ClipCount* clip_count,
                      cudaStream_t stream) {
   const std::int64_t n = layout.size();
@@ -136,7 +144,7 @@ void launch_tiles_as(const float* x, float* y, std::uint32_t* mask, const Channe
     lane_step = channel_step(32, layout);
     grid_step = channel_step((tile_stride - 1) * kTileElems, layout);
   }
-  quantize_tiles_kernel<kPerChannel, kFormat><<<grid, kBlockThreads, 0, stream>>>(
+  quantize_tiles_kernel<T, kPerChannel, kFormat><<<grid, kBlockThreads, 0, stream>>>(
       x, y, mask, n, layout, lane_step, grid_step, quantizer, observer, clip_count);
   LOWBIT_LAUNCH_CHECK();
 }
@@ -144,10 +152,10 @@ void launch_tiles_as(const float* x, float* y, std::uint32_t* mask, const Channe
 /// Launches quantize_tiles_kernel for `layout`, choosing the per-tensor or
 /// per-channel instantiation and the mask format (sides only where the
 /// quantizer has them).
-template <class Quantizer, class Observer = NoObserver>
-void launch_quantize_tiles(const float* x, float* y, std::uint32_t* mask, MaskFormat format,
-                           const ChannelLayout& layout, const Quantizer& quantizer,
-                           cudaStream_t stream, Observer observer = {},
+template <class T, class Quantizer, class Observer = NoObserver>
+void launch_quantize_tiles(const T* x, typename Element<T>::type* y, std::uint32_t* mask,
+                           MaskFormat format, const ChannelLayout& layout,
+                           const Quantizer& quantizer, cudaStream_t stream, Observer observer = {},
                            ClipCount* clip_count = nullptr) {
   const bool per_channel = layout.channels > 1;
   if constexpr (Quantizer::kHasSides) {

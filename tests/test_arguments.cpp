@@ -26,6 +26,11 @@
 
 namespace {
 
+// Typed nulls: a bare nullptr would not choose between the float, bf16 and
+// fp16 overloads.
+const float* const kNullX = nullptr;
+float* const kNullY = nullptr;
+
 using lowbit::AffineQuant;
 using lowbit::ChannelLayout;
 using lowbit::EmaConfig;
@@ -508,12 +513,12 @@ TEST(EmptyTensors, AcceptNullPointers) {
   const ChannelLayout empty = ChannelLayout::per_tensor(0);
   const Workspace none{};
   EmaRangeState state{};
-  EXPECT_NO_THROW(ref::fake_quant_range(nullptr, nullptr, empty, nullptr, nullptr, RangeQuant{},
+  EXPECT_NO_THROW(ref::fake_quant_range(kNullX, kNullY, empty, nullptr, nullptr, RangeQuant{},
                                         nullptr));
-  EXPECT_NO_THROW(ref::fake_quant_affine(nullptr, nullptr, empty, nullptr, nullptr, AffineQuant{},
+  EXPECT_NO_THROW(ref::fake_quant_affine(kNullX, kNullY, empty, nullptr, nullptr, AffineQuant{},
                                          nullptr));
-  EXPECT_NO_THROW(ref::ste_backward(nullptr, nullptr, MaskFormat::pass, 0, nullptr));
-  EXPECT_NO_THROW(ref::ema_fake_quant(nullptr, nullptr, 0, &state, EmaConfig{}, nullptr));
+  EXPECT_NO_THROW(ref::ste_backward(kNullX, nullptr, MaskFormat::pass, 0, kNullY));
+  EXPECT_NO_THROW(ref::ema_fake_quant(kNullX, kNullY, 0, &state, EmaConfig{}, nullptr));
   EXPECT_NO_THROW(ref::weight_range(nullptr, empty, true, nullptr, nullptr, none));
   EXPECT_NO_THROW(ref::fake_quant_weights(nullptr, nullptr, empty, RangeQuant{}, true, nullptr,
                                           nullptr, nullptr, none));
@@ -771,9 +776,9 @@ TEST(CudaArguments, EmptyTensorsLaunchNothing) {
     SCOPED_TRACE(::testing::Message() << "[" << layout.outer << ", " << layout.channels << ", "
                                       << layout.inner << "]");
     const Workspace none{};
-    EXPECT_NO_THROW(gpu::fake_quant_range(nullptr, nullptr, layout, nullptr, nullptr,
+    EXPECT_NO_THROW(gpu::fake_quant_range(kNullX, kNullY, layout, nullptr, nullptr,
                                           RangeQuant{}, nullptr, MaskFormat::sides, nullptr));
-    EXPECT_NO_THROW(gpu::fake_quant_affine(nullptr, nullptr, layout, nullptr, nullptr,
+    EXPECT_NO_THROW(gpu::fake_quant_affine(kNullX, kNullY, layout, nullptr, nullptr,
                                            AffineQuant{}, nullptr, nullptr, nullptr));
     EXPECT_NO_THROW(gpu::weight_range(nullptr, layout, true, nullptr, nullptr, none, nullptr));
     EXPECT_NO_THROW(gpu::fake_quant_weights(nullptr, nullptr, layout, RangeQuant{}, true, nullptr,
@@ -785,11 +790,11 @@ TEST(CudaArguments, EmptyTensorsLaunchNothing) {
     EXPECT_NO_THROW(gpu::lsq_init_scale(nullptr, layout, LsqQuant{}, nullptr, none, nullptr));
   }
   EmaRangeState state{};
-  EXPECT_NO_THROW(gpu::ema_fake_quant(nullptr, nullptr, 0, &state, EmaConfig{}, nullptr,
+  EXPECT_NO_THROW(gpu::ema_fake_quant(kNullX, kNullY, 0, &state, EmaConfig{}, nullptr,
                                       MaskFormat::pass, nullptr, nullptr));
   EXPECT_TRUE(same_state(EmaRangeState{}, state));
-  EXPECT_NO_THROW(gpu::ste_backward(nullptr, nullptr, MaskFormat::pass, 0, nullptr, nullptr));
-  EXPECT_NO_THROW(gpu::ste_backward_range(nullptr, nullptr, ChannelLayout::per_channel({4, 0, 2}, 1),
+  EXPECT_NO_THROW(gpu::ste_backward(kNullX, nullptr, MaskFormat::pass, 0, kNullY, nullptr));
+  EXPECT_NO_THROW(gpu::ste_backward_range(kNullX, nullptr, ChannelLayout::per_channel({4, 0, 2}, 1),
                                           nullptr, nullptr, nullptr, Workspace{}, nullptr));
   EXPECT_NO_THROW(gpu::pack_codes(nullptr, 0, 4, nullptr, nullptr));
   EXPECT_NO_THROW(gpu::unpack_codes(nullptr, 0, 2, nullptr, nullptr));

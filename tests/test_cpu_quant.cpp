@@ -26,6 +26,11 @@
 namespace lowbit {
 namespace {
 
+// Typed nulls: a bare nullptr would not choose between the float, bf16 and
+// fp16 overloads.
+const float* const kNullX = nullptr;
+float* const kNullY = nullptr;
+
 using test::same_bits;
 using Floats = std::vector<float>;
 using Words = std::vector<std::uint32_t>;
@@ -710,13 +715,13 @@ TEST(CpuQuantArguments, EmptyTensorsDoNothing) {
   const std::int32_t z = 0;
   std::uint32_t word = kGarbageWord;
   const ChannelLayout empty{3, 2, 0};
-  cpu::fake_quant_range(nullptr, nullptr, empty, &lo, &hi, {8, false}, &word, MaskFormat::sides);
-  cpu::fake_quant_affine(nullptr, nullptr, empty, &s, &z, {0, 255}, &word, &count);
-  cpu::ema_fake_quant(nullptr, nullptr, 0, &state, EmaConfig{}, &word, MaskFormat::pass, &count);
+  cpu::fake_quant_range(kNullX, kNullY, empty, &lo, &hi, {8, false}, &word, MaskFormat::sides);
+  cpu::fake_quant_affine(kNullX, kNullY, empty, &s, &z, {0, 255}, &word, &count);
+  cpu::ema_fake_quant(kNullX, kNullY, 0, &state, EmaConfig{}, &word, MaskFormat::pass, &count);
   cpu::bias_relu_ema_fake_quant(nullptr, nullptr, empty, nullptr, &state, EmaConfig{}, &word,
                                 &count);
   cpu::lsq_forward(nullptr, nullptr, empty, &s, {-8, 7}, &count);
-  cpu::ste_backward(nullptr, nullptr, MaskFormat::pass, 0, nullptr);
+  cpu::ste_backward(kNullX, nullptr, MaskFormat::pass, 0, kNullY);
   const std::int64_t step = 0;
   cpu::quant_delay_identity(nullptr, nullptr, 0, &step, 5, &word);
   cpu::bias_activation(nullptr, nullptr, empty, true, nullptr);
@@ -755,7 +760,10 @@ TEST(CpuQuantArguments, BadArgumentsThrowTheReferenceErrors) {
   const std::vector<std::int32_t> zp = {0, 3}, bad_zp = {0, 300};
   const EmaRangeState initial{};
   EmaRangeState state_a{}, state_b{};
-  const auto range = [&](auto fq, RangeQuant q, const ChannelLayout& l, const float* mn,
+  // The float overloads of ref:: and cpu::fake_quant_range.
+  using RangeFn = void (*)(const float*, float*, const ChannelLayout&, const float*, const float*,
+                           RangeQuant, std::uint32_t*, MaskFormat);
+  const auto range = [&](RangeFn fq, RangeQuant q, const ChannelLayout& l, const float* mn,
                          const float* mx, const float* in) {
     return [=, &y, &mask] { fq(in, y.data(), l, mn, mx, q, mask.data(), MaskFormat::pass); };
   };

@@ -33,6 +33,10 @@ static void PrintTo(const ChannelLayout& l, std::ostream* os) {
 
 namespace {
 
+// A typed null: a bare nullptr would not choose between the float, bf16 and
+// fp16 overloads.
+const float* const kNullX = nullptr;
+
 using test::random_values;
 using test::same_bits;
 using Floats = std::vector<float>;
@@ -269,9 +273,12 @@ TEST(CpuReductions, SteBackwardRangeMatchesRef) {
       expect_cpu_matches_ref([&](bool cpu) {
         Floats dx(dy.size(), -1.0f), d_min(channels_of(layout)), d_max(channels_of(layout));
         Scratch scratch;
-        (cpu ? cpu::ste_backward_range : ref::ste_backward_range)(
-            dy.data(), mask.data(), layout, dx.data(), d_min.data(), d_max.data(),
-            scratch.get(layout));
+        if (cpu)
+          cpu::ste_backward_range(dy.data(), mask.data(), layout, dx.data(), d_min.data(),
+                                  d_max.data(), scratch.get(layout));
+        else
+          ref::ste_backward_range(dy.data(), mask.data(), layout, dx.data(), d_min.data(),
+                                  d_max.data(), scratch.get(layout));
         return Outputs{{dx}, {d_min, d_max}};
       });
     }
@@ -431,7 +438,7 @@ TEST(CpuReductions, EmptyTensorsWriteNothing) {
     cpu::weight_range(nullptr, layout, false, out.data(), out.data(), none);
     cpu::fake_quant_weights(nullptr, nullptr, layout, {8, false}, true, out.data(), out.data(),
                             nullptr, none);
-    cpu::ste_backward_range(nullptr, nullptr, layout, nullptr, out.data(), out.data(), none);
+    cpu::ste_backward_range(kNullX, nullptr, layout, nullptr, out.data(), out.data(), none);
     cpu::bias_activation_backward(nullptr, nullptr, layout, true, nullptr, nullptr, out.data(),
                                   none);
     cpu::lsq_backward(nullptr, nullptr, layout, out.data(), LsqQuant::signed_bits(4), nullptr,

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "backends/cpu_isa.hpp"
@@ -93,10 +94,12 @@ enum class Bias { none, scalar, row };
 enum class Output { range_divide, range_multiply, affine, lsq, identity, none };
 
 // One span [begin, end) of element indices into x, y and the mask planes,
-// with one set of parameters.
-struct Span {
-  const float* x = nullptr;
-  float* y = nullptr;
+// with one set of parameters. Elements are float, bf16 or fp16 (T): widened
+// to float on load, the result rounded to T once on store (element.hpp).
+template <class T>
+struct SpanOf {
+  const T* x = nullptr;
+  T* y = nullptr;
   int64_t begin = 0;
   int64_t end = 0;
   uint32_t* plane0 = nullptr;       // null: no mask
@@ -109,6 +112,8 @@ struct Span {
   LsqParams lsq;
   Totals* totals = nullptr;
 };
+
+using Span = SpanOf<float>;
 
 struct Params {
   RangeParams range;
@@ -202,11 +207,13 @@ struct Bits {
 // (ANDed with the bit: OR-ing bits into a word inside the first loop does not
 // vectorise, and SSE2 cannot shift by a lane's index). A span's partial first
 // and last words go element by element, OR-ing into a word its thread began.
-template <Input kIn, Bias kBias, Output kOut, bool kMinMax>
-LOWBIT_ALWAYS_INLINE void run_span(const Span& s, const Params& p) {
+template <class T, Input kIn, Bias kBias, Output kOut, bool kMinMax>
+LOWBIT_ALWAYS_INLINE void run_span(const SpanOf<T>& s, const Params& p) {
   using Has = Bits<kIn, kOut>;
-  const float* const x = s.x;
-  float* const y = s.y;
+  // 2-byte elements are widened into a block of their own, as a computed v.
+  constexpr bool kStaged = kIn != Input::plain || !std::is_same_v<T, float>;
+  const T* const x = s.x;
+  T* const y = s.y;
   const int64_t begin = s.begin;
   const int64_t end = s.end;
   uint32_t* const plane0 = s.plane0;
@@ -249,16 +256,17 @@ LOWBIT_ALWAYS_INLINE void run_span(const Span& s, const Params& p) {
       // quantizer the compiler threads relu's zero into the range tests and
       // makes selects between masks it cannot vectorise.
       alignas(32) float staged[kWord];
-      if constexpr (kIn != Input::plain) {
+      if constexpr (kStaged) {
 #pragma omp simd
         for (int j = 0; j < kWord; ++j)
-          staged[j] = input<kIn, kBias>(x[i + j], bias_of(i + j), p.relu);
+          staged[j] = input<kIn, kBias>(to_float(x[i + j]), bias_of(i + j), p.relu);
       }
-      const float* const in = kIn != Input::plain ? staged : x + i;
+      const float* in = staged;
+      if constexpr (!kStaged) in = x + i;
 #pragma omp simd
       for (int j = 0; j < kWord; ++j) {
         const float v = in[j];
-        if constexpr (kOut != Output::none) y[i + j] = output_y<kOut>(v, p);
+        if constexpr (kOut != Output::none) y[i + j] = from_float<T>(output_y<kOut>(v, p));
         if constexpr (Has::a) lanes_a[j] = lanes(output_a<kOut>(v, p));
         if constexpr (Has::b) lanes_b[j] = lanes(output_b<kIn, kOut>(v, p));
         if constexpr (Has::c) lanes_c[j] = lanes(output_c<kOut>(v, p));
@@ -289,8 +297,8 @@ LOWBIT_ALWAYS_INLINE void run_span(const Span& s, const Params& p) {
       b &= span_bits;
       for (int64_t k = i; k < stop; ++k) {
         const int j = static_cast<int>(k - base);
-        const float v = input<kIn, kBias>(x[k], bias_of(k), p.relu);
-        if constexpr (kOut != Output::none) y[k] = output_y<kOut>(v, p);
+        const float v = input<kIn, kBias>(to_float(x[k]), bias_of(k), p.relu);
+        if constexpr (kOut != Output::none) y[k] = from_float<T>(output_y<kOut>(v, p));
         if constexpr (Has::a) a &= ~kBits.bit[j] | lanes(output_a<kOut>(v, p));
         if constexpr (Has::b) b &= ~kBits.bit[j] | lanes(output_b<kIn, kOut>(v, p));
         if constexpr (Has::c) c |= kBits.bit[j] & lanes(output_c<kOut>(v, p));
@@ -319,19 +327,21 @@ LOWBIT_ALWAYS_INLINE void run_span(const Span& s, const Params& p) {
   }
 }
 
-template <Input kIn, Bias kBias, Output kOut, bool kMinMax>
-LOWBIT_ALWAYS_INLINE void run(const Span& s) {
+template <class T, Input kIn, Bias kBias, Output kOut, bool kMinMax>
+LOWBIT_ALWAYS_INLINE void run(const SpanOf<T>& s) {
   const Params p{s.range, s.affine, s.lsq, s.relu};
   // Two copies of the span: in each the compiler knows the outcome of the
   // element functions' zero-width test (scale == 0) and drops it from the
   // loop (about 10% of the time of a range op).
   if (Bits<kIn, kOut>::kRange && p.range.scale == 0.0f)
-    run_span<kIn, kBias, kOut, kMinMax>(s, p);
+    run_span<T, kIn, kBias, kOut, kMinMax>(s, p);
   else
-    run_span<kIn, kBias, kOut, kMinMax>(s, p);
+    run_span<T, kIn, kBias, kOut, kMinMax>(s, p);
 }
 
-using SpanFn = void (*)(const Span&);
+template <class T>
+using SpanFnOf = void (*)(const SpanOf<T>&);
+using SpanFn = SpanFnOf<float>;
 
 // The highest level a quantizer runs at (see at_level).
 template <Output kOut>
@@ -344,22 +354,30 @@ constexpr Isa top_level() {
 // The level functions are `flatten`: the element functions must inline into
 // the loops (the inliner's growth limits would otherwise keep some of them as
 // calls).
-template <Input kIn, Bias kBias, Output kOut, bool kMinMax>
-void span_worker(const Span& s) {
-  at_level<top_level<kOut>()>([&](auto) { run<kIn, kBias, kOut, kMinMax>(s); });
+template <class T, Input kIn, Bias kBias, Output kOut, bool kMinMax>
+void span_worker(const SpanOf<T>& s) {
+  at_level<top_level<kOut>()>([&](auto) { run<T, kIn, kBias, kOut, kMinMax>(s); });
 }
 
-#define LOWBIT_SPAN_WORKER(name, in, bias, out, minmax) \
-  constexpr SpanFn name = span_worker<Input::in, Bias::bias, Output::out, minmax>;
+// The workers of x itself, for each element type T.
+#define LOWBIT_ELEMENT_WORKER(name, out, minmax) \
+  template <class T>                             \
+  constexpr SpanFnOf<T> name = span_worker<T, Input::plain, Bias::none, Output::out, minmax>;
 
-LOWBIT_SPAN_WORKER(range_divide, plain, none, range_divide, false)
-LOWBIT_SPAN_WORKER(range_multiply, plain, none, range_multiply, false)
-LOWBIT_SPAN_WORKER(range_divide_minmax, plain, none, range_divide, true)
-LOWBIT_SPAN_WORKER(affine, plain, none, affine, false)
+LOWBIT_ELEMENT_WORKER(range_divide, range_divide, false)
+LOWBIT_ELEMENT_WORKER(range_multiply, range_multiply, false)
+LOWBIT_ELEMENT_WORKER(range_divide_minmax, range_divide, true)
+LOWBIT_ELEMENT_WORKER(affine, affine, false)
+LOWBIT_ELEMENT_WORKER(identity, identity, false)
+LOWBIT_ELEMENT_WORKER(identity_minmax, identity, true)
+LOWBIT_ELEMENT_WORKER(minmax, none, true)
+
+#undef LOWBIT_ELEMENT_WORKER
+
+#define LOWBIT_SPAN_WORKER(name, in, bias, out, minmax) \
+  constexpr SpanFn name = span_worker<float, Input::in, Bias::bias, Output::out, minmax>;
+
 LOWBIT_SPAN_WORKER(lsq, plain, none, lsq, false)
-LOWBIT_SPAN_WORKER(identity, plain, none, identity, false)
-LOWBIT_SPAN_WORKER(identity_minmax, plain, none, identity, true)
-LOWBIT_SPAN_WORKER(minmax, plain, none, none, true)
 
 LOWBIT_SPAN_WORKER(relu_range, relu, none, range_divide, false)
 LOWBIT_SPAN_WORKER(relu_range_scalar, relu, scalar, range_divide, false)
@@ -394,23 +412,26 @@ constexpr BiasWorkers kReluMinMax{relu_minmax, relu_minmax_scalar, relu_minmax_r
 
 // dx = ste_gradient(dy, bit) over [begin, end), begin on a word. (`omp
 // simd`: each lane reads dy[i] before writing dx[i], so dx may be dy.)
-LOWBIT_ALWAYS_INLINE void ste_words(const float* dy, const uint32_t* plane0, const uint32_t* plane1,
-                                    float* dx, int64_t begin, int64_t end) {
+template <class T>
+LOWBIT_ALWAYS_INLINE void ste_words(const T* dy, const uint32_t* plane0, const uint32_t* plane1,
+                                    T* dx, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; i += kWord) {
     const int64_t word = i / kWord;
     const uint32_t bits = plane1 != nullptr ? plane0[word] & plane1[word] : plane0[word];
     if (i + kWord <= end) {
 #pragma omp simd
       for (int j = 0; j < kWord; ++j)
-        dx[i + j] = ste_gradient(dy[i + j], (bits & kBits.bit[j]) != 0u);
+        dx[i + j] = from_float<T>(ste_gradient(to_float(dy[i + j]), (bits & kBits.bit[j]) != 0u));
     } else {
-      for (int64_t k = i; k < end; ++k) dx[k] = ste_gradient(dy[k], ((bits >> (k - i)) & 1u) != 0u);
+      for (int64_t k = i; k < end; ++k)
+        dx[k] = from_float<T>(ste_gradient(to_float(dy[k]), ((bits >> (k - i)) & 1u) != 0u));
     }
   }
 }
 
-void ste_span(const float* dy, const uint32_t* plane0, const uint32_t* plane1, float* dx,
-              int64_t begin, int64_t end) {
+template <class T>
+void ste_span(const T* dy, const uint32_t* plane0, const uint32_t* plane1, T* dx, int64_t begin,
+              int64_t end) {
   at_level([&](auto) { ste_words(dy, plane0, plane1, dx, begin, end); });
 }
 
@@ -479,7 +500,8 @@ void for_each_run(const ChannelLayout& layout, int64_t begin, int64_t end, const
 }
 
 // Mask planes of n elements in `format` (none for a null mask).
-void set_planes(Span& s, std::uint32_t* mask, MaskFormat format, int64_t n) {
+template <class T>
+void set_planes(SpanOf<T>& s, std::uint32_t* mask, MaskFormat format, int64_t n) {
   s.plane0 = mask;
   s.plane1 = mask != nullptr && format == MaskFormat::sides ? mask + mask_words(n) : nullptr;
 }
@@ -581,19 +603,18 @@ class BiasWalk {
   int64_t spread_length_ = 0;
 };
 
-}  // namespace
-
-void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, const float* min,
-                      const float* max, RangeQuant quant, std::uint32_t* mask,
-                      MaskFormat mask_format) {
+template <class T>
+void fake_quant_range_as(const T* x, T* y, const ChannelLayout& layout, const float* min,
+                         const float* max, RangeQuant quant, std::uint32_t* mask,
+                         MaskFormat mask_format) {
   detail::check_fake_quant_range(x, y, layout, min, max, quant);
   const int64_t n = layout.size();
   if (n == 0) return;
   detail::check_ranges(min, max, layout.channels);
-  const SpanFn worker =
-      range_scaling(layout) == RangeScaling::divide ? range_divide : range_multiply;
+  const SpanFnOf<T> worker =
+      range_scaling(layout) == RangeScaling::divide ? range_divide<T> : range_multiply<T>;
   parallel_totals(n, [&](int64_t begin, int64_t end, Totals& totals) {
-    Span s;
+    SpanOf<T> s;
     s.x = x;
     s.y = y;
     s.totals = &totals;
@@ -607,16 +628,17 @@ void fake_quant_range(const float* x, float* y, const ChannelLayout& layout, con
   });
 }
 
-void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, const float* scale,
-                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
-                       ClipCount* clip_count) {
+template <class T>
+void fake_quant_affine_as(const T* x, T* y, const ChannelLayout& layout, const float* scale,
+                          const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                          ClipCount* clip_count) {
   detail::check_fake_quant_affine(x, y, layout, scale, zero_point, quant);
   const int64_t n = layout.size();
   if (n == 0) return;
   detail::check_scales(scale, layout.channels);
   detail::check_zero_points(zero_point, layout.channels, quant);
   const Totals totals = parallel_totals(n, [&](int64_t begin, int64_t end, Totals& mine) {
-    Span s;
+    SpanOf<T> s;
     s.x = x;
     s.y = y;
     s.totals = &mine;
@@ -625,36 +647,73 @@ void fake_quant_affine(const float* x, float* y, const ChannelLayout& layout, co
       s.begin = b;
       s.end = e;
       s.affine = make_affine(scale[c], zero_point[c], quant.qmin, quant.qmax);
-      affine(s);
+      affine<T>(s);
     });
   });
   add_clips(clip_count, n, totals);
 }
 
-void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
-                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
-                    ClipCount* clip_count) {
+template <class T>
+void ema_fake_quant_as(const T* x, T* y, std::int64_t n, EmaRangeState* state,
+                       const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                       ClipCount* clip_count) {
   detail::check_ema_fake_quant(x, y, n, state, config);
   if (n == 0) return;
-  ema_schedule(state, config, n, clip_count,
-               [&](EmaPass pass, bool quantizes, const RangeParams& range) {
-                 const SpanFn worker = pass == EmaPass::observe ? minmax
-                                       : pass == EmaPass::quantize
-                                           ? (quantizes ? range_divide : identity)
-                                           : (quantizes ? range_divide_minmax : identity_minmax);
-                 return parallel_totals(n, [&](int64_t begin, int64_t end, Totals& mine) {
-                   Span s;
-                   s.x = x;
-                   s.y = y;
-                   s.begin = begin;
-                   s.end = end;
-                   s.totals = &mine;
-                   s.range = range;
-                   set_planes(s, mask, mask_format, n);
-                   worker(s);
-                 });
-               });
+  ema_schedule(
+      state, config, n, clip_count, [&](EmaPass pass, bool quantizes, const RangeParams& range) {
+        const SpanFnOf<T> worker = pass == EmaPass::observe ? minmax<T>
+                                   : pass == EmaPass::quantize
+                                       ? (quantizes ? range_divide<T> : identity<T>)
+                                       : (quantizes ? range_divide_minmax<T> : identity_minmax<T>);
+        return parallel_totals(n, [&](int64_t begin, int64_t end, Totals& mine) {
+          SpanOf<T> s;
+          s.x = x;
+          s.y = y;
+          s.begin = begin;
+          s.end = end;
+          s.totals = &mine;
+          s.range = range;
+          set_planes(s, mask, mask_format, n);
+          worker(s);
+        });
+      });
 }
+
+template <class T>
+void ste_backward_as(const T* dy, const std::uint32_t* mask, MaskFormat mask_format, std::int64_t n,
+                     T* dx) {
+  detail::check_ste_backward(dy, mask, n, dx);
+  const std::uint32_t* plane1 = mask_format == MaskFormat::sides ? mask + mask_words(n) : nullptr;
+  parallel_words(n,
+                 [&](int64_t begin, int64_t end) { ste_span(dy, mask, plane1, dx, begin, end); });
+}
+
+}  // namespace
+
+#define LOWBIT_CPU_ELEMENT_OPS(T)                                                                \
+  void fake_quant_range(const T* x, T* y, const ChannelLayout& layout, const float* min,         \
+                        const float* max, RangeQuant quant, std::uint32_t* mask,                 \
+                        MaskFormat mask_format) {                                                \
+    fake_quant_range_as(x, y, layout, min, max, quant, mask, mask_format);                       \
+  }                                                                                              \
+  void fake_quant_affine(const T* x, T* y, const ChannelLayout& layout, const float* scale,      \
+                         const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask, \
+                         ClipCount* clip_count) {                                                \
+    fake_quant_affine_as(x, y, layout, scale, zero_point, quant, mask, clip_count);              \
+  }                                                                                              \
+  void ema_fake_quant(const T* x, T* y, std::int64_t n, EmaRangeState* state,                    \
+                      const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,      \
+                      ClipCount* clip_count) {                                                   \
+    ema_fake_quant_as(x, y, n, state, config, mask, mask_format, clip_count);                    \
+  }                                                                                              \
+  void ste_backward(const T* dy, const std::uint32_t* mask, MaskFormat mask_format,              \
+                    std::int64_t n, T* dx) {                                                     \
+    ste_backward_as(dy, mask, mask_format, n, dx);                                               \
+  }
+LOWBIT_CPU_ELEMENT_OPS(float)
+LOWBIT_CPU_ELEMENT_OPS(bf16)
+LOWBIT_CPU_ELEMENT_OPS(fp16)
+#undef LOWBIT_CPU_ELEMENT_OPS
 
 void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,
                               float* y, EmaRangeState* state, const EmaConfig& config,
@@ -702,14 +761,6 @@ void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const fl
   add_clips(clip_count, n, totals);
 }
 
-void ste_backward(const float* dy, const std::uint32_t* mask, MaskFormat mask_format,
-                  std::int64_t n, float* dx) {
-  detail::check_ste_backward(dy, mask, n, dx);
-  const std::uint32_t* plane1 = mask_format == MaskFormat::sides ? mask + mask_words(n) : nullptr;
-  parallel_words(n,
-                 [&](int64_t begin, int64_t end) { ste_span(dy, mask, plane1, dx, begin, end); });
-}
-
 void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::int64_t* step,
                           std::int64_t quant_delay, std::uint32_t* mask) {
   detail::check_quant_delay_identity(x, y, n, step, quant_delay);
@@ -722,7 +773,7 @@ void quant_delay_identity(const float* x, float* y, std::int64_t n, const std::i
     s.end = end;
     s.totals = &mine;
     s.plane0 = mask;
-    identity(s);
+    identity<float>(s);
   });
 }
 

@@ -35,6 +35,32 @@ void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* sta
                     const EmaConfig& config, std::uint32_t* mask,
                     MaskFormat mask_format = MaskFormat::pass, ClipCount* clip_count = nullptr);
 
+/// The bf16 and fp16 overloads of ref (ref.hpp, "bf16 and fp16 tensors"), in
+/// parallel and vectorised, with the reference's bits. x and y (dy and dx)
+/// may alias.
+void fake_quant_range(const bf16* x, bf16* y, const ChannelLayout& layout, const float* min,
+                      const float* max, RangeQuant quant, std::uint32_t* mask,
+                      MaskFormat mask_format = MaskFormat::pass);
+void fake_quant_range(const fp16* x, fp16* y, const ChannelLayout& layout, const float* min,
+                      const float* max, RangeQuant quant, std::uint32_t* mask,
+                      MaskFormat mask_format = MaskFormat::pass);
+void fake_quant_affine(const bf16* x, bf16* y, const ChannelLayout& layout, const float* scale,
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                       ClipCount* clip_count = nullptr);
+void fake_quant_affine(const fp16* x, fp16* y, const ChannelLayout& layout, const float* scale,
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                       ClipCount* clip_count = nullptr);
+void ema_fake_quant(const bf16* x, bf16* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask,
+                    MaskFormat mask_format = MaskFormat::pass, ClipCount* clip_count = nullptr);
+void ema_fake_quant(const fp16* x, fp16* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask,
+                    MaskFormat mask_format = MaskFormat::pass, ClipCount* clip_count = nullptr);
+void ste_backward(const bf16* dy, const std::uint32_t* mask, MaskFormat mask_format, std::int64_t n,
+                  bf16* dx);
+void ste_backward(const fp16* dy, const std::uint32_t* mask, MaskFormat mask_format, std::int64_t n,
+                  fp16* dx);
+
 /// ref::bias_relu_ema_fake_quant, in parallel and vectorised, without storing
 /// v = relu(x + bias): it is recomputed where needed. y may alias x.
 void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLayout& layout,

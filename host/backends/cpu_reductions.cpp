@@ -232,26 +232,29 @@ struct WeightRangeKernel {  // q0: max(-w), q1: max(w) over finite weights
   }
 };
 
+/// T: float, bf16 or fp16 elements (widened exactly; dx rounded once).
+template <class T>
 struct SteRangeKernel {  // q0: Σ dy below the range, q1: Σ dy above it
-  const float* dy;
+  const T* dy;
   const std::uint32_t* at_or_above_min;  // sides plane 0
   const std::uint32_t* at_or_below_max;  // sides plane 1
-  float* dx;
+  T* dx;
   template <class Count, class Channel>
   LOWBIT_INLINE void chunk(std::int64_t i, int k0, Count count, float* const* acc, Channel) const {
     const std::uint32_t ge = mask_bits(at_or_above_min, i + k0, count);
     const std::uint32_t le = mask_bits(at_or_below_max, i + k0, count);
     float* below = acc[0] + k0;
     float* above = acc[1] + k0;
-    const float* src = dy + i + k0;
-    float* dst = dx + i + k0;
+    const T* src = dy + i + k0;
+    T* dst = dx + i + k0;
     // One loop per output: in one loop GCC turns a0 + ste_gradient(..) into
     // masked stores.
-    for (int k = 0; k < count; ++k) dst[k] = ste_gradient(src[k], ((ge & le) & kBit[k]) != 0u);
     for (int k = 0; k < count; ++k)
-      below[k] = below[k] + ste_gradient(src[k], ((le & ~ge) & kBit[k]) != 0u);
+      dst[k] = from_float<T>(ste_gradient(to_float(src[k]), ((ge & le) & kBit[k]) != 0u));
     for (int k = 0; k < count; ++k)
-      above[k] = above[k] + ste_gradient(src[k], ((ge & ~le) & kBit[k]) != 0u);
+      below[k] = below[k] + ste_gradient(to_float(src[k]), ((le & ~ge) & kBit[k]) != 0u);
+    for (int k = 0; k < count; ++k)
+      above[k] = above[k] + ste_gradient(to_float(src[k]), ((ge & ~le) & kBit[k]) != 0u);
   }
 };
 
@@ -463,11 +466,12 @@ void weight_range_tasks(const Plan& plan, const float* w, std::int64_t begin, st
       [&](auto) { reduce_tasks<2, MaxOp>(plan, WeightRangeKernel{w}, begin, end, partials); });
 }
 
-void ste_range_tasks(const Plan& plan, const float* dy, const std::uint32_t* mask, float* dx,
+template <class T>
+void ste_range_tasks(const Plan& plan, const T* dy, const std::uint32_t* mask, T* dx,
                      std::int64_t begin, std::int64_t end, float* partials) {
   at_level([&](auto) {
     const std::int64_t plane_words = (plan.layout.size() + 31) / 32;
-    reduce_tasks<2, SumOp>(plan, SteRangeKernel{dy, mask, mask + plane_words, dx}, begin, end,
+    reduce_tasks<2, SumOp>(plan, SteRangeKernel<T>{dy, mask, mask + plane_words, dx}, begin, end,
                            partials);
   });
 }
@@ -584,6 +588,25 @@ void reduce_channels(const Plan& plan, float* partials, const Tasks& tasks, Fold
   });
 }
 
+template <class T>
+void ste_backward_range_as(const T* dy, const std::uint32_t* sides_mask,
+                           const ChannelLayout& layout, T* dx, float* d_min, float* d_max,
+                           Workspace workspace) {
+  detail::check_ste_backward_range(dy, sides_mask, layout, dx, d_min, d_max, workspace);
+  if (layout.size() == 0) return;
+  const Plan plan = make_plan(layout);
+  reduce_channels<2>(
+      plan, static_cast<float*>(workspace.data),
+      [&](std::int64_t begin, std::int64_t end, float* partials) {
+        ste_range_tasks(plan, dy, sides_mask, dx, begin, end, partials);
+      },
+      fold_sums,
+      [&](std::int64_t c, const std::array<float, 2>& totals) {
+        d_min[c] = totals[0];
+        d_max[c] = totals[1];
+      });
+}
+
 }  // namespace
 
 void weight_range(const float* w, const ChannelLayout& layout, bool symmetric, float* min,
@@ -613,19 +636,19 @@ void fake_quant_weights(const float* w, float* y, const ChannelLayout& layout, R
 void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
                         const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
                         Workspace workspace) {
-  detail::check_ste_backward_range(dy, sides_mask, layout, dx, d_min, d_max, workspace);
-  if (layout.size() == 0) return;
-  const Plan plan = make_plan(layout);
-  reduce_channels<2>(
-      plan, static_cast<float*>(workspace.data),
-      [&](std::int64_t begin, std::int64_t end, float* partials) {
-        ste_range_tasks(plan, dy, sides_mask, dx, begin, end, partials);
-      },
-      fold_sums,
-      [&](std::int64_t c, const std::array<float, 2>& totals) {
-        d_min[c] = totals[0];
-        d_max[c] = totals[1];
-      });
+  ste_backward_range_as(dy, sides_mask, layout, dx, d_min, d_max, workspace);
+}
+
+void ste_backward_range(const bf16* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, bf16* dx, float* d_min, float* d_max,
+                        Workspace workspace) {
+  ste_backward_range_as(dy, sides_mask, layout, dx, d_min, d_max, workspace);
+}
+
+void ste_backward_range(const fp16* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, fp16* dx, float* d_min, float* d_max,
+                        Workspace workspace) {
+  ste_backward_range_as(dy, sides_mask, layout, dx, d_min, d_max, workspace);
 }
 
 void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,

@@ -43,6 +43,15 @@ void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
                         const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
                         Workspace workspace);
 
+/// ste_backward_range of bf16 or fp16 elements (ref.hpp): d_min/d_max sum
+/// the widened dy. dx must not alias dy.
+void ste_backward_range(const bf16* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, bf16* dx, float* d_min, float* d_max,
+                        Workspace workspace);
+void ste_backward_range(const fp16* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, fp16* dx, float* d_min, float* d_max,
+                        Workspace workspace);
+
 /// ref::bias_activation_backward: dx, and d_bias = Σ dx per channel when
 /// d_bias is not null (then the workspace is needed). dx may alias dy.
 void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,

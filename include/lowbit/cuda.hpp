@@ -42,12 +42,47 @@ void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
                         const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
                         Workspace workspace, cudaStream_t stream);
 
+// ---- bf16 and fp16 tensors (see ref.hpp): computed in float, each output
+// rounded once. Moving 2-byte elements, the forward takes 4 bytes + mask per
+// element, STE backward 4 bytes + mask, exact EMA 6 bytes + mask.
+
+void fake_quant_range(const bf16* x, bf16* y, const ChannelLayout& layout, const float* min,
+                      const float* max, RangeQuant quant, std::uint32_t* mask,
+                      MaskFormat mask_format, cudaStream_t stream);
+void fake_quant_range(const fp16* x, fp16* y, const ChannelLayout& layout, const float* min,
+                      const float* max, RangeQuant quant, std::uint32_t* mask,
+                      MaskFormat mask_format, cudaStream_t stream);
+void fake_quant_affine(const bf16* x, bf16* y, const ChannelLayout& layout, const float* scale,
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                       ClipCount* clip_count, cudaStream_t stream);
+void fake_quant_affine(const fp16* x, fp16* y, const ChannelLayout& layout, const float* scale,
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                       ClipCount* clip_count, cudaStream_t stream);
+void ste_backward(const bf16* dy, const std::uint32_t* mask, MaskFormat mask_format, std::int64_t n,
+                  bf16* dx, cudaStream_t stream);
+void ste_backward(const fp16* dy, const std::uint32_t* mask, MaskFormat mask_format, std::int64_t n,
+                  fp16* dx, cudaStream_t stream);
+void ste_backward_range(const bf16* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, bf16* dx, float* d_min, float* d_max,
+                        Workspace workspace, cudaStream_t stream);
+void ste_backward_range(const fp16* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, fp16* dx, float* d_min, float* d_max,
+                        Workspace workspace, cudaStream_t stream);
+
 /// See ref::ema_state_init (a kernel, so it can be captured).
 void ema_state_init(EmaRangeState* state, cudaStream_t stream);
 
 /// See ref::ema_fake_quant. EmaMode::exact: two launches, 12 bytes + mask per
 /// element. EmaMode::lagged: one launch, 8 bytes + mask per element.
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                    ClipCount* clip_count, cudaStream_t stream);
+
+/// ema_fake_quant of bf16 or fp16 elements (see ref.hpp).
+void ema_fake_quant(const bf16* x, bf16* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
+                    ClipCount* clip_count, cudaStream_t stream);
+void ema_fake_quant(const fp16* x, fp16* y, std::int64_t n, EmaRangeState* state,
                     const EmaConfig& config, std::uint32_t* mask, MaskFormat mask_format,
                     ClipCount* clip_count, cudaStream_t stream);
 
@@ -69,9 +104,9 @@ void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const fl
                  LsqQuant quant, ClipCount* clip_count, cudaStream_t stream);
 
 /// See ref::lsq_backward.
-void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
-                  const float* scale, LsqQuant quant, float* dx, float* d_scale,
-                  Workspace workspace, cudaStream_t stream);
+void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout, const float* scale,
+                  LsqQuant quant, float* dx, float* d_scale, Workspace workspace,
+                  cudaStream_t stream);
 
 /// See ref::lsq_init_scale.
 void lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant, float* scale,
@@ -93,8 +128,8 @@ void bias_activation(const float* x, const float* bias, const ChannelLayout& lay
 
 /// See ref::bias_activation_backward.
 void bias_activation_backward(const float* dy, const float* y, const ChannelLayout& layout,
-                              bool relu, const std::uint32_t* pass_mask, float* dx,
-                              float* d_bias, Workspace workspace, cudaStream_t stream);
+                              bool relu, const std::uint32_t* pass_mask, float* dx, float* d_bias,
+                              Workspace workspace, cudaStream_t stream);
 
 /// See ref::bias_relu_ema_fake_quant. v is recomputed from x in each launch,
 /// never stored. EmaMode::exact: two launches (observe v; quantize v with the
@@ -105,8 +140,8 @@ void bias_relu_ema_fake_quant(const float* x, const float* bias, const ChannelLa
                               std::uint32_t* mask, ClipCount* clip_count, cudaStream_t stream);
 
 /// See ref::integer_conv2d: one thread per output.
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
-                    const std::uint8_t* w, const std::int32_t* w_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                    int x_fraction_bits, const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y, cudaStream_t stream);
 
@@ -130,8 +165,7 @@ void max_pool_backward(const Pool2dShape& s, const float* x, const float* dy, fl
 /// See ref::softmax_cross_entropy (totals in device memory). One block; a
 /// label outside [-1, classes) makes its row padding.
 void softmax_cross_entropy(const float* logits, const std::int32_t* labels, std::int64_t batch,
-                           int classes, float* d_logits, LossTotals* totals,
-                           cudaStream_t stream);
+                           int classes, float* d_logits, LossTotals* totals, cudaStream_t stream);
 
 /// See ref::sgd_step: one launch over the flat buffer.
 void sgd_step(float* params, const float* grads, float* velocity, std::int64_t n,
@@ -153,9 +187,9 @@ void shuffle_indices(std::uint64_t seed, std::int64_t epoch, std::int64_t n, std
 /// captured graph gathers the next batch on every replay). A negative cursor
 /// or a permutation entry outside [0, n) gives padding rows.
 void gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
-                  std::int64_t example_size, const std::int32_t* perm,
-                  const std::int64_t* cursor, std::int64_t batch, Normalization norm, float* x,
-                  std::int32_t* labels_out, cudaStream_t stream);
+                  std::int64_t example_size, const std::int32_t* perm, const std::int64_t* cursor,
+                  std::int64_t batch, Normalization norm, float* x, std::int32_t* labels_out,
+                  cudaStream_t stream);
 
 /// See ref::advance_cursor.
 void advance_cursor(std::int64_t* cursor, cudaStream_t stream);

@@ -7,6 +7,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "lowbit/types.hpp"
 
@@ -38,6 +39,111 @@ LOWBIT_HD float flush_subnormal(float v) { return fabsf(v) < FLT_MIN ? copysignf
 LOWBIT_HD float ste_gradient(float dy, bool pass) { return pass ? dy : dy * 0.0f; }
 
 // ---------------------------------------------------------------------------
+// bf16 and fp16 elements
+//
+// The quantizer ops that take bf16 or fp16 tensors widen each element to
+// float exactly, run the float math unchanged, and round the float result to
+// the storage type once. The conversions are integer code, so the host and
+// the device give the same bits without intrinsics.
+
+/// The bits of a float (memcpy, defined on host and device).
+LOWBIT_HD std::uint32_t float_bits(float v) {
+  std::uint32_t u;
+  memcpy(&u, &v, sizeof u);
+  return u;
+}
+
+/// The float with bits u.
+LOWBIT_HD float float_from_bits(std::uint32_t u) {
+  float v;
+  memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+/// The element as a float (float: itself), so templated code reads any
+/// element type alike.
+LOWBIT_HD float to_float(float v) { return v; }
+
+/// Exact: bf16 is the top half of a float (NaN payloads kept).
+LOWBIT_HD float to_float(bf16 h) { return float_from_bits(std::uint32_t{h.bits} << 16); }
+
+/// Exact, subnormals included; Inf stays Inf and a NaN keeps its sign and
+/// payload (in the top mantissa bits), quieted as torch's and F16C's
+/// conversions do.
+LOWBIT_HD float to_float(fp16 h) {
+  const std::uint32_t sign = std::uint32_t{h.bits & 0x8000u} << 16;
+  const std::uint32_t exponent = (h.bits >> 10) & 0x1fu;
+  std::uint32_t mantissa = h.bits & 0x3ffu;
+  if (exponent == 0x1fu) {
+    const std::uint32_t quiet = mantissa != 0u ? 0x400000u : 0u;
+    return float_from_bits(sign | 0x7f800000u | quiet | (mantissa << 13));
+  }
+  if (exponent != 0u) return float_from_bits(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  if (mantissa == 0u) return float_from_bits(sign);
+  // Subnormal mantissa·2^-24: normalise so that bit 10 is the implicit one.
+  std::uint32_t float_exponent = 113u;  // 2^-14, biased
+  while ((mantissa & 0x400u) == 0u) {
+    mantissa <<= 1;
+    --float_exponent;
+  }
+  return float_from_bits(sign | (float_exponent << 23) | ((mantissa & 0x3ffu) << 13));
+}
+
+/// v rounded to bfloat16, to nearest with ties to even (finite values beyond
+/// the largest bf16 round to ±Inf). Every NaN gives 0x7FC0, the quiet NaN of
+/// c10's scalar conversion (c10::BFloat16), whatever its sign and payload, so
+/// the host and the device, whose float NaNs differ, give the same bits.
+LOWBIT_HD bf16 to_bf16(float v) {
+  const std::uint32_t u = float_bits(v);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{0x7fc0u};
+  return bf16{static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+
+/// v rounded to IEEE binary16, to nearest with ties to even: |v| >= 65520
+/// (halfway past the largest finite, 65504) gives ±Inf, and values below
+/// 2^-14 round to fp16 subnormals (|v| <= 2^-25 to ±0). Every NaN gives
+/// 0x7E00, c10::Half's quiet NaN, whatever its sign and payload (c10 keeps a
+/// negative NaN's sign, 0xFE00; lowbit does not, so that host and device
+/// agree bit for bit).
+LOWBIT_HD fp16 to_fp16(float v) {
+  const std::uint32_t u = float_bits(v);
+  const std::uint32_t sign = (u >> 16) & 0x8000u;
+  const std::uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return fp16{0x7e00u};
+  if (a >= 0x477ff000u) return fp16{static_cast<std::uint16_t>(sign | 0x7c00u)};
+  if (a >= 0x38800000u) {  // normal: rebias the exponent, round off 13 bits
+    const std::uint32_t r = a - 0x38000000u;
+    return fp16{static_cast<std::uint16_t>(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13))};
+  }
+  const std::uint32_t exponent = a >> 23;
+  if (exponent < 102u) return fp16{static_cast<std::uint16_t>(sign)};  // below 2^-25
+  // Subnormal: the 24-bit significand in units of 2^-24, rounded.
+  const std::uint32_t significand = (a & 0x7fffffu) | 0x800000u;
+  const std::uint32_t shift = 126u - exponent;  // 14..24
+  const std::uint32_t half = 1u << (shift - 1u);
+  const std::uint32_t rest = significand & ((1u << shift) - 1u);
+  std::uint32_t q = significand >> shift;
+  if (rest > half || (rest == half && (q & 1u) != 0u)) ++q;
+  return fp16{static_cast<std::uint16_t>(sign | q)};
+}
+
+/// v rounded once to the element type T: float (v itself), bf16 or fp16.
+template <class T>
+LOWBIT_HD T from_float(float v);
+template <>
+LOWBIT_HD float from_float<float>(float v) {
+  return v;
+}
+template <>
+LOWBIT_HD bf16 from_float<bf16>(float v) {
+  return to_bf16(v);
+}
+template <>
+LOWBIT_HD fp16 from_float<fp16>(float v) {
+  return to_fp16(v);
+}
+
+// ---------------------------------------------------------------------------
 // Range mode (TensorFlow)
 
 /// A nudged range. scale == 0 marks a zero-width (or invalid) range, which
@@ -67,9 +173,10 @@ LOWBIT_HD RangeParams nudge_range(float min, float max, int qmin, int qmax) {
   const float inv_scale = (qmax_f - qmin_f) / (max - min);
   if (!(scale >= FLT_MIN && is_finite(scale) && is_finite(inv_scale))) return p;
   const float zero_point_from_min = qmin_f - min / scale;
-  const float nudged_zero_point = zero_point_from_min < qmin_f   ? qmin_f
-                                  : zero_point_from_min > qmax_f ? qmax_f
-                                                                 : round_half_away(zero_point_from_min);
+  const float nudged_zero_point = zero_point_from_min < qmin_f ? qmin_f
+                                  : zero_point_from_min > qmax_f
+                                      ? qmax_f
+                                      : round_half_away(zero_point_from_min);
   p.scale = scale;
   p.inv_scale = inv_scale;
   p.nudged_min = (qmin_f - nudged_zero_point) * scale;

@@ -56,6 +56,39 @@ void ste_backward_range(const float* dy, const std::uint32_t* sides_mask,
                         const ChannelLayout& layout, float* dx, float* d_min, float* d_max,
                         Workspace workspace);
 
+// ---- bf16 and fp16 tensors ----
+// The same ops on bf16 or fp16 elements (x, y, dy, dx); ranges, scales, zero
+// points, d_min/d_max and the EMA state stay float/int32. Each element is
+// widened exactly (to_float), the float op's math runs unchanged on it
+// (nudging, masks, clip counts, the EMA's batch min/max), and each output is
+// the float result rounded once to the storage type (to_bf16/to_fp16): bit
+// for bit the float op on the widened tensor, then rounded. d_min/d_max are
+// the float op's sums of the widened dy, in its order. A NaN output is the
+// canonical NaN of the storage type (element.hpp).
+
+void fake_quant_range(const bf16* x, bf16* y, const ChannelLayout& layout, const float* min,
+                      const float* max, RangeQuant quant, std::uint32_t* mask,
+                      MaskFormat mask_format = MaskFormat::pass);
+void fake_quant_range(const fp16* x, fp16* y, const ChannelLayout& layout, const float* min,
+                      const float* max, RangeQuant quant, std::uint32_t* mask,
+                      MaskFormat mask_format = MaskFormat::pass);
+void fake_quant_affine(const bf16* x, bf16* y, const ChannelLayout& layout, const float* scale,
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                       ClipCount* clip_count = nullptr);
+void fake_quant_affine(const fp16* x, fp16* y, const ChannelLayout& layout, const float* scale,
+                       const std::int32_t* zero_point, AffineQuant quant, std::uint32_t* mask,
+                       ClipCount* clip_count = nullptr);
+void ste_backward(const bf16* dy, const std::uint32_t* mask, MaskFormat mask_format, std::int64_t n,
+                  bf16* dx);
+void ste_backward(const fp16* dy, const std::uint32_t* mask, MaskFormat mask_format, std::int64_t n,
+                  fp16* dx);
+void ste_backward_range(const bf16* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, bf16* dx, float* d_min, float* d_max,
+                        Workspace workspace);
+void ste_backward_range(const fp16* dy, const std::uint32_t* sides_mask,
+                        const ChannelLayout& layout, fp16* dx, float* d_min, float* d_max,
+                        Workspace workspace);
+
 /// Puts an EMA observer state in its initial condition (range [0, 0]).
 void ema_state_init(EmaRangeState* state);
 
@@ -68,6 +101,15 @@ void ema_state_init(EmaRangeState* state);
 /// elements it quantized and those it clipped to `clip_count` if not null
 /// (nothing in the identity phase).
 void ema_fake_quant(const float* x, float* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask,
+                    MaskFormat mask_format = MaskFormat::pass, ClipCount* clip_count = nullptr);
+
+/// ema_fake_quant of bf16 or fp16 elements (see "bf16 and fp16 tensors"
+/// above): the EMA observes the widened values.
+void ema_fake_quant(const bf16* x, bf16* y, std::int64_t n, EmaRangeState* state,
+                    const EmaConfig& config, std::uint32_t* mask,
+                    MaskFormat mask_format = MaskFormat::pass, ClipCount* clip_count = nullptr);
+void ema_fake_quant(const fp16* x, fp16* y, std::int64_t n, EmaRangeState* state,
                     const EmaConfig& config, std::uint32_t* mask,
                     MaskFormat mask_format = MaskFormat::pass, ClipCount* clip_count = nullptr);
 
@@ -106,9 +148,8 @@ void lsq_forward(const float* x, float* y, const ChannelLayout& layout, const fl
 /// with the gradient scale g = 1/sqrt(N·qmax), N the elements per channel.
 /// PyTorch's learnable fake quant differs within half a step of each grid end
 /// (docs/numerics.md).
-void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout,
-                  const float* scale, LsqQuant quant, float* dx, float* d_scale,
-                  Workspace workspace);
+void lsq_backward(const float* dy, const float* x, const ChannelLayout& layout, const float* scale,
+                  LsqQuant quant, float* dx, float* d_scale, Workspace workspace);
 
 /// LSQ initial step size per channel from data: 2·mean|x|/sqrt(qmax).
 void lsq_init_scale(const float* x, const ChannelLayout& layout, LsqQuant quant, float* scale,
@@ -180,8 +221,8 @@ void max_pool_forward(const Pool2dShape& s, const float* x, float* y);
 /// acc = sum·2^accumulator_shift + bias[k] saturated to int32 (accumulate()),
 /// y[n,k,oy,ox] = requantize(acc, r, k). x is NCHW codes, w KCRS codes, y
 /// NCHW codes. A Linear is the 1×1 case on [N, features, 1, 1].
-void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point, int x_fraction_bits,
-                    const std::uint8_t* w, const std::int32_t* w_zero_point,
+void integer_conv2d(const Conv2dShape& s, const std::uint8_t* x, std::int32_t x_zero_point,
+                    int x_fraction_bits, const std::uint8_t* w, const std::int32_t* w_zero_point,
                     const std::int32_t* bias, int accumulator_shift, const Requantization& r,
                     std::uint8_t* y);
 
@@ -233,9 +274,8 @@ void shuffle_indices(std::uint64_t seed, std::int64_t epoch, std::int64_t n, std
 /// a negative cursor or a permutation entry outside [0, n) (the CUDA op makes
 /// those rows padding). batch == 0 reads nothing.
 void gather_batch(const std::uint8_t* images, const std::uint8_t* labels, std::int64_t n,
-                  std::int64_t example_size, const std::int32_t* perm,
-                  const std::int64_t* cursor, std::int64_t batch, Normalization norm, float* x,
-                  std::int32_t* labels_out);
+                  std::int64_t example_size, const std::int32_t* perm, const std::int64_t* cursor,
+                  std::int64_t batch, Normalization norm, float* x, std::int32_t* labels_out);
 
 /// *cursor += 1 (the batch index gather_batch reads; a graph replays it).
 void advance_cursor(std::int64_t* cursor);

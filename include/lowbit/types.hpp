@@ -17,6 +17,20 @@
 
 namespace lowbit {
 
+/// bfloat16 storage: the top 16 bits of a float32 (sign, 8 exponent bits, 7
+/// mantissa bits), the layout of torch.bfloat16 and __nv_bfloat16. The
+/// quantizer ops that take it compute in float32 (to_float/to_bf16 in
+/// element.hpp) and round their result to it once.
+struct bf16 {
+  std::uint16_t bits;
+};
+
+/// IEEE 754 binary16 storage (sign, 5 exponent bits, 10 mantissa bits), the
+/// layout of torch.float16 and __half. Used like bf16 (to_float/to_fp16).
+struct fp16 {
+  std::uint16_t bits;
+};
+
 inline constexpr int kMinBits = 2;
 inline constexpr int kMaxBits = 16;
 
@@ -129,9 +143,9 @@ struct Pool2dShape {
 /// Device-resident (or, for lowbit::ref, host-resident) state of an EMA range
 /// observer. Initialise it with ema_state_init(); only lowbit ops write it.
 struct EmaRangeState {
-  float min = 0.0f;        ///< zero-debiased EMA of min(min(x), 0)
-  float max = 0.0f;        ///< zero-debiased EMA of max(max(x), 0)
-  float decay_pow = 1.0f;  ///< decay^updates, the debiasing term
+  float min = 0.0f;           ///< zero-debiased EMA of min(min(x), 0)
+  float max = 0.0f;           ///< zero-debiased EMA of max(max(x), 0)
+  float decay_pow = 1.0f;     ///< decay^updates, the debiasing term
   std::uint32_t skipped = 0;  ///< batches ignored for a non-finite min or max
   std::int64_t steps = 0;     ///< calls so far (quant_delay and freeze count these)
   std::int64_t updates = 0;   ///< batches folded into the EMA
@@ -157,7 +171,7 @@ inline constexpr std::int64_t kNeverFreeze = std::numeric_limits<std::int64_t>::
 /// Options of the fused EMA observer + fake quant op.
 struct EmaConfig {
   RangeQuant quant{};
-  float decay = 0.999f;     ///< in [0, 1)
+  float decay = 0.999f;  ///< in [0, 1)
   EmaMode mode = EmaMode::exact;
   /// Calls before this index pass x through unchanged (ranges still track).
   std::int64_t quant_delay = 0;
