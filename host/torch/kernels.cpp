@@ -42,6 +42,29 @@ void run(const char* op, const Tensor& x, const OnCpu& on_cpu, const OnCuda& on_
   }
 }
 
+/// Calls f(T{}) with T the lowbit element type of x's dtype (float, bf16 or
+/// fp16; check_elements admits no other).
+template <class F>
+void with_element_type(const Tensor& x, const F& f) {
+  switch (x.scalar_type()) {
+    case at::kBFloat16:
+      return f(bf16{});
+    case at::kHalf:
+      return f(fp16{});
+    default:
+      return f(float{});
+  }
+}
+
+template <class T>
+T* elements(Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+template <class T>
+const T* elements(const Tensor& t) {
+  return reinterpret_cast<const T*>(t.data_ptr());
+}
+
 float* floats(Tensor& t) { return t.data_ptr<float>(); }
 const float* floats(const Tensor& t) { return t.data_ptr<float>(); }
 std::uint32_t* words(Tensor& mask) {
@@ -85,7 +108,9 @@ ChannelLayout layout_of(const std::vector<std::int64_t>& shape, std::int64_t axi
 void check_elements(const Tensor& x, const char* what) {
   TORCH_CHECK(x.device().is_cpu() || x.device().is_cuda(), what,
               " must be a CPU or CUDA tensor, got ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kFloat, what, " must be float32, got ", x.scalar_type());
+  const at::ScalarType type = x.scalar_type();
+  TORCH_CHECK(type == at::kFloat || type == at::kBFloat16 || type == at::kHalf, what,
+              " must be float32, bfloat16 or float16, got ", type);
 }
 
 Tensor new_mask(std::int64_t n, MaskFormat format, const Tensor& like) {
@@ -118,16 +143,19 @@ Tensor fake_quant_range(const Tensor& x, const ChannelLayout& layout, const Tens
   const Tensor hi = float_like(max, x);
   Tensor y = at::empty_like(xc);
   sides_mask = new_mask(layout.size(), MaskFormat::sides, x);
-  run(
-      "fake_quant_range", x,
-      [&] {
-        cpu::fake_quant_range(floats(xc), floats(y), layout, floats(lo), floats(hi), quant,
-                              words(sides_mask), MaskFormat::sides);
-      },
-      [&](cudaStream_t stream) {
-        cuda::fake_quant_range(floats(xc), floats(y), layout, floats(lo), floats(hi), quant,
-                               words(sides_mask), MaskFormat::sides, stream);
-      });
+  with_element_type(x, [&](auto element) {
+    using T = decltype(element);
+    run(
+        "fake_quant_range", x,
+        [&] {
+          cpu::fake_quant_range(elements<T>(xc), elements<T>(y), layout, floats(lo), floats(hi),
+                                quant, words(sides_mask), MaskFormat::sides);
+        },
+        [&](cudaStream_t stream) {
+          cuda::fake_quant_range(elements<T>(xc), elements<T>(y), layout, floats(lo), floats(hi),
+                                 quant, words(sides_mask), MaskFormat::sides, stream);
+        });
+  });
   return y;
 }
 
@@ -139,21 +167,25 @@ Tensor fake_quant_affine(const Tensor& x, const ChannelLayout& layout, const Ten
   Tensor y = at::empty_like(xc);
   mask = new_mask(layout.size(), MaskFormat::pass, x);
   const std::int32_t* zp = z.data_ptr<std::int32_t>();
-  run(
-      "fake_quant_affine", x,
-      [&] {
-        cpu::fake_quant_affine(floats(xc), floats(y), layout, floats(s), zp, quant, words(mask));
-      },
-      [&](cudaStream_t stream) {
-        cuda::fake_quant_affine(floats(xc), floats(y), layout, floats(s), zp, quant, words(mask),
-                                nullptr, stream);
-      });
+  with_element_type(x, [&](auto element) {
+    using T = decltype(element);
+    run(
+        "fake_quant_affine", x,
+        [&] {
+          cpu::fake_quant_affine(elements<T>(xc), elements<T>(y), layout, floats(s), zp, quant,
+                                 words(mask));
+        },
+        [&](cudaStream_t stream) {
+          cuda::fake_quant_affine(elements<T>(xc), elements<T>(y), layout, floats(s), zp, quant,
+                                  words(mask), nullptr, stream);
+        });
+  });
   return y;
 }
 
 Tensor fake_quant_weights(const Tensor& w, const ChannelLayout& layout, RangeQuant quant,
                           bool symmetric, Tensor& mask) {
-  const Tensor wc = w.contiguous();
+  const Tensor wc = float_like(w, w);
   Tensor y = at::empty_like(wc);
   Tensor min = at::empty({layout.channels}, wc.options());
   Tensor max = at::empty({layout.channels}, wc.options());
@@ -169,7 +201,7 @@ Tensor fake_quant_weights(const Tensor& w, const ChannelLayout& layout, RangeQua
         cuda::fake_quant_weights(floats(wc), floats(y), layout, quant, symmetric, floats(min),
                                  floats(max), words(mask), workspace_of(workspace), stream);
       });
-  return y;
+  return y.to(w.scalar_type());
 }
 
 Tensor ema_fake_quant(const Tensor& x, Tensor& state, const EmaConfig& config, Tensor& mask) {
@@ -178,19 +210,25 @@ Tensor ema_fake_quant(const Tensor& x, Tensor& state, const EmaConfig& config, T
   Tensor y = at::empty_like(xc);
   const std::int64_t n = xc.numel();
   mask = new_mask(n, MaskFormat::pass, x);
-  run(
-      "ema_fake_quant", x,
-      [&] { cpu::ema_fake_quant(floats(xc), floats(y), n, ema_state(state), config, words(mask)); },
-      [&](cudaStream_t stream) {
-        cuda::ema_fake_quant(floats(xc), floats(y), n, ema_state(state), config, words(mask),
-                             MaskFormat::pass, nullptr, stream);
-      });
+  with_element_type(x, [&](auto element) {
+    using T = decltype(element);
+    run(
+        "ema_fake_quant", x,
+        [&] {
+          cpu::ema_fake_quant(elements<T>(xc), elements<T>(y), n, ema_state(state), config,
+                              words(mask));
+        },
+        [&](cudaStream_t stream) {
+          cuda::ema_fake_quant(elements<T>(xc), elements<T>(y), n, ema_state(state), config,
+                               words(mask), MaskFormat::pass, nullptr, stream);
+        });
+  });
   return y;
 }
 
 Tensor lsq_forward(const Tensor& x, const ChannelLayout& layout, const Tensor& scale,
                    LsqQuant quant) {
-  const Tensor xc = x.contiguous();
+  const Tensor xc = float_like(x, x);
   const Tensor s = float_like(scale, x);
   Tensor y = at::empty_like(xc);
   run(
@@ -199,11 +237,11 @@ Tensor lsq_forward(const Tensor& x, const ChannelLayout& layout, const Tensor& s
       [&](cudaStream_t stream) {
         cuda::lsq_forward(floats(xc), floats(y), layout, floats(s), quant, nullptr, stream);
       });
-  return y;
+  return y.to(x.scalar_type());
 }
 
 Tensor lsq_init_scale(const Tensor& x, const ChannelLayout& layout, LsqQuant quant) {
-  const Tensor xc = x.detach().contiguous();
+  const Tensor xc = float_like(x, x);
   Tensor scale = at::empty({layout.channels}, xc.options());
   Tensor workspace = new_workspace(layout, x);
   run(
@@ -219,40 +257,53 @@ Tensor lsq_init_scale(const Tensor& x, const ChannelLayout& layout, LsqQuant qua
 }
 
 Tensor ste_backward(const Tensor& dy, const Tensor& mask) {
-  const Tensor g = float_like(dy, mask);
+  const Tensor g = dy.contiguous();
+  check_elements(g, "the gradient");
   Tensor dx = at::empty_like(g);
-  run(
-      "ste_backward", g,
-      [&] { cpu::ste_backward(floats(g), words(mask), MaskFormat::pass, g.numel(), floats(dx)); },
-      [&](cudaStream_t stream) {
-        cuda::ste_backward(floats(g), words(mask), MaskFormat::pass, g.numel(), floats(dx), stream);
-      });
+  with_element_type(g, [&](auto element) {
+    using T = decltype(element);
+    run(
+        "ste_backward", g,
+        [&] {
+          cpu::ste_backward(elements<T>(g), words(mask), MaskFormat::pass, g.numel(),
+                            elements<T>(dx));
+        },
+        [&](cudaStream_t stream) {
+          cuda::ste_backward(elements<T>(g), words(mask), MaskFormat::pass, g.numel(),
+                             elements<T>(dx), stream);
+        });
+  });
   return dx;
 }
 
 std::vector<Tensor> ste_backward_range(const Tensor& dy, const Tensor& sides_mask,
                                        const ChannelLayout& layout) {
-  const Tensor g = float_like(dy, sides_mask);
+  const Tensor g = dy.contiguous();
+  check_elements(g, "the gradient");
   Tensor dx = at::empty_like(g);
-  Tensor d_min = at::empty({layout.channels}, g.options());
-  Tensor d_max = at::empty({layout.channels}, g.options());
+  Tensor d_min = at::empty({layout.channels}, g.options().dtype(at::kFloat));
+  Tensor d_max = at::empty({layout.channels}, g.options().dtype(at::kFloat));
   Tensor workspace = new_workspace(layout, g);
-  run(
-      "fake_quant_range backward", g,
-      [&] {
-        cpu::ste_backward_range(floats(g), words(sides_mask), layout, floats(dx), floats(d_min),
-                                floats(d_max), workspace_of(workspace));
-      },
-      [&](cudaStream_t stream) {
-        cuda::ste_backward_range(floats(g), words(sides_mask), layout, floats(dx), floats(d_min),
-                                 floats(d_max), workspace_of(workspace), stream);
-      });
+  with_element_type(g, [&](auto element) {
+    using T = decltype(element);
+    run(
+        "fake_quant_range backward", g,
+        [&] {
+          cpu::ste_backward_range(elements<T>(g), words(sides_mask), layout, elements<T>(dx),
+                                  floats(d_min), floats(d_max), workspace_of(workspace));
+        },
+        [&](cudaStream_t stream) {
+          cuda::ste_backward_range(elements<T>(g), words(sides_mask), layout, elements<T>(dx),
+                                   floats(d_min), floats(d_max), workspace_of(workspace), stream);
+        });
+  });
   return {dx, d_min, d_max};
 }
 
 std::vector<Tensor> lsq_backward(const Tensor& dy, const Tensor& x, const ChannelLayout& layout,
                                  const Tensor& scale, LsqQuant quant) {
   const Tensor g = float_like(dy, x);
+  const Tensor xf = float_like(x, x);
   const Tensor s = float_like(scale, x);
   Tensor dx = at::empty_like(g);
   Tensor d_scale = at::empty({layout.channels}, g.options());
@@ -260,14 +311,14 @@ std::vector<Tensor> lsq_backward(const Tensor& dy, const Tensor& x, const Channe
   run(
       "lsq_fake_quant backward", x,
       [&] {
-        cpu::lsq_backward(floats(g), floats(x), layout, floats(s), quant, floats(dx),
+        cpu::lsq_backward(floats(g), floats(xf), layout, floats(s), quant, floats(dx),
                           floats(d_scale), workspace_of(workspace));
       },
       [&](cudaStream_t stream) {
-        cuda::lsq_backward(floats(g), floats(x), layout, floats(s), quant, floats(dx),
+        cuda::lsq_backward(floats(g), floats(xf), layout, floats(s), quant, floats(dx),
                            floats(d_scale), workspace_of(workspace), stream);
       });
-  return {dx, d_scale};
+  return {dx.to(x.scalar_type()), d_scale};
 }
 
 }  // namespace lowbit::torch_ops

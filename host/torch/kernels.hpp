@@ -1,8 +1,12 @@
 // The lowbit kernels behind the torch ops, chosen by where the tensors live:
 // CPU tensors run the CPU backend's kernels (lowbit::cpu, the bits of
 // lowbit::ref), CUDA tensors run lowbit::cuda on the current stream (built
-// when the libtorch found has CUDA). Element tensors are contiguous float32;
-// masks are int32 tensors of mask_words() words; workspaces and outputs are
+// when the libtorch found has CUDA). Element tensors are float32, bfloat16 or
+// float16: the range, affine and EMA fake quants and their STE backwards run
+// lowbit's bf16/fp16 kernels (float32 math, the result rounded once); the
+// weight and LSQ ops compute on a float32 copy and round their outputs with
+// torch's conversion. Ranges, scales and range gradients are float32. Masks
+// are int32 tensors of mask_words() words; workspaces and outputs are
 // allocated on the inputs' device. Nothing here synchronizes with the host.
 #pragma once
 
@@ -24,7 +28,8 @@ std::vector<std::int64_t> shape_of(const at::Tensor& t);
 /// `axis`.
 ChannelLayout layout_of(const std::vector<std::int64_t>& shape, std::int64_t axis);
 
-/// Checks that x is a float32 tensor on a device these ops run on.
+/// Checks that x is a float32, bfloat16 or float16 tensor on a device these
+/// ops run on.
 void check_elements(const at::Tensor& x, const char* what);
 
 /// An uninitialised mask for `n` elements on `like`'s device.

@@ -21,7 +21,8 @@ CUDA = torch.device("cuda")
 
 def same_bits(a, b):
     a, b = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
-    return a.shape == b.shape and torch.equal(a.view(torch.int32), b.view(torch.int32))
+    bits = torch.int16 if a.element_size() == 2 else torch.int32
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(bits), b.view(bits))
 
 
 def on_both(op, x, dy, *args):
@@ -103,6 +104,26 @@ class CudaEqualsCpu(unittest.TestCase):
                                                   quant_delay=1) for s in states]
                 self.assertTrue(same_bits(*ys), f"lagged={lagged}")
                 self.assertTrue(torch.equal(states[0], states[1].cpu()), f"lagged={lagged}")
+
+    def test_bf16_and_fp16(self):
+        g = torch.Generator().manual_seed(6)
+        for dtype in (torch.bfloat16, torch.float16):
+            x, dy = inputs((64, 300), g).to(dtype), torch.randn(64, 300, generator=g).to(dtype)
+            lo, hi = -torch.rand(300, generator=g), torch.rand(300, generator=g)
+            cpu, gpu = on_both(lambda x_, a, b: lowbit_torch.fake_quant_range(x_, a, b, 4, False, 1),
+                               x, dy, lo.requires_grad_(), hi.requires_grad_())
+            self.assert_same(cpu[:2], gpu[:2], f"range {dtype}")  # dx, y: 16-bit patterns
+            for a, b in zip(cpu[2:], gpu[2:]):
+                self.assertTrue(torch.equal(a.nan_to_num(7.0), b.cpu().nan_to_num(7.0)))
+            cpu, gpu = on_both(
+                lambda x_: lowbit_torch.fake_quant_per_tensor_affine(x_, 0.1, 2, 0, 15), x, dy)
+            self.assert_same(cpu, gpu, f"affine {dtype}")
+            states = [lowbit_torch.new_ema_state("cpu"), lowbit_torch.new_ema_state(CUDA)]
+            for step in range(3):
+                ys = [lowbit_torch.ema_fake_quant((x * (step + 1)).to(s.device), s, 4)
+                      for s in states]
+                self.assertTrue(same_bits(*ys), f"ema {dtype}")
+                self.assertTrue(torch.equal(states[0], states[1].cpu()), f"ema {dtype}")
 
     def test_ema_in_a_cuda_graph(self):
         g = torch.Generator().manual_seed(5)

@@ -161,6 +161,131 @@ class Range(unittest.TestCase):
             torch.ops.lowbit.fake_quant_range(x, torch.zeros(3), torch.ones(3), 8, False)
 
 
+CANONICAL_NAN = {torch.bfloat16: 0x7FC0, torch.float16: 0x7E00}
+
+
+def rounded(y, dtype):
+    """The float32 tensor y rounded to dtype once, every NaN lowbit's
+    canonical one (docs/numerics.md), as 16-bit patterns."""
+    bits = y.detach().to(dtype).view(torch.int16).clone()
+    bits[torch.isnan(y.detach())] = CANONICAL_NAN[dtype]
+    return bits
+
+
+def half_bits(t):
+    return t.detach().contiguous().view(torch.int16)
+
+
+class HalfTensors(unittest.TestCase):
+    """bfloat16 and float16 tensors: each op computes in float32 and rounds
+    its result once, so its output equals the float32 op on the widened
+    input, rounded (NaN as the canonical NaN), and its gradients equal the
+    float32 gradients, rounded. The float32 affine side is PyTorch's own op;
+    the range, EMA, weight and LSQ sides are lowbit's float32 ops, which the
+    tests above hold to TensorFlow and PyTorch."""
+
+    DTYPES = (torch.bfloat16, torch.float16)
+
+    def half_inputs(self, shape, dtype, generator, spread=3.0, finite=False):
+        """Normal values, -0 and (unless finite) NaN and +-Inf. PyTorch's
+        affine ops differ from lowbit's on non-finite inputs
+        (docs/numerics.md), so the comparison with them takes finite ones."""
+        x = (torch.randn(shape, generator=generator) * spread).to(dtype)
+        flat = x.view(-1)
+        flat[::47] = -0.0
+        if not finite:
+            flat[::41] = float("nan")
+            flat[::43] = float("inf")
+            flat[::45] = -float("inf")
+        return x
+
+    def check(self, op_half, op_float, x, dy, what, params=()):
+        """op(x) forward and backward at x's dtype against the float32 op on
+        x.float() with dy.float(); float32 params get equal gradients."""
+        dtype = x.dtype
+        xh = x.clone().requires_grad_()
+        ph = [p.clone().requires_grad_() for p in params]
+        yh = op_half(xh, *ph)
+        yh.backward(dy)
+        xf = x.float().requires_grad_()
+        pf = [p.clone().requires_grad_() for p in params]
+        yf = op_float(xf, *pf)
+        yf.backward(dy.float())
+        self.assertEqual(yh.dtype, dtype, what)
+        self.assertTrue(torch.equal(half_bits(yh), rounded(yf, dtype)), "output, " + what)
+        self.assertTrue(torch.equal(half_bits(xh.grad), rounded(xf.grad, dtype)),
+                        "gradient, " + what)
+        for a, b in zip(ph, pf):
+            self.assertTrue(same_bits(torch.nan_to_num(a.grad, nan=7.0),
+                                      torch.nan_to_num(b.grad, nan=7.0)), "parameter, " + what)
+
+    def test_affine_equals_torch_rounded_once(self):
+        g = torch.Generator().manual_seed(11)
+        for dtype in self.DTYPES:
+            x = self.half_inputs((8, 5, 7), dtype, g, finite=True)
+            dy = torch.randn((8, 5, 7), generator=g).to(dtype)
+            self.check(lambda t: lowbit_torch.fake_quant_per_tensor_affine(t, 0.25, 3, 0, 15),
+                       lambda t: torch.fake_quantize_per_tensor_affine(t, 0.25, 3, 0, 15),
+                       x, dy, f"per tensor, {dtype}")
+            ours = lambda t: lowbit_torch.fake_quant_per_tensor_affine(t, 0.25, 3, 0, 15)
+            self.check(ours, ours, self.half_inputs((8, 5, 7), dtype, g), dy,
+                       f"per tensor, non-finite inputs, {dtype}")
+            scale = torch.rand(5, generator=g) * 0.5 + 0.05
+            zero_point = torch.randint(-8, 8, (5,), generator=g, dtype=torch.int32)
+            self.check(
+                lambda t: lowbit_torch.fake_quant_per_channel_affine(t, scale, zero_point, 1, -8,
+                                                                     7),
+                lambda t: torch.fake_quantize_per_channel_affine(t, scale, zero_point, 1, -8, 7),
+                x, dy, f"per channel, {dtype}")
+
+    def test_range_and_its_gradients(self):
+        g = torch.Generator().manual_seed(12)
+        for dtype in self.DTYPES:
+            x = self.half_inputs((6, 40), dtype, g)
+            dy = torch.randn((6, 40), generator=g).to(dtype)
+            for axis, channels in ((None, 1), (1, 40)):
+                lo = -torch.rand(channels, generator=g) * 2
+                hi = torch.rand(channels, generator=g) * 2
+                for bits, narrow in ((2, False), (4, True), (8, False)):
+                    op = lambda t, a, b: lowbit_torch.fake_quant_range(t, a, b, bits, narrow, axis)
+                    self.check(op, op, x, dy, f"range axis {axis}, {bits}-bit, {dtype}",
+                               params=(lo, hi))
+
+    def test_weights_and_lsq(self):
+        g = torch.Generator().manual_seed(13)
+        for dtype in self.DTYPES:
+            w = (torch.randn(6, 30, generator=g) * 0.3).to(dtype)
+            dy = torch.randn(6, 30, generator=g).to(dtype)
+            for kw in (dict(), dict(group_size=10), dict(symmetric=False, narrow_range=False)):
+                op = lambda t: lowbit_torch.fake_quant_weights(t, 4, **kw)
+                self.check(op, op, w, dy, f"weights {kw}, {dtype}")
+            scale = lowbit_torch.lsq_init_scale(w.float(), -8, 7, axis=0)
+            self.assertTrue(same_bits(scale, lowbit_torch.lsq_init_scale(w, -8, 7, axis=0)))
+            op = lambda t, s: lowbit_torch.lsq_fake_quant(t, s, -8, 7, axis=0)
+            self.check(op, op, w, dy, f"lsq, {dtype}", params=(scale,))
+
+    def test_ema_tracks_the_widened_batches(self):
+        g = torch.Generator().manual_seed(14)
+        for dtype in self.DTYPES:
+            for lagged in (False, True):
+                half_state, float_state = lowbit_torch.new_ema_state(), lowbit_torch.new_ema_state()
+                for step in range(6):
+                    x = self.half_inputs((3000,), dtype, g, spread=1.0 + step)
+                    if step == 3:
+                        x[7] = float("inf")  # a batch the EMA skips
+                    dy = torch.randn(3000, generator=g).to(dtype)
+                    op = lambda state: lambda t: lowbit_torch.ema_fake_quant(
+                        t, state, 4, decay=0.9, lagged=lagged, quant_delay=1)
+                    self.check(op(half_state), op(float_state), x, dy,
+                               f"ema step {step}, lagged {lagged}, {dtype}")
+                    self.assertTrue(torch.equal(half_state, float_state))
+
+    def test_other_types_raise_clear_errors(self):
+        with self.assertRaisesRegex(RuntimeError, "must be float32, bfloat16 or float16"):
+            lowbit_torch.fake_quant_range(torch.zeros(3, dtype=torch.float64), torch.zeros(1),
+                                          torch.ones(1))
+
+
 class Lsq(unittest.TestCase):
     def test_forward_equals_torch_learnable_fake_quant(self):
         g = torch.Generator().manual_seed(4)
