@@ -37,8 +37,8 @@
 #                    build needs -DLOWBIT_TORCH=ON, which setup builds then)
 #   --torch-ops-device auto|cpu|cuda
 #                    where the torch-ops suite runs (default auto: cuda when
-#                    torch has a device; lowbit's ops that lack CUDA are
-#                    then reported as not run)
+#                    torch has a device and lowbit_torch was built against a
+#                    torch with CUDA)
 # Exit status: 0 when every suite and the report succeeded (PyTorch failing
 # is recorded in the results, not fatal; so is a torch-ops case that cannot
 # run, which is listed as NOT RUN), 1 otherwise, 2 for bad usage.

@@ -13,8 +13,9 @@
 #            and GpuTrainer.* (whole trainings), which would take hours there
 #   phase 4  the PyTorch operators against the GPU's CUDA-enabled torch: build
 #            lowbit_torch and the CLI (build-gpu-torch/), their CPU tests
-#            there (with the run against lowbit train), and the CUDA path
-#            against the CPU path (tests/torch/test_cuda.py)
+#            there (with the run against lowbit train), the CUDA path
+#            against the CPU path (tests/torch/test_cuda.py), and the
+#            torch-ops benchmark suite on the GPU (torch_ops.md)
 #
 # Each phase builds first (a no-op on the warm machine that ran the phase
 # before, which keeps build-gpu/). The tests run with LOWBIT_EXPECT_GPU=1, so
@@ -163,6 +164,9 @@ report() {
         [ -f "$LOGS/$log.log" ] || continue
         echo "  $log: $(grep -E '^(OK|FAILED)|^Ran ' "$LOGS/$log.log" | tr '\n' ' ')"
       done
+      if [ -f "$LOGS/bench/torch_ops.md" ]; then
+        grep '^| [a-z_]* | [a-z0-9]* | 2^' "$LOGS/bench/torch_ops.md" | sed 's/^/  /' || true
+      fi
       ;;
   esac
 }
@@ -227,6 +231,11 @@ case $phase in
     TORCH_LIBRARY="$BUILD/host/torch/liblowbit_torch.so"
     run_step torch_cpu 120 env PYTHON="$TORCH_PYTHON" tests/torch/run.sh "$TORCH_LIBRARY" "$LOWBIT"
     run_step torch_cuda 120 "$TORCH_PYTHON" tests/torch/test_cuda.py "$TORCH_LIBRARY" -v
+    run_step torch_bench 150 env PYTHON="$TORCH_PYTHON" scripts/bench.sh --no-build \
+      --build-dir "$BUILD" --torch-ops-only --torch-ops-device cuda --out "$LOGS/bench"
+    for file in torch_ops.md torch_ops.json; do
+      if [ -f "$LOGS/bench/$file" ]; then cp "$LOGS/bench/$file" "$OUT/"; fi
+    done
     ;;
 esac
 

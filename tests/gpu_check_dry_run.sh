@@ -21,7 +21,7 @@ rc=0; "$script" 5 >/dev/null 2>&1 || rc=$?
 [ "$rc" -eq 2 ] || fail "phase 5: exit $rc, expected 2"
 
 declare -A steps=([1]="configure build gpu ctest" [2]="configure build train_w0a0 train_w8a8
-train_w4a4 train_w2a2 bench" [3]="configure build memcheck racecheck initcheck" [4]="configure build torch_cpu torch_cuda")
+train_w4a4 train_w2a2 bench" [3]="configure build memcheck racecheck initcheck" [4]="configure build torch_cpu torch_cuda torch_bench")
 for phase in 1 2 3 4; do
   rm -rf "${out:?}"/*
   rc=0
