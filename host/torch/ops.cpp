@@ -63,6 +63,9 @@ class PerChannelAffine : public torch::autograd::Function<PerChannelAffine> {
                 " values (x.size(axis))");
     TORCH_CHECK(zero_point.dim() == 1 && zero_point.numel() == x.size(axis),
                 "zero_point must hold ", x.size(axis), " values (x.size(axis))");
+    TORCH_CHECK(!at::isFloatingType(zero_point.scalar_type()),
+                "zero_point must be an integer tensor (int32), got ", zero_point.scalar_type(),
+                ": torch's floating zero points round x/scale + zero_point, another grid");
     Tensor mask;
     Tensor y = fake_quant_affine(x, layout_of(shape_of(x), axis), scale, zero_point,
                                  grid(quant_min, quant_max), mask);

@@ -100,6 +100,8 @@ class Affine(unittest.TestCase):
             lowbit_torch.fake_quant_per_channel_affine(x, torch.ones(4), torch.zeros(3), 1, 0, 15)
         with self.assertRaisesRegex(RuntimeError, "must be float32"):
             lowbit_torch.fake_quant_per_tensor_affine(x.double(), 0.1, 0, 0, 15)
+        with self.assertRaisesRegex(RuntimeError, "zero_point must be an integer tensor"):
+            lowbit_torch.fake_quant_per_channel_affine(x, torch.ones(3), torch.zeros(3), 1, 0, 15)
 
 
 def from_bits(bits, shape=None):
