@@ -18,6 +18,19 @@
 
 namespace lowbit::test {
 
+/// Ranges for channel c: a grid of step 1/4 at 4 bits (ties at odd eighths),
+/// one straddling 0, one above it, one below it, and a zero-width one.
+inline void ranges_for(std::int64_t channels, std::vector<float>& lo, std::vector<float>& hi) {
+  const float los[] = {-2.0f, -0.7f, 0.3f, -3.0f, 0.0f};
+  const float his[] = {1.75f, 1.3f, 2.7f, -0.5f, 0.0f};
+  lo.resize(channels);
+  hi.resize(channels);
+  for (std::int64_t c = 0; c < channels; ++c) {
+    lo[c] = los[c % 5];
+    hi[c] = his[c % 5];
+  }
+}
+
 template <class T>
 std::vector<float> widen(const std::vector<T>& h) {
   std::vector<float> out;

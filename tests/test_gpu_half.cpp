@@ -20,6 +20,7 @@ namespace {
 
 using test::DeviceBuffer;
 using test::half_values;
+using test::ranges_for;
 using test::same_bits;
 using test::same_elements;
 using Words = std::vector<std::uint32_t>;
@@ -55,17 +56,6 @@ struct OffsetElements {
     return std::vector<T>(all.begin() + offset, all.begin() + offset + static_cast<long>(n));
   }
 };
-
-void ranges_for(std::int64_t channels, std::vector<float>& lo, std::vector<float>& hi) {
-  const float los[] = {-2.0f, -0.7f, 0.3f, -3.0f, 0.0f};
-  const float his[] = {1.75f, 1.3f, 2.7f, -0.5f, 0.0f};
-  lo.resize(channels);
-  hi.resize(channels);
-  for (std::int64_t c = 0; c < channels; ++c) {
-    lo[c] = los[c % 5];
-    hi[c] = his[c % 5];
-  }
-}
 
 TYPED_TEST(GpuHalf, FakeQuantMatchesTheReference) {
   LOWBIT_REQUIRE_GPU();

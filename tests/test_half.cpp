@@ -26,6 +26,7 @@ namespace {
 
 using test::element_bits;
 using test::half_values;
+using test::ranges_for;
 using test::narrow;
 using test::same_bits;
 using test::same_elements;
@@ -136,19 +137,6 @@ TYPED_TEST_SUITE(HalfRef, ElementTypes);
 
 const ChannelLayout kLayouts[] = {ChannelLayout::per_tensor(1000), ChannelLayout{3, 5, 37},
                                   ChannelLayout{7, 11, 1}, ChannelLayout::per_tensor(33)};
-
-/// Ranges for channel c: a grid of step 1/4 at 4 bits (ties at odd eighths),
-/// one straddling 0, one above it, one below it, and a zero-width one.
-void ranges_for(std::int64_t channels, std::vector<float>& lo, std::vector<float>& hi) {
-  const float los[] = {-2.0f, -0.7f, 0.3f, -3.0f, 0.0f};
-  const float his[] = {1.75f, 1.3f, 2.7f, -0.5f, 0.0f};
-  lo.resize(channels);
-  hi.resize(channels);
-  for (std::int64_t c = 0; c < channels; ++c) {
-    lo[c] = los[c % 5];
-    hi[c] = his[c % 5];
-  }
-}
 
 TYPED_TEST(HalfRef, FakeQuantRangeIsTheFloatOpRoundedOnce) {
   using T = TypeParam;

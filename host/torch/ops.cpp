@@ -28,6 +28,14 @@ AffineQuant grid(std::int64_t quant_min, std::int64_t quant_max) {
   return {static_cast<int>(quant_min), static_cast<int>(quant_max)};
 }
 
+/// The backward of an op whose one gradient is x's straight-through one, from
+/// the mask its forward saved first; `inputs` counts the forward's arguments.
+tensor_list x_gradient_only(AutogradContext* ctx, const tensor_list& grads, std::size_t inputs) {
+  tensor_list gradients(inputs);
+  gradients[0] = ste_backward(grads[0], ctx->get_saved_variables()[0]);
+  return gradients;
+}
+
 /// torch.fake_quantize_per_tensor_affine's semantics and bits: y =
 /// (clamp(nearbyint(x·(1/scale)) + zero_point, qmin, qmax) - zero_point)·scale,
 /// dx = dy where the unclamped level lies within [qmin, qmax].
@@ -45,8 +53,7 @@ class PerTensorAffine : public torch::autograd::Function<PerTensorAffine> {
     return y;
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    return {ste_backward(grads[0], ctx->get_saved_variables()[0]), Tensor(), Tensor(), Tensor(),
-            Tensor()};
+    return x_gradient_only(ctx, grads, 5);
   }
 };
 
@@ -73,12 +80,7 @@ class PerChannelAffine : public torch::autograd::Function<PerChannelAffine> {
     return y;
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    return {ste_backward(grads[0], ctx->get_saved_variables()[0]),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor()};
+    return x_gradient_only(ctx, grads, 6);
   }
 };
 
@@ -140,12 +142,7 @@ class Weights : public torch::autograd::Function<Weights> {
     return y;
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    return {ste_backward(grads[0], ctx->get_saved_variables()[0]),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor()};
+    return x_gradient_only(ctx, grads, 6);
   }
 };
 
@@ -170,14 +167,7 @@ class Ema : public torch::autograd::Function<Ema> {
     return y;
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    return {ste_backward(grads[0], ctx->get_saved_variables()[0]),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor(),
-            Tensor()};
+    return x_gradient_only(ctx, grads, 8);
   }
 };
 
