@@ -56,16 +56,18 @@ case "${1:-}" in
 esac
 
 BUILD=build-gpu
-# Phase 4 builds only lowbit_torch, against the torch of the first python3
-# that has one, in a directory of its own so the other phases' build keeps
-# its options.
+# Phase 4 builds only lowbit_torch and the CLI, against the torch of the
+# first python3 that has one, in a directory of its own so the other phases'
+# build keeps its options. Both the torch folder and its CMake folder go on
+# the prefix path, so torch's libraries are found before any system libtorch.
 configure_args=(-DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_BUILD_TYPE=Release)
 build_args=()
 if [ "$phase" = 4 ]; then
   BUILD=build-gpu-torch
   TORCH_PYTHON=$(scripts/python-with.sh torch) || TORCH_PYTHON=python3
   configure_args+=(-DLOWBIT_TORCH=ON -DLOWBIT_BUILD_TESTS=OFF -DLOWBIT_BUILD_BENCH=OFF
-    "-DCMAKE_PREFIX_PATH=$("$TORCH_PYTHON" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)' 2>/dev/null)")
+    "-DCMAKE_PREFIX_PATH=$("$TORCH_PYTHON" -c 'import os, torch, torch.utils as u;
+print(os.path.dirname(torch.__file__) + ";" + u.cmake_prefix_path)' 2>/dev/null)")
   build_args=(--target lowbit_torch lowbit_cli)
 fi
 OUT="${OUT:-$BUILD/out}"
