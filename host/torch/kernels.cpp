@@ -77,7 +77,8 @@ EmaRangeState* ema_state(Tensor& state) {
   return reinterpret_cast<EmaRangeState*>(state.data_ptr<std::uint8_t>());
 }
 
-/// `t` as contiguous float32 on x's device (ranges, scales, dy).
+/// `t` as contiguous float32 on x's device, detached: ranges, scales, dy,
+/// and the elements of the ops without 2-byte kernels (weights, LSQ).
 Tensor float_like(const Tensor& t, const Tensor& x) {
   return t.detach().to(x.device(), at::kFloat).contiguous();
 }
